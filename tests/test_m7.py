@@ -1,0 +1,294 @@
+"""Cortex-M7 side: exact instruction counter, ELF sizes, QEMU runs of the firmware harness."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from tinycap import m7
+from tinycap.errors import TinyCapError
+
+needs_toolchain = pytest.mark.skipif(
+    any(shutil.which(t) is None for t in ("arm-none-eabi-gcc", "qemu-system-arm", "llvm-mca")),
+    reason="needs gcc-arm-none-eabi, libnewlib-arm-none-eabi, qemu-system-arm, llvm",
+)
+
+
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory):
+    out = tmp_path_factory.mktemp("calib")
+    return m7.run_calibration(out, calib_n=1000), out
+
+
+@needs_toolchain
+def test_counter_is_exact_on_the_calibration_loop(calib, tmp_path):
+    (segments, stdout), _ = calib
+    # segments: 0 boot, 1 the hand-written loop, 2 empty, 3 the C dot product, 4 printing + exit
+    assert len(segments) == 5
+    assert segments[1]["tc_calib_loop"] == 2 * 1000 + 1
+    assert set(segments[2]) == {"tc_mark", "main"} and sum(segments[2].values()) <= 4
+    # a second length: the count follows 2n + 1 exactly, not approximately
+    segments_b, _ = m7.run_calibration(tmp_path, calib_n=54321)
+    assert segments_b[1]["tc_calib_loop"] == 2 * 54321 + 1
+    # the C workload ran and computed the right thing (its count is what the compiler emitted)
+    i = np.arange(256)
+    a = ((i * 7 - 100) & 0xFF).astype(np.uint8).view(np.int8).astype(np.int64)
+    b = ((50 - i * 3) & 0xFF).astype(np.uint8).view(np.int8).astype(np.int64)
+    assert f"dot {int(a @ b) & 0xFFFFFFFF}" in stdout
+    assert segments[3]["tc_calib_dot"] > 256  # at least one instruction per element
+    assert "stack_peak_bytes" in stdout
+
+
+SIZE_A = """\
+tinycap_stm32h743.elf  :
+section            size        addr
+.isr_vector          64   134217728
+.text             12000   134217792
+.rodata          300000   134229792
+.ARM.exidx            8   134529792
+.data                16   536870912
+.bss               9000   536870928
+.stack            16384   536879928
+.debug_info        5126           0
+.comment             38           0
+Total             34706
+"""
+
+
+def test_size_parsing():
+    sections = m7.parse_size_sysv(SIZE_A)
+    assert sections[".text"] == 12000 and ".debug_info" in sections and "Total" not in sections
+    s = m7.sizes_from_sections(sections)
+    assert s["text"] == 12064 and s["rodata"] == 300008 and s["data"] == 16 and s["bss"] == 9000
+    assert s["flash_bytes"] == 12064 + 300008 + 16
+    assert s["static_ram_bytes"] == 16 + 9000 and s["stack_reserved"] == 16384
+
+
+@needs_toolchain
+def test_elf_sizes_agree_with_berkeley_size(calib):
+    _, out = calib
+    elf = out / m7.CALIB_ELF
+    s = m7.elf_sizes(elf)
+    text, data, bss = map(int, subprocess.run(["arm-none-eabi-size", str(elf)], capture_output=True, text=True,
+                                              check=True).stdout.splitlines()[1].split()[:3])
+    assert s["flash_bytes"] == text + data
+    assert s["static_ram_bytes"] + s["stack_reserved"] == data + bss
+
+
+# A model with known behaviour, to test the firmware harness (main.c): input file protocol, output
+# lines, per-caption segments and the counter inside a kernel. tc_k_spin runs exactly 2k + 1
+# instructions, k = (uint8)frames[0] + 1; tokens are 4 + frames[t * TC_DIM] % 8 for t < frames[1] % 4.
+FIXTURE_H = """\
+#define TC_NUM_FRAMES 3
+#define TC_DIM 8
+#define TC_MAX_LEN 4
+#define TC_VOCAB_SIZE 12
+"""
+FIXTURE_C = r"""
+#include "tinycap.h"
+__attribute__((naked, noinline)) void tc_k_spin(__attribute__((unused)) uint32_t k)
+{
+    __asm__ volatile("1: subs r0, r0, #1\n bne 1b\n bx lr\n");
+}
+static const char *const words[TC_VOCAB_SIZE] = {"<pad>", "<bos>", "<eos>", "<unk>", "a", "b", "c", "d", "e", "f", "g", "h"};
+static int8_t last[TC_VOCAB_SIZE];
+int tc_caption(const int8_t *frames, uint16_t *tokens)
+{
+    tc_k_spin((uint32_t)(uint8_t)frames[0] + 1u);
+    int n = ((uint8_t)frames[1]) % 4;
+    for (int t = 0; t < n; t++)
+        tokens[t] = (uint16_t)(4 + ((uint8_t)frames[t * TC_DIM]) % 8);
+    return n;
+}
+const char *tc_token_text(uint16_t id) { return id < TC_VOCAB_SIZE ? words[id] : "<unk>"; }
+const int8_t *tc_last_logits(void) { return last; }
+"""
+
+
+@pytest.fixture(scope="module")
+def fixture_fw(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fixture")
+    gen, rt = root / "gen", root / "runtime"
+    gen.mkdir()
+    rt.mkdir()
+    (gen / "tc_model.h").write_text(FIXTURE_H)
+    (rt / "tinycap.h").write_text((m7.FIRMWARE_DIR / "runtime" / "tinycap.h").read_text())
+    (rt / "fixture.c").write_text(FIXTURE_C)
+    sample = np.arange(24, dtype=np.int8).reshape(3, 8)
+    sizes = m7.build_elfs(gen, rt, root / "fw", sample_clip=sample)
+    return root, sizes
+
+
+@needs_toolchain
+def test_qemu_run_prints_tokens_captions_and_counts(fixture_fw):
+    root, sizes = fixture_fw
+    assert sizes["stm32h743"]["flash_bytes"] > 0 and sizes["qemu"]["static_ram_bytes"] > 0
+    rng = np.random.default_rng(0)
+    clips = rng.integers(-128, 128, (5, 24)).astype(np.int8)
+    clips[0, 1] = 0  # an empty caption
+    plugin = m7.build_plugin(root / "plugin")
+    r = m7.run_qemu(root / "fw" / m7.QEMU_ELF, clips, root / "run", plugin, timeout_s=60)
+    assert r["exit_status"] == 0 and r["dwt_unavailable"]
+    words = "abcdefgh"
+    for i, clip in enumerate(clips.view(np.uint8)):
+        n = clip[1] % 4
+        expect = [4 + clip[t * 8] % 8 for t in range(n)]
+        assert r["tokens"][i] == expect
+        assert r["captions"][i] == " ".join(words[t - 4] for t in expect)
+        counts = m7.segment_by_symbol(r["segments"][2 * i + 1], r["blocks"], r["symbols"])
+        assert counts["tc_k_spin"] == 2 * (int(clip[0]) + 1) + 1
+    assert 0 < r["stack_peak_bytes"] < r["stack_size_bytes"]
+
+
+@needs_toolchain
+def test_qemu_bad_input_and_timeout_are_one_line(fixture_fw, tmp_path):
+    root, _ = fixture_fw
+    plugin = m7.build_plugin(root / "plugin")
+    with pytest.raises(TinyCapError, match=r"exited with status 3: error: clip file size"):
+        m7.run_qemu(root / "fw" / m7.QEMU_ELF, np.zeros((1, 23), np.int8), tmp_path, plugin, timeout_s=60)
+    elf = m7.build_calib(tmp_path / "spin", calib_n=2_000_000_000)
+    with pytest.raises(TinyCapError, match=r"^qemu-system-arm: timed out after 1 s") as e:
+        m7._qemu(elf, tmp_path, plugin, timeout_s=1)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_tool_names_the_apt_package(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(TinyCapError, match="^qemu-system-arm: not found; install the Debian package qemu-system-arm$"):
+        m7.require_tools("qemu-system-arm")
+    with pytest.raises(TinyCapError, match="gcc-arm-none-eabi$"):
+        m7.build_elfs("gen", "runtime", "out")
+
+
+def test_mca_instructions_flatten_it_blocks():
+    listing = """\
+     1c4:      	subs	r0, #1
+     1c6:      	bne	0x1c4 <loop> @ imm = #-6
+     1c8:      	itt	ne
+     1ca:      	ldrbne	r3, [r1], #1
+     1cc:      	addne.w	r0, r0, r3
+     1d0:      	bls	0x1c4 <loop>
+     1d2:      	.word	0x12345678
+"""
+    d = m7.mca_instructions(listing)
+    assert d[0x1c6] == "bne tc_target"
+    assert d[0x1c8] == "nop" and d[0x1ca] == "ldrb r3, [r1], #1" and d[0x1cc] == "add.w r0, r0, r3"
+    assert d[0x1d0] == "bls tc_target"  # outside the IT block a condition stays
+    assert 0x1d2 not in d
+
+
+@needs_toolchain
+def test_llvm_mca_cycles_for_the_calibration_loop(calib):
+    _, out = calib
+    elf = out / m7.CALIB_ELF
+    loop = m7.SymbolMap(m7.symbols(elf)).address("tc_calib_loop")
+    cycles = m7.block_cycles(elf, [(loop, loop + 2)])
+    assert 1.0 <= cycles[(loop, loop + 2)] <= 4.0  # subs + bne: LLVM models 3 cycles (flag dependency)
+
+
+def _step_graph(path, V=7, H=5, E=3):
+    """A decoder-step-shaped float graph: GATHER (V, E) -> FC (E + H -> H) -> TANH -> FC (H -> V)."""
+    tf = pytest.importorskip("tensorflow")
+    rng = np.random.default_rng(0)
+    emb = tf.constant(rng.random((V, E), np.float32))
+    w1 = tf.constant(rng.random((E + H, H), np.float32))
+    w2, b2 = tf.constant(rng.random((H, V), np.float32)), tf.constant(rng.random(V, np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([1], tf.int32), tf.TensorSpec([1, H], tf.float32)])
+    def step(tok, h):
+        h2 = tf.tanh(tf.matmul(tf.concat([tf.gather(emb, tok), h], -1), w1))
+        return tf.matmul(h2, w2) + b2
+
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([step.get_concrete_function()], step)
+    path.write_bytes(conv.convert())
+    return path
+
+
+def test_macs_and_vocab_rows_from_tflite_shapes(tmp_path):
+    path = _step_graph(tmp_path / "step.tflite")
+    assert m7.graph_macs(path) == {"FULLY_CONNECTED": 8 * 5 + 5 * 7}
+    # per vocabulary entry: 5 MACs; float32 weight row (5 x 4 B) + bias (4 B) + embedding row (3 x 4 B)
+    assert m7.vocab_rows(path, 7) == {"macs": 5, "const_bytes": 20 + 4 + 12, "act_bytes": 4}
+
+
+def test_scale_to_vocab_is_linear_in_the_added_rows():
+    metrics = {
+        "instructions": {"value": 1_000_000.0}, "cycles": {"value": 1_200_000.0},
+        "latency_ms": {"value": 2.5}, "energy_mj": {"value": 1.221}, "flash_bytes": {"value": 100_000},
+        "ram_bytes": {"value": 20_000}, "macs": 900_000.0, "decoder_steps": 10.0, "instr_per_mac": 1.1,
+        "fc_instr_per_mac": 1.0, "clock_hz": 480_000_000,
+    }
+    rows = {"macs": 192, "const_bytes": 192 + 96 + 4, "act_bytes": 1}
+    s = m7.scale_to_vocab(metrics, rows, 1000, 5000, word_bytes=10.0, argmax_instr_per_entry=3.0)
+    assert s["method"] == "modelled" and s["vocab_size"] == 5000
+    assert s["macs"] == 900_000 + 10 * 4000 * 192
+    assert s["instructions"] == 1_000_000 + 10 * 4000 * (192 * 1.0 + 3.0)
+    assert s["cycles"] == pytest.approx(s["instructions"] * 1.2)
+    assert s["latency_ms"] == pytest.approx(s["cycles"] / 480_000)
+    assert s["energy_mj"] == pytest.approx(s["latency_ms"] * 1.221 / 2.5)
+    assert s["flash_bytes"] == 100_000 + 4000 * (292 + 10) and s["ram_bytes"] == 20_000 + 4000
+
+
+@needs_toolchain
+def test_measure_writes_every_figure_with_its_method(fixture_fw, tmp_path):
+    root, _ = fixture_fw
+    clips = np.random.default_rng(1).integers(-128, 128, (3, 24)).astype(np.int8)
+    clips[:, 1] = [1, 2, 3]  # 1, 2 and 3 tokens (max 4: every caption stopped at <eos>)
+    u = clips.view(np.uint8)
+    truth = [[4 + u[i, t * 8] % 8 for t in range(u[i, 1] % 4)] for i in range(3)]
+    wrong = [truth[0], truth[1], truth[2][:-1]]
+    params = m7.M7Params(timeout_s=60)
+    metrics, rows = m7.measure(root / "fw" / m7.QEMU_ELF, root / "fw" / m7.STM32_ELF, clips,
+                               macs_pooler={"FULLY_CONNECTED": 100}, macs_step={"FULLY_CONNECTED": 50},
+                               max_steps=4, params=params, workdir=tmp_path, reference_tokens={"tflm": wrong})
+    for key, method in [("instructions", "emulated-exact"), ("cycles", "modelled"), ("latency_ms", "modelled"),
+                        ("energy_mj", "modelled"), ("flash_bytes", "emulated-exact"), ("ram_bytes", "emulated-exact")]:
+        assert metrics[key]["method"] == method and metrics[key]["value"] > 0
+    spin = [2 * (int(u[i, 0]) + 1) + 1 for i in range(3)]
+    assert metrics["instructions"]["min"] > min(spin)  # the kernel plus tc_caption's own code
+    assert rows[0] == {"op": "tc_k_spin", "instructions": round(sum(spin) / 3, 1)}
+    assert metrics["decoder_steps"] == 3.0 and metrics["macs"] == 100 + 3 * 50  # steps: tokens + the <eos> step
+    assert metrics["parity_mismatches"] == 1 and metrics["parity"]["tflm"]["first"][0]["clip"] == 2
+    assert metrics["latency_ms"]["value"] == pytest.approx(metrics["cycles"]["value"] / 480e3)
+    assert metrics["energy_mj"]["value"] == pytest.approx(metrics["latency_ms"]["value"] * 0.148 * 3.3)
+    sizes = m7.elf_sizes(root / "fw" / m7.STM32_ELF)
+    assert metrics["ram_bytes"]["value"] == sizes["static_ram_bytes"] + metrics["stack_peak_bytes"]
+
+
+@needs_toolchain
+def test_build_error_is_one_line(tmp_path):
+    gen, rt = tmp_path / "gen", tmp_path / "runtime"
+    gen.mkdir()
+    rt.mkdir()
+    (gen / "tc_model.h").write_text(FIXTURE_H)
+    (rt / "tinycap.h").write_text((m7.FIRMWARE_DIR / "runtime" / "tinycap.h").read_text())
+    (rt / "broken.c").write_text("int tc_caption(void) { return undefined_name; }\n")
+    with pytest.raises(TinyCapError, match=r"^firmware build \(QEMU mps2-an500\): exit status 2: .*broken.c:1:.*error") as e:
+        m7.build_elfs(gen, rt, tmp_path / "fw")
+    assert "\n" not in str(e.value)
+
+
+@needs_toolchain
+def test_qemu_captions_of_the_tiny_model_match_tflm_and_host(tmp_path):
+    """The real runtime + generated sources of the firmware fixture (tests/fixtures/firmware) on the
+    emulated M7: same tokens as the TFLM runtime and the host build, exit status 0."""
+    from tinycap import firmware, quantize
+
+    src = m7.FIRMWARE_DIR.parent / "tests" / "fixtures" / "firmware" / "attention"
+    frames = np.load(src / "clips.npy")
+    firmware.generate(src, src / "vocab.json", tmp_path / "gen")
+    sizes = m7.build_elfs(tmp_path / "gen", m7.FIRMWARE_DIR / "runtime", tmp_path / "fw")
+    assert 0 < sizes["stm32h743"]["flash_bytes"] < 64 * 1024
+    tflm = quantize.TflmCaptioner(src)
+    clips = quantize.quantize_frames(frames, tflm.frame_scale, tflm.frame_zero_point)
+    host = firmware.run_host(firmware.build_host(tmp_path / "gen", tmp_path / "host"), clips)[0]
+    r = m7.run_qemu(tmp_path / "fw" / m7.QEMU_ELF, clips.reshape(len(clips), -1), tmp_path / "run",
+                    m7.build_plugin(tmp_path / "plugin"), timeout_s=60)
+    assert r["exit_status"] == 0
+    assert r["tokens"] == [tflm.caption(f) for f in frames] == host
+    words = json.loads((src / "vocab.json").read_text())["tokens"]
+    assert r["captions"] == [" ".join(words[t] for t in toks) for toks in r["tokens"]]
+    per_caption = [m7.segment_by_symbol(r["segments"][2 * i + 1], r["blocks"], r["symbols"]) for i in range(len(clips))]
+    assert all(c["tc_k_fully_connected"] > 0 and c["tc_caption"] > 0 for c in per_caption)

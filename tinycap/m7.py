@@ -1,0 +1,616 @@
+"""The Cortex-M7 side: firmware images, emulated runs, exact instruction counts, cycle/energy model.
+
+build_elfs()   firmware/m7 + the portable runtime + the generated model -> two ELFs from one source:
+               tinycap_qemu.elf (QEMU mps2-an500) and tinycap_stm32h743.elf (size report, real boards).
+run_qemu()     captions int8 clips on the emulated M7 with the instruction-counting plugin
+               (firmware/qemu_plugin) and returns tokens, captions, stack high-water mark and the
+               executed-instruction counts of every caption, by address.
+benchmark()    metrics/m7.json: every figure with its method:
+    emulated-exact  counted on the emulated core (instructions; peak stack), or read from the ELF
+                    (flash; data + bss) -- exact for this binary
+    modelled        cycles (LLVM's Cortex-M7 scheduling model per executed block, or a CPI), and what
+                    follows from them: latency at clock_hz, energy = latency x current x supply
+    datasheet       the run current (STM32H743 DS12110) the energy model takes
+"""
+
+import bisect
+import logging
+import re
+import shutil
+import subprocess
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+
+from tinycap.errors import TinyCapError
+
+log = logging.getLogger(__name__)
+
+FIRMWARE_DIR = Path(__file__).resolve().parent.parent / "firmware"
+M7_DIR = FIRMWARE_DIR / "m7"
+PLUGIN_DIR = FIRMWARE_DIR / "qemu_plugin"
+QEMU_ELF = "tinycap_qemu.elf"
+STM32_ELF = "tinycap_stm32h743.elf"
+CALIB_ELF = "calib_qemu.elf"
+
+# Functions of firmware/m7/main.c and marker.c that run between two tc_mark() calls: the call
+# into tc_caption() and back. They are the harness, not the inference, so they are not counted.
+HARNESS_SYMBOLS = frozenset({"main", "run", "caption_clip", "tc_mark"})
+
+# Debian packages that provide each tool (the one line a user sees when one is missing).
+TOOLS = {
+    "arm-none-eabi-gcc": "gcc-arm-none-eabi",
+    "arm-none-eabi-size": "binutils-arm-none-eabi",
+    "arm-none-eabi-nm": "binutils-arm-none-eabi",
+    "qemu-system-arm": "qemu-system-arm",
+    "make": "make",
+    "gcc": "gcc",
+    "llvm-mca": "llvm",
+    "llvm-objdump": "llvm",
+}
+
+
+@dataclass
+class M7Params:
+    clock_hz: int = 480_000_000  # core clock the latency is quoted at (STM32H743 max, VOS0)
+    run_current_a: float = 0.148  # STM32H743 DS12110: run mode 480 MHz VOS0, peripherals off, typical
+    supply_v: float = 3.3
+    cpi: float = 1.0  # cycles per instruction when cycle_model is "cpi"
+    cycle_model: Literal["llvm-mca", "cpi"] = "llvm-mca"  # llvm-mca: per executed block, Cortex-M7 model
+    splits: list[str] = field(default_factory=lambda: ["test", "novel"])  # clips captioned under QEMU
+    timeout_s: int = 600  # wall-clock limit of one QEMU run
+    scale_vocab_size: Optional[int] = 5000  # also model a MicroCap with this vocabulary (MSR-VTT sized); null: off
+
+
+# ---------------------------------------------------------------------------------------- tools
+
+
+def require_tools(*names):
+    for name in names:
+        if shutil.which(name) is None:
+            raise TinyCapError(name, f"not found; install the Debian package {TOOLS[name]}")
+    if "arm-none-eabi-gcc" in names:
+        specs = _run(["arm-none-eabi-gcc", "-print-file-name=nano.specs"], "arm-none-eabi-gcc").strip()
+        if not Path(specs).is_absolute():
+            raise TinyCapError("arm-none-eabi-gcc", "newlib-nano not found; install the Debian package libnewlib-arm-none-eabi")
+
+
+def _run(cmd, where, timeout=None, **kw):
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    except subprocess.TimeoutExpired:
+        raise TinyCapError(where, f"timed out after {timeout} s: {' '.join(map(str, cmd))}") from None
+    if p.returncode != 0:
+        lines = (p.stderr or p.stdout).strip().splitlines()
+        errors = [ln for ln in lines if re.search(r"\berror\b:", ln, re.I)] or lines or ["no output"]
+        raise TinyCapError(where, f"exit status {p.returncode}: {errors[0].strip()}")
+    return p.stdout
+
+
+# ---------------------------------------------------------------------------------------- build
+
+
+def model_constants(*dirs):
+    """`#define TC_NAME <int>` constants from the headers in `dirs` (generated model + runtime)."""
+    consts = {}
+    for d in dirs:
+        for h in sorted(Path(d).glob("*.h")):
+            for m in re.finditer(r"^\s*#define\s+(TC_[A-Z0-9_]+)\s+\(?(-?\d+)[uUlL]*\)?\s*(?:/[*/].*)?$", h.read_text(), re.M):
+                consts[m.group(1)] = int(m.group(2))
+    return consts
+
+
+def _make(directory, target, where, **variables):
+    """Always a full rebuild (-B): the sources are few, and headers are not make prerequisites."""
+    require_tools("make")
+    cmd = ["make", "-B", "--no-print-directory", "-C", str(directory), *([target] if target else [])]
+    _run(cmd + [f"{k}={v}" for k, v in variables.items()], where)
+
+
+def build_plugin(out_dir):
+    """firmware/qemu_plugin -> out_dir/libinsncount.so (host gcc)."""
+    require_tools("gcc", "make")
+    out_dir = Path(out_dir).resolve()
+    _make(PLUGIN_DIR, None, PLUGIN_DIR / "insncount.c", OUT=out_dir)
+    return out_dir / "libinsncount.so"
+
+
+def build_calib(out_dir, calib_n=1000):
+    """The calibration image (firmware/m7/calib.c): a loop of exactly 2 * calib_n + 1 instructions."""
+    require_tools("arm-none-eabi-gcc", "make")
+    out_dir = Path(out_dir).resolve()
+    _make(M7_DIR, "calib", M7_DIR / "calib.c", OUT=out_dir, CALIB_N=calib_n)
+    return out_dir / CALIB_ELF
+
+
+def build_elfs(gen_dir, runtime_dir, out_dir, sample_clip=None):
+    """Compile firmware/m7 + runtime_dir/*.c + gen_dir/*.c for both link maps into out_dir.
+
+    sample_clip: the clip the STM32H743 image captions on a board, int8 (TC_NUM_FRAMES, TC_DIM)
+    quantised like the firmware's input; None embeds a clip of zeros (the image still builds and
+    runs, the caption is then that of an all-zero embedding).
+    Writes out_dir/tinycap_qemu.elf, out_dir/tinycap_stm32h743.elf (+ .map link maps) and
+    out_dir/sample_clip.c. Returns {"qemu": sizes, "stm32h743": sizes} (see elf_sizes()).
+    """
+    require_tools("arm-none-eabi-gcc", "arm-none-eabi-size", "make")
+    gen_dir, runtime_dir, out_dir = (Path(p).resolve() for p in (gen_dir, runtime_dir, out_dir))
+    for d in (gen_dir, runtime_dir):
+        if not d.is_dir():
+            raise TinyCapError(d, "folder not found")
+    consts = model_constants(runtime_dir, gen_dir)
+    missing = [k for k in ("TC_NUM_FRAMES", "TC_DIM") if k not in consts]
+    if missing:
+        raise TinyCapError(gen_dir, f"no integer #define for {', '.join(missing)} in the headers")
+    shape = (consts["TC_NUM_FRAMES"], consts["TC_DIM"])
+    if sample_clip is None:
+        sample_clip = np.zeros(shape, np.int8)
+    sample_clip = np.asarray(sample_clip)
+    if sample_clip.shape != shape or sample_clip.dtype != np.int8:
+        raise TinyCapError("sample_clip", f"expected int8 {shape}, got {sample_clip.dtype} {sample_clip.shape}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sample_c = out_dir / "sample_clip.c"
+    sample_c.write_text(_c_array("tc_sample_clip", sample_clip.ravel()))
+    common = dict(OUT=out_dir, RUNTIME_DIR=runtime_dir, GEN_DIR=gen_dir)
+    _make(M7_DIR, "qemu", "firmware build (QEMU mps2-an500)", **common)
+    _make(M7_DIR, "stm32", "firmware build (STM32H743)", SAMPLE_CLIP_C=sample_c, **common)
+    return {"qemu": elf_sizes(out_dir / QEMU_ELF), "stm32h743": elf_sizes(out_dir / STM32_ELF)}
+
+
+def _c_array(name, values):
+    rows = [", ".join(str(int(v)) for v in values[i : i + 16]) for i in range(0, len(values), 16)]
+    body = ",\n    ".join(rows)
+    return (
+        "/* Generated by tinycap/m7.py (build_elfs): the STM32H743 image's built-in sample clip. */\n"
+        "#include <stdint.h>\n\n#include \"tinycap.h\"\n\n"
+        f"const int8_t {name}[TC_NUM_FRAMES * TC_DIM] = {{\n    {body}\n}};\n"
+    )
+
+
+# ---------------------------------------------------------------------------------------- sizes
+
+
+def parse_size_sysv(text):
+    """`arm-none-eabi-size -A` output -> {section: size}."""
+    sections = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].startswith(".") and parts[1].isdigit():
+            sections[parts[0]] = int(parts[1])
+    return sections
+
+
+def sizes_from_sections(sections):
+    """Flash = text + rodata + data (the .data load image lives in flash); static RAM = data + bss."""
+    text = sections.get(".isr_vector", 0) + sections.get(".text", 0)
+    rodata = sections.get(".rodata", 0) + sections.get(".ARM.exidx", 0)
+    data, bss = sections.get(".data", 0), sections.get(".bss", 0)
+    return {
+        "text": text,
+        "rodata": rodata,
+        "data": data,
+        "bss": bss,
+        "stack_reserved": sections.get(".stack", 0),
+        "flash_bytes": text + rodata + data,
+        "static_ram_bytes": data + bss,
+    }
+
+
+def elf_sizes(elf):
+    require_tools("arm-none-eabi-size")
+    return sizes_from_sections(parse_size_sysv(_run(["arm-none-eabi-size", "-A", str(elf)], elf)))
+
+
+def symbols(elf):
+    """Function symbols of an ELF: sorted list of (start, end, name), Thumb bit cleared."""
+    require_tools("arm-none-eabi-nm")
+    out = []
+    for line in _run(["arm-none-eabi-nm", "-S", "-n", str(elf)], elf).splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[2] in "TtWw":
+            start = int(parts[0], 16) & ~1
+            out.append((start, start + int(parts[1], 16), parts[3]))
+    return out
+
+
+class SymbolMap:
+    def __init__(self, syms):
+        self.syms = syms
+        self.starts = [s for s, _, _ in syms]
+
+    def __call__(self, addr):
+        i = bisect.bisect_right(self.starts, addr) - 1
+        if i >= 0 and addr < self.syms[i][1]:
+            return self.syms[i][2]
+        return "?"
+
+    def address(self, name):
+        for start, _, n in self.syms:
+            if n == name:
+                return start
+        raise TinyCapError(name, "symbol not found in the ELF")
+
+
+# ---------------------------------------------------------------------------------------- QEMU
+
+
+def parse_counts(path):
+    """The plugin's output -> (blocks {id: [addr, ...]}, segments [{id: executions}, ...])."""
+    blocks, segments = {}, []
+    for line in Path(path).read_text().splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] == "S":
+            segments.append({})
+        elif parts[0] == "C":
+            segments[-1][int(parts[1])] = int(parts[2])
+        elif parts[0] == "B":
+            blocks[int(parts[1])] = [int(a, 16) for a in parts[3:]]
+    return blocks, segments
+
+
+def run_qemu(elf, clips, workdir, plugin, timeout_s=600):
+    """Caption `clips` (int8 [N, T*D]) with the QEMU image; returns a dict:
+    tokens [[id, ...]], captions [str], stack_peak_bytes, stack_size_bytes, dwt_unavailable, stdout,
+    blocks, segments (per-caption segment = segments[2 * i + 1]), symbols (SymbolMap), exit_status."""
+    require_tools("qemu-system-arm", "arm-none-eabi-nm")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    clips = np.ascontiguousarray(clips, dtype=np.int8)
+    clip_file, counts = workdir / "clips.bin", workdir / "counts.txt"
+    clip_file.write_bytes(clips.tobytes())
+    result = _qemu(elf, workdir, plugin, timeout_s, args=["tinycap", str(clip_file.resolve())])
+    out = result["stdout"]
+    tokens, captions = {}, {}
+    for m in re.finditer(r"^clip (\d+) tokens((?: \d+)*)$", out, re.M):
+        tokens[int(m.group(1))] = [int(t) for t in m.group(2).split()]
+    for m in re.finditer(r"^clip (\d+) caption ?(.*)$", out, re.M):
+        captions[int(m.group(1))] = m.group(2)
+    n = len(clips)
+    if sorted(tokens) != list(range(n)) or sorted(captions) != list(range(n)):
+        raise TinyCapError(elf, f"firmware printed results for {len(tokens)} of {n} clips")
+    result.update(tokens=[tokens[i] for i in range(n)], captions=[captions[i] for i in range(n)])
+    if len(result["segments"]) != 2 * n + 1:
+        raise TinyCapError(counts, f"expected {2 * n + 1} segments (2 marks per clip), got {len(result['segments'])}")
+    return result
+
+
+def _qemu(elf, workdir, plugin, timeout_s, args=()):
+    """One QEMU run with the counting plugin; raises on a crash, a timeout or a non-zero exit."""
+    elf, workdir = Path(elf).resolve(), Path(workdir).resolve()
+    for path in (elf, workdir, Path(plugin)):
+        if re.search(r"[\s,]", str(path)):  # QEMU option syntax: no commas; the firmware splits at spaces
+            raise TinyCapError(path, "path must not contain spaces or commas (QEMU command line)")
+    syms = SymbolMap(symbols(elf))
+    counts = workdir / "counts.txt"
+    semi = "enable=on,target=native" + "".join(f",arg={a}" for a in args)
+    cmd = [
+        "qemu-system-arm", "-M", "mps2-an500", "-nographic", "-monitor", "none",
+        "-semihosting-config", semi, "-kernel", str(elf),
+        "-plugin", f"{plugin},out={counts},mark={syms.address('tc_mark'):#x}",
+    ]
+    try:
+        # QEMU writes the semihosting console to stderr: read both as one stream.
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=timeout_s, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise TinyCapError("qemu-system-arm", f"timed out after {timeout_s} s running {elf.name}") from None
+    if p.returncode != 0:
+        lines = [ln for ln in p.stdout.splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else "no output")
+        raise TinyCapError("qemu-system-arm", f"{elf.name} exited with status {p.returncode}: {why.strip()}")
+    blocks, segments = parse_counts(counts)
+    m = re.search(r"^stack_peak_bytes (\d+) of (\d+)$", p.stdout, re.M)
+    return {
+        "stdout": p.stdout,
+        "exit_status": p.returncode,
+        "blocks": blocks,
+        "segments": segments,
+        "symbols": syms,
+        "stack_peak_bytes": int(m.group(1)) if m else None,
+        "stack_size_bytes": int(m.group(2)) if m else None,
+        "dwt_unavailable": "dwt_cycles unavailable" in p.stdout,
+    }
+
+
+def run_calibration(out_dir, calib_n=1000, timeout_s=60):
+    """Build and run the calibration image; returns (segment counts by symbol, stdout)."""
+    out_dir = Path(out_dir)
+    elf = build_calib(out_dir, calib_n)
+    plugin = build_plugin(out_dir)
+    r = _qemu(elf, out_dir, plugin, timeout_s)
+    by_symbol = [segment_by_symbol(seg, r["blocks"], r["symbols"]) for seg in r["segments"]]
+    return by_symbol, r["stdout"]
+
+
+def segment_by_symbol(segment, blocks, syms):
+    """{symbol: executed instructions} of one segment."""
+    counts = Counter()
+    for bid, n in segment.items():
+        for addr in blocks[bid]:
+            counts[syms(addr)] += n
+    return counts
+
+
+# ---------------------------------------------------------------------------------------- cycles
+
+
+_COND = r"(?:eq|ne|cs|hs|cc|lo|mi|pl|vs|vc|hi|ls|ge|lt|gt|le|al)"
+
+
+def mca_instructions(objdump_text):
+    """llvm-objdump -d listing -> {address: instruction llvm-mca accepts}.
+
+    llvm-mca rejects IT blocks: an IT instruction becomes a NOP (it takes an issue slot) and the
+    instructions it predicates lose their condition (a Cortex-M7 issues them either way).
+    Branch and literal targets become a label. Data words (literal pools) are left out."""
+    dis, predicated = {}, 0
+    for m in re.finditer(r"^\s*([0-9a-f]+):\s+(\S.*)$", objdump_text, re.M):
+        insn = m.group(2).split("@")[0].strip().replace("\t", " ")
+        mnemonic = insn.split()[0]
+        if mnemonic.startswith(".") or re.fullmatch(r"[0-9a-f]{2}", mnemonic):
+            continue
+        if re.fullmatch(r"it[te]{0,3}", mnemonic):
+            predicated = len(mnemonic) - 1
+            insn = "nop"
+        elif predicated:
+            predicated -= 1
+            insn = re.sub(rf"^(\w+?){_COND}(\.[wn])?(?=\s|$)", r"\1\2", insn)
+        insn = re.sub(r"0x[0-9a-f]+ <[^>]*>", "tc_target", insn)
+        dis[int(m.group(1), 16)] = insn
+    return dis
+
+
+def block_cycles(elf, block_addrs):
+    """Cycles per execution of each block (tuple of instruction addresses), from LLVM's Cortex-M7
+    scheduling model: llvm-mca's steady-state cycles per iteration of the block (100 iterations),
+    i.e. a fully pipelined core with zero-wait-state memory (TCM / cache hits), no branch penalty."""
+    require_tools("llvm-objdump", "llvm-mca")
+    text = _run(["llvm-objdump", "-d", "--no-show-raw-insn", "--triple=thumbv7em-none-eabihf",
+                 "--mcpu=cortex-m7", str(elf)], elf)
+    dis = mca_instructions(text)
+    blocks = sorted(set(block_addrs))
+    lines = [".syntax unified", ".thumb", "tc_target:"]
+    for i, addrs in enumerate(blocks):
+        lines.append(f"# LLVM-MCA-BEGIN b{i}")
+        lines += [dis[a] for a in addrs if a in dis]
+        lines.append("# LLVM-MCA-END")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "blocks.s"
+        src.write_text("\n".join(lines) + "\n")
+        out = _run(["llvm-mca", "-mtriple=thumbv7em-none-eabihf", "-mcpu=cortex-m7", "-iterations=100",
+                    "-timeline=false", "-resource-pressure=false", "-instruction-info=false", str(src)], "llvm-mca")
+    cycles = {}
+    for m in re.finditer(r"Code Region - b(\d+)\s+Iterations:\s+(\d+)\s+Instructions:\s+\d+\s+Total Cycles:\s+(\d+)", out):
+        cycles[blocks[int(m.group(1))]] = int(m.group(3)) / int(m.group(2))
+    if len(cycles) != len(blocks):
+        raise TinyCapError("llvm-mca", f"analysed {len(cycles)} of {len(blocks)} blocks")
+    return cycles
+
+
+# ---------------------------------------------------------------------------------------- MACs
+
+
+def graph_macs(tflite_path):
+    """Multiply-accumulates of one invocation of a .tflite graph, by op type
+    (FULLY_CONNECTED / BATCH_MATMUL: output elements x reduction depth)."""
+    import tensorflow as tf
+
+    interp = tf.lite.Interpreter(model_path=str(tflite_path))
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    macs = Counter()
+    for op in interp._get_ops_details():
+        name = op["op_name"]
+        if name == "FULLY_CONNECTED":
+            w = tensors[op["inputs"][1]]["shape"]
+            out = tensors[op["outputs"][0]]["shape"]
+            macs[name] += int(np.prod(out)) * int(w[-1])
+        elif name == "BATCH_MATMUL":
+            a = tensors[op["inputs"][0]]["shape"]
+            out = tensors[op["outputs"][0]]["shape"]
+            macs[name] += int(np.prod(out)) * int(a[-1])
+    return dict(macs)
+
+
+def vocab_rows(tflite_path, vocab_size):
+    """What one more vocabulary entry costs in a decoder-step graph: MACs per step, constant bytes
+    (flash) and activation bytes (RAM), from the FULLY_CONNECTED ops with vocab_size outputs
+    (weights row + int32 bias + output element) and the GATHER over a vocab_size-row table."""
+    import tensorflow as tf
+
+    interp = tf.lite.Interpreter(model_path=str(tflite_path))
+    t = {d["index"]: d for d in interp.get_tensor_details()}
+    size = lambda i: int(np.prod(t[i]["shape"])) * np.dtype(t[i]["dtype"]).itemsize  # noqa: E731
+    rows = {"macs": 0, "const_bytes": 0, "act_bytes": 0}
+    for op in interp._get_ops_details():
+        if op["op_name"] == "FULLY_CONNECTED" and t[op["outputs"][0]]["shape"][-1] == vocab_size:
+            w = op["inputs"][1]
+            rows["macs"] += int(t[w]["shape"][-1])
+            rows["const_bytes"] += size(w) // vocab_size
+            if len(op["inputs"]) > 2 and op["inputs"][2] >= 0:
+                rows["const_bytes"] += size(op["inputs"][2]) // vocab_size
+            rows["act_bytes"] += size(op["outputs"][0]) // vocab_size
+        elif op["op_name"] == "GATHER" and t[op["inputs"][0]]["shape"][0] == vocab_size:
+            rows["const_bytes"] += size(op["inputs"][0]) // vocab_size
+    return rows
+
+
+def scale_to_vocab(metrics, rows, vocab_size, new_vocab_size, word_bytes, argmax_instr_per_entry=0.0):
+    """Modelled figures for the same MicroCap with a larger vocabulary (an MSR-VTT-sized one).
+
+    Extrapolated from this run's exact counts: every added vocabulary entry adds, per decoder step,
+    rows["macs"] MACs at the measured fully-connected instructions/MAC plus the measured argmax
+    instructions per logit; rows["const_bytes"] + word_bytes (the word and its pointer) of flash and
+    rows["act_bytes"] of RAM; cycles keep the measured cycles/instruction. Decoder steps (caption
+    length) stay as measured."""
+    extra = new_vocab_size - vocab_size
+    instr = metrics["instructions"]["value"]
+    fc_ipm = metrics["fc_instr_per_mac"] or metrics["instr_per_mac"]
+    add_instr = metrics["decoder_steps"] * extra * (rows["macs"] * fc_ipm + argmax_instr_per_entry)
+    cycles = (instr + add_instr) * metrics["cycles"]["value"] / instr
+    latency_ms = cycles / metrics["clock_hz"] * 1e3
+    power_w = metrics["energy_mj"]["value"] / metrics["latency_ms"]["value"]
+    how = (f"extrapolated from vocab {vocab_size} to {new_vocab_size} with this run's FC instructions/MAC "
+           f"({fc_ipm:.3f}), argmax instructions/logit ({argmax_instr_per_entry:.2f}) and cycles/instruction; "
+           f"per added word {rows['macs']} MACs/step, {rows['const_bytes']} + {word_bytes:.1f} flash bytes, "
+           f"{rows['act_bytes']} RAM bytes (from the decoder .tflite shapes)")
+    return {
+        "vocab_size": new_vocab_size,
+        "method": "modelled",
+        "how": how,
+        "macs": metrics["macs"] + metrics["decoder_steps"] * extra * rows["macs"],
+        "instructions": instr + add_instr,
+        "cycles": cycles,
+        "latency_ms": latency_ms,
+        "energy_mj": latency_ms * power_w,
+        "flash_bytes": round(metrics["flash_bytes"]["value"] + extra * (rows["const_bytes"] + word_bytes)),
+        "ram_bytes": round(metrics["ram_bytes"]["value"] + extra * rows["act_bytes"]),
+    }
+
+
+# ---------------------------------------------------------------------------------------- benchmark
+
+
+def find_file(firmware_dir, name):
+    found = sorted(Path(firmware_dir).rglob(name))
+    if len(found) != 1:
+        raise TinyCapError(firmware_dir, f"expected one {name}, found {len(found)} (run build_tflm)")
+    return found[0]
+
+
+def find_dir(firmware_dir, name):
+    """The folder under firmware_dir holding `name` (e.g. the generated sources' tc_model.h)."""
+    return find_file(firmware_dir, name).parent
+
+
+def benchmark(firmware_dir, int8_dir, embeddings_path, vocab_path, params, workdir):
+    """The benchmark_m7 stage: caption every clip of params.splits on the emulated M7, compare the
+    tokens with the TFLM runtime and with the host build of the same C sources, and return
+    (metrics for metrics/m7.json, per-op plot rows for metrics/plots/m7_ops.json)."""
+    from tinycap import firmware, quantize, vocab
+    from tinycap.io import read_json
+
+    int8_dir = Path(int8_dir)
+    elf_qemu, elf_stm32 = find_file(firmware_dir, QEMU_ELF), find_file(firmware_dir, STM32_ELF)
+    quant = read_json(int8_dir / "quant.json")
+    frames, vids, splits, _ = quantize.load_embeddings(embeddings_path)
+    idx = np.flatnonzero(np.isin(splits, params.splits))
+    if len(idx) == 0:
+        raise TinyCapError(embeddings_path, f"no clips in splits {', '.join(params.splits)}")
+    tflm = quantize.TflmCaptioner(int8_dir)
+    clips = quantize.quantize_frames(frames[idx], tflm.frame_scale, tflm.frame_zero_point)  # (N, T, D)
+    log.info("reference captions for %d clips: TFLM runtime and the host build of the same C sources", len(idx))
+    reference = {"tflm": [tflm.caption(frames[i]) for i in idx]}
+    host_bin = firmware.build_host(find_dir(firmware_dir, "tc_model.h"), Path(workdir) / "host" / "tinycap_host")
+    reference["host"] = firmware.run_host(host_bin, clips)[0]
+    clips = clips.reshape(len(idx), -1)
+    macs_pooler = graph_macs(int8_dir / quant["models"]["pooler_int8"]["file"])
+    decoder = int8_dir / quant["models"]["decoder_int8"]["file"]
+    macs_step = graph_macs(decoder)
+    metrics, op_rows = measure(elf_qemu, elf_stm32, clips, macs_pooler, macs_step, quant["max_steps"], params,
+                               workdir, reference_tokens=reference, clip_ids=[str(vids[i]) for i in idx])
+    if params.scale_vocab_size:
+        logits = [d for d in quant["models"]["decoder_int8"]["outputs"] if d["name"] == "logits"]
+        vocab_size = int(logits[0]["shape"][-1])
+        words = vocab.load(vocab_path).tokens
+        word_bytes = sum(len(w.encode()) + 1 for w in words) / len(words) + 4  # text + NUL + pointer
+        argmax = metrics["per_op_instructions"].get("tc_k_argmax", 0.0) / (metrics["decoder_steps"] * vocab_size)
+        metrics["scaled_vocab"] = scale_to_vocab(metrics, vocab_rows(decoder, vocab_size), vocab_size,
+                                                 params.scale_vocab_size, word_bytes, argmax)
+    return metrics, op_rows
+
+
+def measure(elf_qemu, elf_stm32, clips, macs_pooler, macs_step, max_steps, params, workdir,
+            reference_tokens=None, clip_ids=None):
+    """Run every clip under QEMU and build metrics/m7.json (dict) and the per-op plot rows.
+
+    clips: int8 [N, T*D]; macs_pooler / macs_step: {op type: MACs} of the pooler graph and of one
+    decoder step (graph_macs());
+    max_steps: decoder steps at most (a caption of max_steps tokens ran max_steps steps, a shorter
+    one len + 1: the step that produced <eos>); reference_tokens: {name: [[ids], ...]} to compare with.
+    """
+    workdir = Path(workdir)
+    plugin = build_plugin(workdir / "plugin")
+    log.info("captioning %d clips on the emulated Cortex-M7", len(clips))
+    r = run_qemu(elf_qemu, clips, workdir, plugin, params.timeout_s)
+    blocks, syms = r["blocks"], r["symbols"]
+    per_clip = [segment_by_symbol(r["segments"][2 * i + 1], blocks, syms) for i in range(len(clips))]
+    for c in per_clip:
+        for h in HARNESS_SYMBOLS:
+            c.pop(h, None)
+    instructions = np.array([sum(c.values()) for c in per_clip], np.int64)
+
+    # Cycles: per executed block, weighted by its executions in each caption.
+    if params.cycle_model == "llvm-mca":
+        inference = {bid: tuple(a for a in addrs if syms(a) not in HARNESS_SYMBOLS) for bid, addrs in blocks.items()}
+        used = {inference[b] for i in range(len(clips)) for b in r["segments"][2 * i + 1] if inference[b]}
+        per_block = block_cycles(elf_qemu, used)
+        cycles = np.array([
+            sum(n * per_block[inference[b]] for b, n in r["segments"][2 * i + 1].items() if inference[b])
+            for i in range(len(clips))
+        ])
+        cycle_model = ("llvm-mca -mcpu=cortex-m7 (LLVM Cortex-M7 scheduling model): steady-state cycles per "
+                       "iteration of every executed block x its exact execution count; zero-wait-state memory, "
+                       "no branch-misprediction penalty")
+    else:
+        cycles = instructions * params.cpi
+        cycle_model = f"instructions x CPI {params.cpi}"
+
+    steps = np.array([len(t) if len(t) >= max_steps else len(t) + 1 for t in r["tokens"]])
+    macs = sum(macs_pooler.values()) + steps * sum(macs_step.values())
+    fc_macs = macs_pooler.get("FULLY_CONNECTED", 0) + steps * macs_step.get("FULLY_CONNECTED", 0)
+
+    ops = Counter()
+    for c in per_clip:
+        ops.update(c)
+    n = len(clips)
+    op_rows = [{"op": op, "instructions": round(v / n, 1)} for op, v in ops.most_common()]
+    # fully-connected kernels: tc_k_fully_connected and its helpers (tc_k_fc_*)
+    fc_instr = sum(v for op, v in ops.items() if re.search(r"fully_connected|(^|_)fc(_|$)", op)) / n
+
+    sizes = elf_sizes(elf_stm32)
+    mean_cycles = float(cycles.mean())
+    latency_s = mean_cycles / params.clock_hz
+    mismatches = {}
+    for name, ref in (reference_tokens or {}).items():
+        bad = [i for i, (a, b) in enumerate(zip(r["tokens"], ref)) if list(a) != list(b)]
+        mismatches[name] = {
+            "count": len(bad) + abs(len(ref) - n),
+            "first": [{"clip": clip_ids[i] if clip_ids else i, "m7": r["tokens"][i], name: list(ref[i])} for i in bad[:10]],
+        }
+    metrics = {
+        "instructions": {"value": float(instructions.mean()), "method": "emulated-exact",
+                         "min": int(instructions.min()), "max": int(instructions.max()),
+                         "how": "QEMU mps2-an500 TCG plugin (firmware/qemu_plugin), instructions executed inside "
+                                "tc_caption() and its callees, mean per caption"},
+        "cycles": {"value": mean_cycles, "method": "modelled", "model": cycle_model},
+        "latency_ms": {"value": latency_s * 1e3, "method": "modelled", "model": f"cycles / clock_hz ({params.clock_hz} Hz)"},
+        "energy_mj": {"value": latency_s * params.run_current_a * params.supply_v * 1e3, "method": "modelled",
+                      "model": f"latency x run_current_a ({params.run_current_a} A, datasheet) x supply_v ({params.supply_v} V)"},
+        "run_current_a": {"value": params.run_current_a, "method": "datasheet",
+                          "source": "STM32H743 DS12110, run mode 480 MHz VOS0, all peripherals off, typical"},
+        "flash_bytes": {"value": sizes["flash_bytes"], "method": "emulated-exact",
+                        "how": "text + rodata + data of the STM32H743 ELF (arm-none-eabi-size -A)"},
+        "ram_bytes": {"value": sizes["static_ram_bytes"] + r["stack_peak_bytes"], "method": "emulated-exact",
+                      "how": "data + bss of the STM32H743 ELF + peak stack (painted stack, high-water mark after "
+                             "all captions under QEMU)"},
+        "macs": float(macs.mean()),
+        "macs_pooler": macs_pooler,
+        "macs_decoder_step": macs_step,
+        "decoder_steps": float(steps.mean()),
+        "instr_per_mac": float(instructions.mean() / macs.mean()) if macs.mean() else None,
+        "fc_instr_per_mac": float(fc_instr / fc_macs.mean()) if fc_macs.mean() and fc_instr else None,
+        "clock_hz": params.clock_hz,
+        "parity_mismatches": sum(m["count"] for m in mismatches.values()),
+        "parity": mismatches,
+        "clips": n,
+        "sizes_stm32h743": sizes,
+        "stack_peak_bytes": r["stack_peak_bytes"],
+        "dwt_cycles": "unavailable under QEMU (DWT CYCCNT reads 0)" if r["dwt_unavailable"] else "read on the device",
+        "per_op_instructions": {row["op"]: row["instructions"] for row in op_rows},
+    }
+    return metrics, op_rows
