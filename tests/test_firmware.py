@@ -1,0 +1,287 @@
+"""build_tflm: the C runtime against TFLM (tflite_micro.runtime), kernel by kernel and end to end.
+
+Kernels: single-op int8 models with random shapes, data and quantisation parameters, compiled
+into one host binary (firmware/host/graph_main.c) and compared bit for bit with TFLM.
+End to end: tiny int8 MicroCap graphs (tests/fixtures/firmware, made by
+scripts/make_firmware_fixture.py through tinycap.quantize) and, when the pipeline has run,
+the real data/int8 graphs: token sequences identical, logits within 1 LSB.
+"""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinycap import firmware as F
+from tinycap.errors import TinyCapError
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "firmware"
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed (Debian package gcc)")
+
+
+# ------------------------------------------------------------------------------ kernel cases
+
+
+def _cases(seed=0):
+    """name -> (model bytes, input tensor specs, number of outputs): random single-op int8 models."""
+    R = np.random.default_rng(seed)
+
+    def qt(shape, scale=None, zp=None):
+        return dict(shape=shape, dtype="int8", scale=R.uniform(0.005, 0.2) if scale is None else scale,
+                    zp=int(R.integers(-30, 30)) if zp is None else zp)
+
+    cases = {}
+
+    def case(name, tensors, ops, ins, outs):
+        cases[name] = (F.build_model(tensors, ops, ins, outs), [tensors[i] for i in ins], len(outs))
+
+    for i in range(8):  # FULLY_CONNECTED: per-tensor and per-channel, every fused activation, batches
+        k, n, b = int(R.integers(1, 90)), int(R.integers(1, 45)), int(R.integers(1, 4))
+        ws = R.uniform(0.001, 0.02, n) if i % 2 else float(R.uniform(0.001, 0.02))
+        s_in = float(R.uniform(0.005, 0.1))
+        t = [qt((b, k), scale=s_in),
+             dict(shape=(n, k), dtype="int8", data=R.integers(-127, 128, (n, k)).astype(np.int8), scale=ws, zp=np.zeros(np.size(ws), int)),
+             dict(shape=(n,), dtype="int32", data=R.integers(-5000, 5000, n).astype(np.int32), scale=s_in * np.asarray(ws), zp=np.zeros(np.size(ws), int)),
+             qt((b, n), scale=float(R.uniform(0.05, 1.0)))]
+        bias = [0, 1, 2] if i != 6 else [0, 1, -1]  # one without bias
+        opts = F.options("FullyConnectedOptions", fusedActivationFunction=[0, 1, 3, 2][i % 4])
+        case(f"fully_connected_{i}", t, [("FULLY_CONNECTED", bias, [3], opts)], [0], [3])
+    shapes = [((1, 37), (1, 37)), ((2, 5, 7), (2, 5, 7)), ((1, 5, 8), (5, 8)), ((3, 4), (1, 4)), ((1, 6), (1, 1)),
+              ((1, 200), (1, 200)), ((2, 96), (2, 96))]  # the last two: long, table path (ADD_TABLE_MIN)
+    for i, (sa, sb) in enumerate(shapes):  # elementwise with broadcasting and fused activations
+        for op, kind in (("ADD", "AddOptions"), ("SUB", "SubOptions"), ("MUL", "MulOptions")):
+            out = tuple(np.broadcast_shapes(sa, sb))
+            opts = F.options(kind, fusedActivationFunction=[0, 1, 0, 3, 0, 0, 1][i])
+            case(f"{op.lower()}_{i}", [qt(sa), qt(sb), qt(out)], [(op, [0, 1], [2], opts)], [0, 1], [2])
+    for i, shape in enumerate([(1, 40), (2, 5), (1, 4)]):
+        t = [qt(shape, scale=float(R.uniform(0.01, 0.4))), qt(shape, scale=1 / 256, zp=-128)]
+        case(f"softmax_{i}", t, [("SOFTMAX", [0], [1], F.options("SoftmaxOptions", beta=1.0))], [0], [1])
+    for i, (B, M, K, N, ax, ay) in enumerate([(1, 1, 4, 24, 0, 0), (2, 3, 5, 4, 1, 0), (1, 1, 7, 9, 0, 1), (1, 2, 3, 2, 1, 1)]):
+        la, lb = ((B, K, M) if ax else (B, M, K)), ((B, N, K) if ay else (B, K, N))
+        t = [qt(la), qt(lb), qt((B, M, N), scale=float(R.uniform(0.01, 0.5)))]
+        opts = F.options("BatchMatMulOptions", adjX=bool(ax), adjY=bool(ay))
+        case(f"batch_matmul_{i}", t, [("BATCH_MATMUL", [0, 1], [2], opts)], [0, 1], [2])
+    for i in range(3):
+        s_in, z_in = float(R.uniform(0.01, 0.1)), int(R.integers(-20, 20))
+        out = qt((1, 16), scale=s_in, zp=z_in) if i == 0 else qt((1, 16))
+        t = [qt((1, 5, 16), scale=s_in, zp=z_in), dict(shape=(1,), dtype="int32", data=np.array([1], np.int32)), out]
+        case(f"mean_{i}", t, [("MEAN", [0, 1], [2], F.options("ReducerOptions", keepDims=False))], [0], [2])
+        t = [qt((1, 5, 16)), dict(shape=(1,), dtype="int32", data=np.array([1], np.int32)), qt((1, 16), scale=float(R.uniform(0.05, 0.5)))]
+        case(f"sum_{i}", t, [("SUM", [0, 1], [2], F.options("ReducerOptions", keepDims=False))], [0], [2])
+    for op, scale, zp in (("LOGISTIC", 1 / 256, -128), ("TANH", 1 / 128, 0)):
+        t = [qt((1, 300), scale=float(R.uniform(0.01, 0.1))), qt((1, 300), scale=scale, zp=zp)]
+        case(op.lower(), t, [(op, [0], [1], None)], [0], [1])
+    case("quantize", [qt((1, 30)), qt((1, 30))], [("QUANTIZE", [0], [1], None)], [0], [1])
+    t = [qt((1, 30)), dict(shape=(1, 30), dtype="float32"), qt((1, 30))]
+    case("dequantize_quantize", t, [("DEQUANTIZE", [0], [1], None), ("QUANTIZE", [1], [2], None)], [0], [2])
+    table = R.integers(-128, 128, (10, 6)).astype(np.int8)
+    t = [dict(shape=(10, 6), dtype="int8", data=table, scale=0.1, zp=3), dict(shape=(1,), dtype="int32", rows=10), qt((1, 6), 0.1, 3)]
+    case("gather", t, [("GATHER", [0, 1], [2], F.options("GatherOptions", axis=0))], [1], [2])
+    t = [qt((1, 5), 0.05, 2), qt((1, 7), 0.05, 2), qt((1, 12), 0.05, 2)]
+    case("concatenation", t, [("CONCATENATION", [0, 1], [2], F.options("ConcatenationOptions", axis=1))], [0, 1], [2])
+    t = [qt((1, 12), 0.05, 2), dict(shape=(), dtype="int32", data=np.array(1, np.int32))] + [qt((1, 4), 0.05, 2) for _ in range(3)]
+    case("split", t, [("SPLIT", [1, 0], [2, 3, 4], F.options("SplitOptions", numSplits=3))], [0], [2, 3, 4])
+    t = [qt((1, 2, 12), 0.05, 2), dict(shape=(3,), dtype="int32", data=np.array([0, 0, 4], np.int32)),
+         dict(shape=(3,), dtype="int32", data=np.array([1, 2, 9], np.int32)), dict(shape=(3,), dtype="int32", data=np.ones(3, np.int32)),
+         qt((1, 2, 5), 0.05, 2)]
+    case("strided_slice", t, [("STRIDED_SLICE", [0, 1, 2, 3], [4], F.options("StridedSliceOptions"))], [0], [4])
+    return cases
+
+
+@pytest.fixture(scope="module")
+def kernel_build(tmp_path_factory):
+    """All kernel cases in one generated source and one host binary."""
+    tmp = tmp_path_factory.mktemp("kernels")
+    cases = _cases()
+    cg = F.Codegen()
+    for name, (model, _, _) in cases.items():
+        cg.add(name, model, name)
+    cg.write(tmp / "gen")
+    exe = F.build_host(tmp / "gen", tmp / "tc_graph", main="graph_main.c")
+    return cases, exe
+
+
+@pytest.mark.parametrize("family", ["fully_connected", "add", "sub", "mul", "softmax", "batch_matmul", "mean", "sum",
+                                    "logistic", "tanh", "quantize", "dequantize_quantize", "gather",
+                                    "concatenation", "split", "strided_slice"])
+def test_kernel_bit_exact_with_tflm(kernel_build, family):
+    cases, exe = kernel_build
+    R = np.random.default_rng(1)
+    names = [n for n in cases if n == family or n.rsplit("_", 1)[0] == family]
+    assert names
+    for name in names:
+        model, ins, n_out = cases[name]
+        for _ in range(4):
+            xs = [R.integers(0, t.get("rows", 10), t["shape"]).astype(np.int32) if t["dtype"] == "int32"
+                  else R.integers(-128, 128, t["shape"]).astype(np.int8) for t in ins]
+            ref = np.concatenate([r.astype(np.int8).ravel() for r in F.tflm_run(model, xs, n_outputs=n_out)])
+            out = subprocess.run([str(exe), name], input=b"".join(x.tobytes() for x in xs), capture_output=True, check=True).stdout
+            np.testing.assert_array_equal(np.frombuffer(out, np.int8), ref, err_msg=name)
+
+
+def test_quantize_multiplier_matches_tflm_rules():
+    assert F.quantize_multiplier(0.5) == (1 << 30, 0)
+    assert F.quantize_multiplier(1.0) == (1 << 30, 1)
+    assert F.quantize_multiplier(0.0) == (0, 0)
+    m, s = F.quantize_multiplier(0.1234)
+    assert abs(m * 2.0 ** (s - 31) - 0.1234) < 1e-9
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def test_unsupported_op_fails_at_build_naming_it(tmp_path):
+    t = [dict(shape=(1, 4), dtype="int8", scale=0.1, zp=0), dict(shape=(1, 4), dtype="int8", scale=0.1, zp=0)]
+    model = F.build_model(t, [("EXP", [0], [1], None)], [0], [1])
+    with pytest.raises(TinyCapError, match=r"op EXP .*not supported by the firmware runtime"):
+        F.Codegen().add("g", model, "bad.tflite")
+    with pytest.raises(TinyCapError, match="not a .tflite"):
+        F.load_graph(b"not a flatbuffer at all", "junk.tflite")
+
+
+def test_mismatched_loop_quantisation_is_rejected(tmp_path):
+    src = FIXTURES / "attention"
+    for f in src.iterdir():
+        shutil.copy2(f, tmp_path / f.name)
+    quant = json.loads((tmp_path / "quant.json").read_text())
+    for d in quant["models"]["decoder_int8"]["inputs"]:
+        if d["name"] == "h":
+            d["scale"] *= 2
+    (tmp_path / "quant.json").write_text(json.dumps(quant))
+    with pytest.raises(TinyCapError, match="differs from quant.json|quantisation or shape differs"):
+        F.generate(tmp_path, tmp_path / "vocab.json", tmp_path / "gen")
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module", params=["attention", "mean"])
+def fixture_build(request, tmp_path_factory):
+    src = FIXTURES / request.param
+    out = tmp_path_factory.mktemp(f"fw_{request.param}")
+    info = F.generate(src, src / "vocab.json", out / "gen")
+    exe = F.build_host(out / "gen", out / "tc_host")
+    return src, info, exe
+
+
+def test_host_build_matches_tflm_on_fixture(fixture_build):
+    src, info, exe = fixture_build
+    report = F.parity(exe, src, np.load(src / "clips.npy"))
+    assert report["token_sequences_identical"] == report["clips"] == 16
+    assert report["max_logit_abs_diff"] <= 1
+    assert report["logits_compared"] > 0
+    assert 0 < report["hit_max_len"] < report["clips"]  # both early <eos> and max-length captions occur
+
+
+def test_max_length_and_out_of_range_ids_are_defined(fixture_build):
+    src, info, exe = fixture_build
+    max_len = info["shapes"]["max_len"]
+    quant = json.loads((src / "quant.json").read_text())
+    frames = quant["models"]["pooler_int8"]["inputs"][0]
+    from tinycap.quantize import quantize_frames
+
+    clips = quantize_frames(np.load(src / "clips.npy"), frames["scale"], frames["zero_point"])
+    tokens, _ = F.run_host(exe, clips)
+    assert max(len(t) for t in tokens) == max_len  # stops at max_len, never beyond
+    assert all(2 not in t for t in tokens)  # <eos> is not written
+    vocab = json.loads((src / "vocab.json").read_text())["tokens"]
+    text = lambda i: subprocess.run([str(exe), "-t", str(i)], capture_output=True, text=True, check=True).stdout.strip()  # noqa: E731
+    assert text(5) == vocab[5]
+    assert text(len(vocab)) == "<unk>" and text(65535) == "<unk>" and text(-3) == "<unk>"
+    bad = subprocess.run([str(exe)], input=b"\x00" * 7, capture_output=True)
+    assert bad.returncode == 1 and b"inside a clip" in bad.stderr
+
+
+def test_generated_sources_are_static_and_sized(fixture_build):
+    src, info, exe = fixture_build
+    gen = exe.parent / "gen"
+    code = (gen / "tc_graphs.c").read_text() + (gen / "tc_model.c").read_text()
+    assert "malloc" not in code and "static const int8_t" in code
+    assert info["weight_bytes"] > 0 and info["arena_bytes"] > 0
+    header = (gen / "tc_model.h").read_text()
+    for name in ("TC_NUM_FRAMES", "TC_DIM", "TC_MAX_LEN", "TC_VOCAB_SIZE"):
+        assert f"#define {name} " in header
+
+
+def test_tflm_app_export(tmp_path):
+    src = FIXTURES / "attention"
+    quant = json.loads((src / "quant.json").read_text())
+    res = F.export_tflm_app(src, src / "vocab.json", np.zeros((4, 24), np.int8), tmp_path)
+    ops = sorted(set(quant["models"]["pooler_int8"]["ops"]) | set(quant["models"]["decoder_int8"]["ops"]))
+    assert res["ops"] == ops and res["built"] is False
+    resolver = (tmp_path / "op_resolver.h").read_text()
+    assert resolver.count("resolver.Add") == len(ops) and "AddFullyConnected()" in resolver
+    settings = (tmp_path / "model_settings.h").read_text()
+    assert f"kPoolerArenaBytes = {quant['models']['pooler_int8']['arena_bytes']};" in settings
+    main = (tmp_path / "main.cc").read_text()
+    assert "void setup()" in main and "void loop()" in main and "alignas(16)" in main
+    assert "TFLM_ROOT" in (tmp_path / "Makefile").read_text()
+    if shutil.which("g++"):
+        subprocess.run(["g++", "-fsyntax-only", "-std=c++17", "-I", str(tmp_path), str(tmp_path / "model_data.cc")], check=True)
+
+
+@pytest.mark.skipif(not (ROOT / "data" / "int8" / "quant.json").is_file() or not (ROOT / "data" / "embeddings" / "clip.h5").is_file(),
+                    reason="data/int8 or data/embeddings not built (run the pipeline up to quantize_int8)")
+def test_host_build_matches_tflm_on_real_clips(tmp_path):
+    from tinycap.quantize import load_embeddings
+
+    info = F.generate(ROOT / "data" / "int8", ROOT / "data" / "guide" / "vocab.json", tmp_path / "gen")
+    exe = F.build_host(tmp_path / "gen", tmp_path / "tc_host")
+    frames, _, splits, _ = load_embeddings(ROOT / "data" / "embeddings" / "clip.h5")
+    picked = np.flatnonzero(np.isin(splits, ["test", "novel"]))[:40]
+    report = F.parity(exe, ROOT / "data" / "int8", frames[picked])
+    assert report["token_sequences_identical"] == report["clips"], report
+    assert report["max_logit_abs_diff"] <= 1, report
+    assert info["shapes"]["vocab_size"] > 4
+
+
+@pytest.fixture(scope="module")
+def stage_build(tmp_path_factory):
+    """tinycap.firmware.build() (the build_tflm stage) on the attention fixture, clips as test/novel."""
+    import h5py
+
+    if shutil.which("arm-none-eabi-gcc") is None:
+        pytest.skip("arm-none-eabi-gcc not installed (Debian package gcc-arm-none-eabi)")
+    src = FIXTURES / "attention"
+    tmp = tmp_path_factory.mktemp("stage")
+    clips = np.load(src / "clips.npy")
+    with h5py.File(tmp / "clip.h5", "w") as f:
+        f["frame_emb"] = clips
+        f["video_id"] = np.array([f"v{i}" for i in range(len(clips))], dtype="S")
+        f["split"] = np.array(["test", "novel"] * (len(clips) // 2), dtype="S")
+        f["caption"] = np.array([b"a clip"])
+        f["caption_video"] = np.array([0], np.int32)
+    metrics = F.build(src, src / "vocab.json", tmp / "clip.h5", tmp / "firmware", F.FirmwareConfig())
+    return src, tmp / "firmware", metrics, clips
+
+
+def test_stage_build_metrics(stage_build):
+    src, out, metrics, clips = stage_build
+    assert metrics["parity"]["clips"] == len(clips) == metrics["parity"]["token_sequences_identical"]
+    assert metrics["parity"]["max_logit_abs_diff"] <= 1
+    assert metrics["weight_bytes"]["value"] > 0 and metrics["static_buffer_bytes"]["value"] > 0
+    for image in ("qemu", "stm32h743"):
+        assert metrics["elf_sizes"][image]["flash_bytes"] > metrics["weight_bytes"]["value"]
+    for path in ("gen/tc_graphs.c", "gen/tc_model.h", "host/tc_host", "tflm_app/main.cc", "elf/tinycap_qemu.elf"):
+        assert (out / path).is_file(), path
+
+
+def test_cortex_m7_build_matches_host_build_under_qemu(stage_build):
+    """The DSP path (SXTB16/SMLAD inner loop, SSAT) only runs on the M7: same tokens as the host build."""
+    from tinycap import m7
+    from tinycap.quantize import quantize_frames
+
+    if shutil.which("qemu-system-arm") is None:
+        pytest.skip("qemu-system-arm not installed (Debian package qemu-system-arm)")
+    src, out, metrics, clips = stage_build
+    frames = json.loads((src / "quant.json").read_text())["models"]["pooler_int8"]["inputs"][0]
+    q = quantize_frames(clips, frames["scale"], frames["zero_point"])
+    plugin = m7.build_plugin(out.parent / "plugin")
+    res = m7.run_qemu(out / "elf" / "tinycap_qemu.elf", q.reshape(len(q), -1), out.parent / "qemu", plugin)
+    host, _ = F.run_host(out / "host" / "tc_host", q)
+    assert res["tokens"] == host
