@@ -1,0 +1,793 @@
+"""quantize_int8: MicroCap rebuilt in TensorFlow, full-integer PTQ, and quality through real TFLM.
+
+The device runs two graphs (batch 1), both mirrors of tinycap.microcap.MicroCap:
+
+  pooler   frames int8 (1, T, D) -> h0 (1, H), context (1, 3H), weights (1, T) [attention only]
+             c = attention pool of frames (mean pool: MEAN, no weights output)
+             h0 = tanh(init_h(c));  context = c @ W_xc^T + b_x   (the constant part of x_proj)
+  decoder  token int32 (1,), h (1, H), context (1, 3H) -> logits (1, V), h_new (1, H)
+             gx = gather(embed, token) @ W_xe^T + context;  gh = h_proj(h)
+             r, z = sigmoid(gx_rz + gh_rz);  n = tanh(gx_n + r * gh_n);  h_new = n + z * (h - n)
+
+The int8 tensors the device loop passes from one graph to the next carry identical quantisation,
+so it copies them without requantising (checked at export, recorded in quant.json):
+  h0, h, h_new   scale 1/128, zero point 0 (TANH's fixed output parameters): fake-quant ops pin them
+                 on the outputs h0 and h_new; the input h gets them from calibration data whose range
+                 is made exactly [-1, 127/128] (pin_h_range).
+  context        the range of the decoder's calibration contexts (every train clip's first step
+                 included), pinned with a fake-quant op on the pooler's context output.
+(A fake-quant op on a graph *input* does not work: the converter then calibrates the tensor after
+it separately and inserts QUANTIZE/DEQUANTIZE, which the export refuses.)
+
+The float mirror is checked against PyTorch on real inputs; the int8 graphs are calibrated on real
+training clips and on real decoder states (teacher-forced reference captions and the float model's
+own greedy decoding), then decoded greedily in the TFLM runtime (the kernels the device runs).
+"""
+
+import dataclasses
+import logging
+import math
+import re
+import subprocess
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tinycap.errors import TinyCapError
+from tinycap.io import atomic_path, read_json, write_json
+
+log = logging.getLogger(__name__)
+# tf.lite.Interpreter (also used inside the converter) warns it moves to ai_edge_litert; it is the
+# reference int8 runtime here all the same
+warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
+
+POOLER, DECODER = "pooler", "decoder"
+H_QUANT = (1.0 / 128.0, 0)  # int8 (scale, zero point) of h0, h and h_new: TFLite's fixed TANH output params
+H_RANGE = (-1.0, 127.0 / 128.0)  # the float range that (scale, zero point) covers, as fake-quant min/max
+ARENA_SLACK = 64  # bytes added to the measured arena when the host runtime decodes (buffer alignment varies)
+
+# Builtin ops the tflite-micro runtime registers (the Register_* kernels of tflite_micro's _runtime.so,
+# tflite-micro 0.dev20261023). SELECT (what a Keras Embedding brings) is not among them.
+TFLM_OPS = frozenset(
+    "ABS ADD ADD_N ARG_MAX ARG_MIN ASSIGN_VARIABLE AVERAGE_POOL_2D BATCH_MATMUL BATCH_TO_SPACE_ND "
+    "BROADCAST_ARGS BROADCAST_TO CALL_ONCE CAST CEIL CIRCULAR_BUFFER CONCATENATION CONV_2D COS CUMSUM "
+    "DEPTHWISE_CONV_2D DEPTH_TO_SPACE DEQUANTIZE DETECTION_POSTPROCESS DIV DYNAMIC_UPDATE_SLICE ELU "
+    "EMBEDDING_LOOKUP EQUAL EXP EXPAND_DIMS FILL FLOOR FLOOR_DIV FLOOR_MOD FULLY_CONNECTED GATHER "
+    "GATHER_ND GREATER GREATER_EQUAL HARD_SWISH IF L2_NORMALIZATION L2_POOL_2D LEAKY_RELU LESS LESS_EQUAL "
+    "LOG LOGICAL_AND LOGICAL_NOT LOGICAL_OR LOGISTIC LOG_SOFTMAX MAXIMUM MAX_POOL_2D MEAN MINIMUM "
+    "MIRROR_PAD MUL NEG NOT_EQUAL PACK PAD PADV2 PRELU QUANTIZE READ_VARIABLE REDUCE_ALL REDUCE_MAX "
+    "REDUCE_MIN RELU RELU6 RESHAPE RESIZE_BILINEAR RESIZE_NEAREST_NEIGHBOR REVERSE_V2 ROUND RSQRT "
+    "SELECT_V2 SHAPE SIN SLICE SOFTMAX SPACE_TO_BATCH_ND SPACE_TO_DEPTH SPLIT SPLIT_V SQRT SQUARE "
+    "SQUARED_DIFFERENCE SQUEEZE STRIDED_SLICE SUB SUM SVDF TANH TRANSPOSE TRANSPOSE_CONV "
+    "UNIDIRECTIONAL_SEQUENCE_LSTM UNPACK VAR_HANDLE WHILE ZEROS_LIKE".split()
+)
+
+
+@dataclass
+class QuantizeParams:
+    calibration_clips: int = 300  # train clips whose frames and decoder states calibrate the int8 ranges
+
+
+def model_file(name, precision):
+    """data/int8 file name of a graph: microcap_{pooler,decoder}_{fp32,int8}.tflite."""
+    return f"microcap_{name}_{precision}.tflite"
+
+
+# ----------------------------------------------------------------------------------------------
+# TensorFlow mirror
+
+
+class TFMicroCap:
+    """The two device graphs of a MicroCap, weights copied from the PyTorch module.
+
+    `pooler(frames)` and `step(token, h, context)` accept any batch (float parity checks);
+    `concrete(name, fake_quant)` gives the batch-1 tf.function that is converted to .tflite.
+    """
+
+    def __init__(self, model, ranges=None):
+        import tensorflow as tf
+
+        self.cfg = model.cfg
+        sd = {k: v.detach().cpu().double().numpy() for k, v in model.state_dict().items()}
+        D, H, E = self.cfg.dim, self.cfg.hidden, self.cfg.embed_dim
+        f32 = lambda a: tf.constant(np.asarray(a, np.float32))  # noqa: E731
+        self.attention = self.cfg.pooling == "attention"
+        if self.attention:
+            # ((x + pos) @ q) / sqrt(D) = x @ (q / sqrt(D)) + (pos @ q) / sqrt(D): one FC and one ADD
+            q = sd["pooler.query"] / math.sqrt(D)  # (D,)
+            self.q = f32(q[:, None])  # (D, 1)
+            self.pos_bias = f32((sd["pooler.pos_emb"] @ q)[None, :])  # (1, T)
+        self.w_init = f32(sd["init_h.weight"].T)  # (D, H)
+        self.b_init = f32(sd["init_h.bias"])  # (H,)
+        self.w_xc = f32(sd["x_proj.weight"][:, E:].T)  # (D, 3H)  context part of x_proj
+        self.b_x = f32(sd["x_proj.bias"])  # (3H,)
+        self.embed = f32(sd["embed.weight"])  # (V, E)
+        # one FC per gate (r, z, n) instead of one 3H-wide FC and a SPLIT: each gate's output gets its
+        # own int8 scale (the 3H-wide h_proj output needed ~0.09 per step, 12 steps of error in h_new)
+        gate = lambda w, g: w[g * H : (g + 1) * H]  # noqa: E731
+        self.w_xe = [f32(gate(sd["x_proj.weight"], g)[:, :E].T) for g in range(3)]  # 3 x (E, H) token part
+        self.w_h = [f32(gate(sd["h_proj.weight"], g).T) for g in range(3)]  # 3 x (H, H)
+        self.b_h = [f32(gate(sd["h_proj.bias"], g)) for g in range(3)]  # 3 x (H,)
+        self.w_out = f32(sd["out.weight"].T)  # (H, V)
+        self.b_out = f32(sd["out.bias"])  # (V,)
+        # float ranges pinned with fake-quant ops in the int8 graphs: h0/h_new (H_RANGE), context, and
+        # the gate pre-activations (calibrated, clipped where LOGISTIC/TANH saturate in int8)
+        self.ranges = dict(ranges or {}, h0=H_RANGE, h_new=H_RANGE)
+
+    # the math, shared by the float checks and the exported graphs
+    def pooler(self, frames, fake_quant=False):
+        """frames (B, T, D) -> dict h0 (B, H), context (B, 3H)[, weights (B, T)]."""
+        import tensorflow as tf
+
+        pin = self._pin if fake_quant else (lambda x, name: x)
+        out = {}
+        if self.attention:
+            scores = tf.squeeze(tf.matmul(frames, self.q), -1) + self.pos_bias  # (B, T)
+            weights = tf.nn.softmax(scores, axis=-1)  # (B, T)
+            # MUL + SUM: tf.lite's int8 BATCH_MATMUL lost ~8 quantisation steps here (QuantizationDebugger)
+            c = tf.reduce_sum(tf.expand_dims(weights, -1) * frames, axis=1)  # (B, D)
+            out["weights"] = weights
+        else:
+            c = tf.reduce_mean(frames, axis=1)  # (B, D)
+        out["h0"] = pin(tf.tanh(tf.matmul(c, self.w_init) + self.b_init), "h0")  # (B, H)
+        out["context"] = pin(tf.matmul(c, self.w_xc) + self.b_x, "context")  # (B, 3H)
+        return out
+
+    def step(self, token, h, context, fake_quant=False, preactivations=False):
+        """token (B,) int32, h (B, H), context (B, 3H) -> dict logits (B, V), h_new (B, H)
+        (and the gate pre-activations r_pre, z_pre, n_pre with `preactivations`)."""
+        import tensorflow as tf
+
+        pin = self._pin if fake_quant else (lambda x, name: x)
+        e = tf.gather(self.embed, token)  # (B, E): a plain GATHER (a Keras Embedding would bring SELECT)
+        ctx = tf.split(context, 3, axis=-1)  # 3 x (B, H)
+        gx = [tf.matmul(e, self.w_xe[g]) + ctx[g] for g in range(3)]  # input gates, 3 x (B, H)
+        gh = [tf.matmul(h, self.w_h[g]) + self.b_h[g] for g in range(3)]  # hidden gates, 3 x (B, H)
+        pre = {"r_pre": gx[0] + gh[0], "z_pre": gx[1] + gh[1]}
+        r = tf.sigmoid(pin(pre["r_pre"], "r_pre"))
+        z = tf.sigmoid(pin(pre["z_pre"], "z_pre"))
+        pre["n_pre"] = gx[2] + r * gh[2]
+        n = tf.tanh(pin(pre["n_pre"], "n_pre"))
+        h_new = pin(n + z * (h - n), "h_new")  # = (1 - z) * n + z * h, one op fewer
+        logits = tf.matmul(h_new, self.w_out) + self.b_out  # (B, V)
+        return {"logits": logits, "h_new": h_new, **(pre if preactivations else {})}
+
+    def _pin(self, x, name):
+        """Fake-quant `x` to its pinned range: the converter gives the tensor exactly these params."""
+        import tensorflow as tf
+
+        if name not in self.ranges:
+            return x
+        lo, hi = self.ranges[name]
+        return tf.quantization.fake_quant_with_min_max_args(x, min=lo, max=hi, num_bits=8)
+
+    def concrete(self, name, fake_quant):
+        """Batch-1 concrete function of graph `name` (POOLER or DECODER) for the converter."""
+        import tensorflow as tf
+
+        cfg = self.cfg
+        if name == POOLER:
+            spec = [tf.TensorSpec((1, cfg.num_frames, cfg.dim), tf.float32, name="frames")]
+            fn = tf.function(lambda frames: self.pooler(frames, fake_quant), input_signature=spec)
+        else:
+            spec = [
+                tf.TensorSpec((1,), tf.int32, name="token"),
+                tf.TensorSpec((1, cfg.hidden), tf.float32, name="h"),
+                tf.TensorSpec((1, 3 * cfg.hidden), tf.float32, name="context"),
+            ]
+            fn = tf.function(lambda token, h, context: self.step(token, h, context, fake_quant), input_signature=spec)
+        return fn.get_concrete_function()
+
+    def greedy(self, frames, max_steps):
+        """Float greedy decoding, batched: frames (B, T, D) -> list of B token-id lists."""
+        from tinycap.vocab import BOS, EOS
+
+        enc = self.pooler(np.asarray(frames, np.float32))
+        h, context = enc["h0"], enc["context"]
+        tok = np.full(len(frames), BOS, np.int32)
+        out, done = [[] for _ in frames], np.zeros(len(frames), bool)
+        for _ in range(max_steps):
+            res = self.step(tok, h, context)
+            h, tok = res["h_new"], np.argmax(res["logits"].numpy(), axis=-1).astype(np.int32)
+            for b in np.flatnonzero(~done & (tok != EOS)):
+                out[b].append(int(tok[b]))
+            done |= tok == EOS
+            if done.all():
+                break
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Conversion
+
+
+def convert(mirror, name, representative=None):
+    """.tflite bytes of graph `name`: float32, or full-integer int8 when `representative` is given
+    (a list of input dicts; int8 weights per channel, int8 activations and I/O, token stays int32)."""
+    import tensorflow as tf
+
+    int8 = representative is not None
+    fn = mirror.concrete(name, fake_quant=int8)
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([fn], tf.Module())
+    if int8:
+        if not representative:
+            raise TinyCapError(f"{name} calibration", "representative dataset is empty")
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = lambda: iter(representative)
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.int8
+        conv.inference_output_type = tf.int8
+    return conv.convert()
+
+
+def _interpreter(model_bytes):
+    import tensorflow as tf
+
+    with warnings.catch_warnings():  # the filter above, also under pytest (which resets filters)
+        warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
+        return tf.lite.Interpreter(model_content=model_bytes)
+
+
+def model_ops(model_bytes):
+    """Sorted builtin op names of a .tflite model."""
+    return sorted({op["op_name"] for op in _interpreter(model_bytes)._get_ops_details()})
+
+
+def check_tflm_ops(ops, where):
+    """Raise (one line) unless every op is one TFLM supports."""
+    missing = sorted(set(ops) - TFLM_OPS)
+    if missing:
+        raise TinyCapError(where, f"op(s) {', '.join(missing)} not supported by TFLM")
+
+
+def io_details(model_bytes):
+    """Inputs/outputs in TFLM index order: name, shape, dtype, scale, zero_point."""
+    it = _interpreter(model_bytes)
+    sig = it._get_full_signature_list()["serving_default"]
+    names = {idx: n for kind in ("inputs", "outputs") for n, idx in sig[kind].items()}
+
+    def describe(d):
+        scale, zp = d["quantization"]
+        return {
+            "name": names[d["index"]],
+            "shape": [int(s) for s in d["shape"]],
+            "dtype": np.dtype(d["dtype"]).name,
+            "scale": float(scale),
+            "zero_point": int(zp),
+        }
+
+    return {"inputs": [describe(d) for d in it.get_input_details()], "outputs": [describe(d) for d in it.get_output_details()]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Running the graphs: TFLM (the device's kernels) or tf.lite, int8 or float
+
+
+def quantize_frames(frame_emb, scale, zero_point):
+    """Float frame embeddings -> int8, as the firmware does it:
+    q = clamp(roundf(x / scale) + zero_point, -128, 127), float32 division, roundf = half away from zero."""
+    x = np.asarray(frame_emb, np.float32) / np.float32(scale)
+    r = np.rint(x)
+    halves = np.abs(x - np.trunc(x)) == np.float32(0.5)
+    r = np.where(halves, np.trunc(x) + np.sign(x), r)
+    return np.clip(r + zero_point, -128, 127).astype(np.int8)
+
+
+class _Graph:
+    """One .tflite graph behind a runtime; inputs and outputs by name."""
+
+    def __init__(self, model_bytes, io, runtime, arena_bytes=None):
+        self.io = io
+        self.in_pos = {d["name"]: i for i, d in enumerate(io["inputs"])}
+        self.out_pos = {d["name"]: i for i, d in enumerate(io["outputs"])}
+        if runtime == "tflm":
+            from tflite_micro import runtime as tflm
+
+            self.it = tflm.Interpreter.from_bytes(model_bytes, arena_size=arena_bytes)
+            self._set, self._get = self.it.set_input, self.it.get_output
+        else:
+            self.it = _interpreter(model_bytes)
+            self.it.allocate_tensors()
+            ins = [d["index"] for d in self.it.get_input_details()]
+            outs = [d["index"] for d in self.it.get_output_details()]
+            self._set = lambda x, i: self.it.set_tensor(ins[i], x)
+            self._get = lambda i: self.it.get_tensor(outs[i])
+
+    def __call__(self, **inputs):
+        for name, x in inputs.items():
+            self._set(np.ascontiguousarray(x), self.in_pos[name])
+        self.it.invoke()
+        return {name: np.array(self._get(i)) for name, i in self.out_pos.items()}
+
+
+class Captioner:
+    """Greedy decoding of the data/int8 graphs from Python, the loop the firmware runs:
+    quantise frames, run the pooler once, then decoder steps from <bos> until <eos> or max_steps,
+    feeding h_new and the context back unchanged (identical quantisation, see quant.json).
+    runtime: "tflm" (tflite_micro.runtime, the device's kernels) or "tflite"; precision int8 or fp32."""
+
+    def __init__(self, int8_dir, runtime="tflm", precision="int8"):
+        int8_dir = Path(int8_dir)
+        self.quant = read_json(int8_dir / "quant.json")
+        self.precision = precision
+        self.max_steps = self.quant["max_steps"]
+        self.graphs = {}
+        for name in (POOLER, DECODER):
+            entry = self.quant["models"][f"{name}_{precision}"]
+            path = int8_dir / entry["file"]
+            if not path.is_file():
+                raise TinyCapError(path, "file not found")
+            # the measured arena plus slack for a differently aligned buffer start
+            arena = entry["arena_bytes"] + ARENA_SLACK if runtime == "tflm" else None
+            self.graphs[name] = _Graph(path.read_bytes(), entry, runtime, arena)
+        frames_io = self.graphs[POOLER].io["inputs"][0]
+        self.frame_scale, self.frame_zero_point = frames_io["scale"], frames_io["zero_point"]
+
+    def encode(self, frame_emb):
+        """frame_emb (T, D) float -> pooler outputs (int8 or float arrays, batch 1)."""
+        frames = np.asarray(frame_emb, np.float32)[None]
+        if self.precision == "int8":
+            frames = quantize_frames(frames, self.frame_scale, self.frame_zero_point)
+        return self.graphs[POOLER](frames=frames)
+
+    def caption(self, frame_emb):
+        """frame_emb (T, D) -> token ids (no <bos>, stops before <eos>)."""
+        from tinycap.vocab import BOS, EOS
+
+        enc = self.encode(frame_emb)
+        h, context, tok, out = enc["h0"], enc["context"], BOS, []
+        for _ in range(self.max_steps):
+            res = self.graphs[DECODER](token=np.array([tok], np.int32), h=h, context=context)
+            h = res["h_new"]
+            tok = int(np.argmax(res["logits"][0]))  # first maximum on ties, like the firmware's loop
+            if tok == EOS:
+                break
+            out.append(tok)
+        return out
+
+
+class TflmCaptioner(Captioner):
+    """The int8 graphs in the TFLM runtime: `TflmCaptioner("data/int8").caption(frame_emb)`."""
+
+    def __init__(self, int8_dir):
+        super().__init__(int8_dir, runtime="tflm", precision="int8")
+
+
+# ----------------------------------------------------------------------------------------------
+# TFLM arena, measured in a subprocess (a too-small arena segfaults the process)
+
+_ARENA_PROBE = """
+import sys, numpy as np
+from tflite_micro import runtime
+data = open(sys.argv[1], "rb").read()
+n_inputs, lo, hi, step = map(int, sys.argv[2:])
+
+def run(arena):
+    it = runtime.Interpreter.from_bytes(data, arena_size=arena)
+    for i in range(n_inputs):
+        d = it.get_input_details(i)
+        it.set_input(np.zeros(d["shape"], d["dtype"]), i)
+    it.invoke()
+    return it
+
+while hi - lo > 1:  # invariant: lo * step fails, hi * step works
+    mid = (lo + hi) // 2
+    print("try", mid, flush=True)
+    try:
+        run(mid * step)
+        hi = mid
+        print("ok", mid, flush=True)
+    except RuntimeError:
+        lo = mid
+        print("fail", mid, flush=True)
+print("result", hi, flush=True)
+it = run(hi * step)
+sys.stderr.flush()
+it.print_allocations()
+"""
+
+
+def measure_arena(model_path, n_inputs, step=16):
+    """Smallest tensor arena (bytes, multiple of `step`) with which the TFLM runtime allocates and
+    invokes the model, bisected in a subprocess (a too-small arena may crash the process: the probe
+    then restarts above the size that crashed). x86-64 host build, so an upper bound for a 32-bit
+    target. Also returns the RecordingMicroAllocator report print_allocations() writes to fd 2."""
+    lo, hi = 0, -(-max(1 << 20, 10 * Path(model_path).stat().st_size) // step)
+    for _ in range(32):
+        res = subprocess.run(
+            [sys.executable, "-c", _ARENA_PROBE, str(model_path), str(n_inputs), str(lo), str(hi), str(step)],
+            capture_output=True,
+            text=True,
+        )
+        lines = [line.split() for line in res.stdout.splitlines()]
+        for word, n in lines:
+            if word == "ok":
+                hi = int(n)
+            elif word == "fail":
+                lo = int(n)
+        if res.returncode == 0 and lines and lines[-1][0] == "result":
+            report = [line for line in res.stderr.splitlines() if "RecordingMicroAllocator" in line]
+            return hi * step, report
+        if lines and lines[-1][0] == "try":  # crashed while trying this size: too small
+            lo = int(lines[-1][1])
+            continue
+        how = f"killed by signal {-res.returncode}" if res.returncode < 0 else f"exit {res.returncode}"
+        tail = (res.stderr.strip().splitlines() or ["no message"])[-1]
+        raise TinyCapError(model_path, f"TFLM could not run the model ({how}: {tail})")
+    raise TinyCapError(model_path, "TFLM arena probe kept crashing")
+
+
+# ----------------------------------------------------------------------------------------------
+# Data, calibration and the stage
+
+
+def load_embeddings(path):
+    """clip.h5 -> frame_emb (V, T, D), video_id [V], split [V], references {video_id: [captions]}."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise TinyCapError(path, "file not found")
+    with h5py.File(path, "r") as f:
+        missing = [k for k in ("frame_emb", "video_id", "split", "caption", "caption_video") if k not in f]
+        if missing:
+            raise TinyCapError(path, f"missing dataset(s) {', '.join(missing)}")
+        frames = f["frame_emb"][()].astype(np.float32)
+        vids = [v.decode() if isinstance(v, bytes) else str(v) for v in f["video_id"][()]]
+        splits = [s.decode() if isinstance(s, bytes) else str(s) for s in f["split"][()]]
+        captions = [c.decode() if isinstance(c, bytes) else str(c) for c in f["caption"][()]]
+        cap_video = f["caption_video"][()]
+    refs = {}
+    for cap, v in zip(captions, cap_video):
+        refs.setdefault(vids[int(v)], []).append(cap)
+    return frames, np.array(vids), np.array(splits), refs
+
+
+def check_architecture(model, expect, frames, vocab, where):
+    """One line if the checkpoint's config disagrees with params / the data it is quantised for."""
+    cfg = dataclasses.asdict(model.cfg)
+    want = dict(expect, dim=frames.shape[2], vocab_size=len(vocab))
+    if frames.shape[1] != cfg["num_frames"]:
+        want["num_frames"] = frames.shape[1]
+    bad = [f"{k}={cfg[k]} (expected {v})" for k, v in want.items() if cfg.get(k) != v]
+    if bad:
+        raise TinyCapError(where, f"architecture mismatch with params/data: checkpoint has {', '.join(bad)}")
+
+
+def pick_calibration(splits, n):
+    """Indices of `n` train clips spread evenly over the train split (deterministic)."""
+    train = np.flatnonzero(splits == "train")
+    if n <= 0 or len(train) == 0:
+        raise TinyCapError("quantize.calibration_clips", f"no calibration clips ({n} asked, {len(train)} train clips)")
+    return train[np.linspace(0, len(train) - 1, min(n, len(train))).round().astype(int)]
+
+
+def decoder_states(model, frames, token_seqs):
+    """Real decoder inputs: for each clip, the states of teacher-forced decoding of `token_seqs`
+    (a reference caption, <bos> first) and of the float model's own greedy decoding.
+    Returns a list of {"token", "h", "context"} batch-1 float32 dicts."""
+    import torch
+
+    from tinycap.vocab import BOS, EOS
+
+    m = model.cfg
+    E = m.embed_dim
+    with torch.no_grad():
+        x = torch.as_tensor(frames)
+        c, h0, _ = model.encode(x)
+        context = c @ model.x_proj.weight[:, E:].T + model.x_proj.bias  # (B, 3H)
+        samples = []
+
+        def add(tok, h):
+            for b in range(len(tok)):
+                samples.append(
+                    {
+                        "token": np.array([tok[b]], np.int32),
+                        "h": h[b : b + 1].numpy().astype(np.float32),
+                        "context": context[b : b + 1].numpy().astype(np.float32),
+                    }
+                )
+
+        # teacher forcing on a reference caption (all positions but the final <eos>)
+        L = max(len(s) for s in token_seqs)
+        toks = torch.full((len(token_seqs), L), EOS, dtype=torch.long)
+        for i, s in enumerate(token_seqs):
+            toks[i, : len(s)] = torch.as_tensor(s)
+        h = h0
+        for t in range(L - 1):
+            live = [i for i, s in enumerate(token_seqs) if t < len(s) - 1]
+            add(toks[live, t].tolist(), h[live])
+            _, h = model.step(toks[:, t], h, c)
+        # the float model's own greedy decoding
+        h, tok = h0, torch.full((len(frames),), BOS, dtype=torch.long)
+        live = torch.ones(len(frames), dtype=torch.bool)
+        for _ in range(m.max_steps):
+            idx = torch.nonzero(live).flatten()
+            if len(idx) == 0:
+                break
+            add(tok[idx].tolist(), h[idx])
+            logits, h = model.step(tok, h, c)
+            tok = logits.argmax(-1)
+            live &= tok != EOS
+    return samples
+
+
+def bos_states(model, frames):
+    """The first decoder step (<bos>, h0, context) of every clip in `frames`: cheap, and it makes the
+    calibrated context range span every train clip."""
+    import torch
+
+    from tinycap.vocab import BOS
+
+    E = model.cfg.embed_dim
+    with torch.no_grad():
+        c, h0, _ = model.encode(torch.as_tensor(frames))
+        context = c @ model.x_proj.weight[:, E:].T + model.x_proj.bias
+    tok = np.array([BOS], np.int32)
+    return [{"token": tok, "h": h0[b : b + 1].numpy(), "context": context[b : b + 1].numpy()} for b in range(len(frames))]
+
+
+def pin_h_range(states):
+    """Make the calibrated range of the decoder's h input exactly H_RANGE, so the converter gives
+    it the quantisation (1/128, 0) that the fake-quant ops pin on h0 and h_new: h is clipped to
+    H_RANGE (what int8 h holds anyway) and one state is added, a copy of the first with its first
+    two h elements at the ends of the range."""
+    lo, hi = H_RANGE
+    out = [dict(s, h=np.clip(s["h"], lo, hi).astype(np.float32)) for s in states]
+    extra = dict(out[0], h=out[0]["h"].copy())
+    extra["h"][0, :2] = lo, hi
+    return out + [extra]
+
+
+# |x| beyond which int8 LOGISTIC (output step 1/256) and TANH (1/128) outputs no longer change
+SATURATION = {"r_pre": 6.0, "z_pre": 6.0, "n_pre": 3.2}
+
+
+def pinned_ranges(mirror, states):
+    """Float ranges pinned in the int8 graphs, from the representative decoder states:
+    context = its range over the states (the converter calibrates the decoder's context input on
+    exactly these values, so the pooler's pinned context output gets the same params);
+    r_pre, z_pre, n_pre = their range clipped at SATURATION (a narrower, finer int8 scale where the
+    activation still changes; beyond it the int8 output is saturated anyway)."""
+    batch = {k: np.concatenate([s[k] for s in states]) for k in ("token", "h", "context")}
+    pre = mirror.step(batch["token"], batch["h"], batch["context"], preactivations=True)
+    ranges = {"context": (float(batch["context"].min()), float(batch["context"].max()))}
+    lo, hi = ranges["context"]
+    if not lo < 0 < hi:  # int8 needs 0 inside; widening it would break the equality with the input's params
+        raise TinyCapError("calibration context", f"range [{lo:.4g}, {hi:.4g}] does not contain 0")
+    for name, bound in SATURATION.items():
+        x = pre[name].numpy()
+        ranges[name] = (max(min(float(x.min()), 0.0), -bound), min(max(float(x.max()), 0.0), bound))
+    return ranges
+
+
+def float_parity(model, mirror, frames):
+    """Max abs difference PyTorch vs TF mirror on real clips (pooler outputs, and every decoder step
+    along PyTorch's greedy path), and how many greedy captions are token-identical."""
+    import torch
+
+    from tinycap.vocab import BOS
+
+    E = model.cfg.embed_dim
+    diff = {"h0": 0.0, "context": 0.0, "weights": 0.0, "logits": 0.0, "h_new": 0.0}
+    with torch.no_grad():
+        x = torch.as_tensor(frames)
+        c, h, w = model.encode(x)
+        ref = {"h0": h, "context": c @ model.x_proj.weight[:, E:].T + model.x_proj.bias, "weights": w}
+        got = mirror.pooler(frames)
+        for k in got:
+            diff[k] = float(np.abs(got[k].numpy() - ref[k].numpy()).max())
+        tok = torch.full((len(frames),), BOS, dtype=torch.long)
+        for _ in range(model.cfg.max_steps):
+            res = mirror.step(tok.numpy().astype(np.int32), h.numpy(), ref["context"].numpy())
+            logits, h = model.step(tok, h, c)
+            diff["logits"] = max(diff["logits"], float(np.abs(res["logits"].numpy() - logits.numpy()).max()))
+            diff["h_new"] = max(diff["h_new"], float(np.abs(res["h_new"].numpy() - h.numpy()).max()))
+            tok = logits.argmax(-1)
+        torch_caps = model.greedy(x)
+    tf_caps = mirror.greedy(frames, model.cfg.max_steps)
+    same = sum(a == b for a, b in zip(torch_caps, tf_caps))
+    if "weights" not in mirror.pooler(frames[:1]):
+        diff.pop("weights")
+    return {"max_abs_diff": diff, "tokens_identical": same, "clips": len(frames)}, torch_caps
+
+
+def token_agreement(a, b):
+    """Fraction of positions (EOS included, over the longer sequence) where two greedy decodings agree."""
+    agree = total = 0
+    for x, y in zip(a, b):
+        x, y = list(x) + [-1], list(y) + [-1]  # -1 marks <eos>
+        n = max(len(x), len(y))
+        agree += sum(1 for i in range(min(len(x), len(y))) if x[i] == y[i])
+        total += n
+    return agree / total if total else 1.0
+
+
+def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect):
+    """Mirror, convert, calibrate and evaluate; writes the data/int8 files into `out_dir` (which the
+    caller publishes atomically) and returns the metrics dict (metrics/quantize.json).
+    `expect`: the architecture params say the checkpoint has (pooling, num_frames, embed_dim,
+    hidden, max_len)."""
+    from tinycap import evaluate, microcap
+    from tinycap.vocab import load as load_vocab
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vocab = load_vocab(vocab_path)
+    model = microcap.load(microcap_path, vocab)
+    frames, vids, splits, refs = load_embeddings(embeddings_path)
+    check_architecture(model, expect, frames, vocab, microcap_path)
+
+    # calibration data: real train clips, real decoder states
+    cal = pick_calibration(splits, params.calibration_clips)
+    seqs = [vocab.encode(refs[vids[i]][0], model.cfg.max_len) if vids[i] in refs else [vocab.index["<bos>"]] for i in cal]
+    states = pin_h_range(decoder_states(model, frames[cal], seqs) + bos_states(model, frames[splits == "train"]))
+    mirror = TFMicroCap(model)
+    mirror = TFMicroCap(model, pinned_ranges(mirror, states))
+    log.info("calibration: %d clips, %d decoder states, pinned ranges %s", len(cal), len(states), mirror.ranges)
+
+    eval_idx = {s: np.flatnonzero(splits == s) for s in ("test", "novel") if (splits == s).any()}
+    if not eval_idx:
+        raise TinyCapError(embeddings_path, "no test or novel clips to evaluate on")
+    all_eval = np.concatenate(list(eval_idx.values()))
+    parity, torch_caps = float_parity(model, mirror, frames[all_eval])
+    log.info("float parity PyTorch vs TF mirror: %s", parity)
+    if parity["tokens_identical"] < parity["clips"]:
+        raise TinyCapError(microcap_path, f"TF mirror differs from PyTorch: {parity}")
+    torch_caps = dict(zip(all_eval.tolist(), torch_caps))
+
+    representative = {POOLER: [{"frames": frames[i : i + 1]} for i in cal], DECODER: states}
+    quant = {
+        "max_steps": model.cfg.max_steps,
+        "bos": vocab.index["<bos>"],
+        "eos": vocab.index["<eos>"],
+        "h_quant": {
+            "scale": H_QUANT[0],
+            "zero_point": H_QUANT[1],
+            "note": "pooler h0, decoder h and h_new share these params, and the pooler's context output "
+            "has the decoder's context input params: the loop copies int8 h0 / h_new into h and the "
+            "int8 context into the decoder unchanged, no requantisation",
+        },
+        "frames_quantization": "q = clamp(roundf(x / scale) + zero_point, -128, 127), float32, roundf half away from zero",
+        "argmax": "first index of the maximum int8 logit",
+        "decode_loop": "quantise frames; pooler once; token=<bos>, h=h0; up to max_steps decoder steps: "
+        "token = argmax(logits), stop at <eos> (not emitted), h = h_new",
+        "arena_method": "smallest arena (16-byte steps) with which tflite_micro.runtime.Interpreter allocates and "
+        "invokes the model, bisected in subprocesses (x86-64 host build: an upper bound for 32-bit targets); "
+        "allocation_report = its print_allocations() output",
+        "models": {},
+    }
+    for name in (POOLER, DECODER):
+        for precision in ("fp32", "int8"):
+            key = f"{name}_{precision}"
+            data = convert(mirror, name, representative[name] if precision == "int8" else None)
+            ops = model_ops(data)
+            check_tflm_ops(ops, model_file(name, precision))
+            if precision == "int8" and {"QUANTIZE", "DEQUANTIZE"} & set(ops):
+                raise TinyCapError(model_file(name, precision), "not fully int8: the converter inserted (DE)QUANTIZE ops")
+            path = out_dir / model_file(name, precision)
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(data)
+            io = io_details(data)
+            arena, report = measure_arena(path, len(io["inputs"]))
+            quant["models"][key] = {
+                "file": path.name, "bytes": len(data), "ops": ops, "arena_bytes": arena, **io, "allocation_report": report,
+            }
+            log.info("%s: %d bytes, arena %d bytes, ops %s", path.name, len(data), arena, " ".join(ops))
+    _check_shared_quant(quant, out_dir)
+    write_json(out_dir / "quant.json", quant)
+
+    # quality: TFLM int8 vs tf.lite int8 vs float
+    runners = {
+        "tflm_int8": Captioner(out_dir, "tflm", "int8"),
+        "tflite_int8": Captioner(out_dir, "tflite", "int8"),
+        "tflite_fp32": Captioner(out_dir, "tflite", "fp32"),
+    }
+    from tqdm import tqdm
+
+    caps = {k: {} for k in runners}
+    for i in tqdm(all_eval, desc="greedy decoding (TFLM, tf.lite)", file=sys.stderr):
+        for k, r in runners.items():
+            caps[k][int(i)] = r.caption(frames[i])
+    captions_tflm, cider = {}, {}
+    for split, idx in eval_idx.items():
+        ref = {vids[i]: refs.get(vids[i], []) for i in idx}
+        fp32 = {vids[i]: vocab.decode(torch_caps[i]) for i in idx}
+        int8 = {vids[i]: vocab.decode(caps["tflm_int8"][i]) for i in idx}
+        captions_tflm[split] = int8
+        cider[split] = {k: evaluate.score(p, ref, metrics=("CIDEr",))["CIDEr"] for k, p in (("fp32", fp32), ("int8_tflm", int8))}
+        c32 = cider[split]["fp32"]
+        cider[split]["rel_drop"] = (c32 - cider[split]["int8_tflm"]) / c32 if c32 > 0 else 0.0
+    write_json(out_dir / "captions_tflm.json", captions_tflm)
+
+    order = all_eval.tolist()
+    seq = {k: [caps[k][i] for i in order] for k in caps}
+    torch_seq = [torch_caps[i] for i in order]
+    head = "test" if "test" in cider else next(iter(cider))
+    models = quant["models"]
+    metrics = {
+        "fp32_bytes": models["pooler_fp32"]["bytes"] + models["decoder_fp32"]["bytes"],
+        "int8_bytes": models["pooler_int8"]["bytes"] + models["decoder_int8"]["bytes"],
+        "ops": {k: v["ops"] for k, v in models.items() if k.endswith("int8")},
+        "arena_bytes": models["pooler_int8"]["arena_bytes"] + models["decoder_int8"]["arena_bytes"],
+        "arena_bytes_per_model": {k: v["arena_bytes"] for k, v in models.items()},
+        "cider_split": head,
+        "cider_fp32": cider[head]["fp32"],
+        "cider_int8_tflm": cider[head]["int8_tflm"],
+        "cider_rel_drop": cider[head]["rel_drop"],
+        "cider": cider,
+        "token_agreement_tflm_vs_tflite": token_agreement(seq["tflm_int8"], seq["tflite_int8"]),
+        "token_agreement_tflm_vs_fp32": token_agreement(seq["tflm_int8"], torch_seq),
+        "captions_identical_tflm_vs_fp32": sum(a == b for a, b in zip(seq["tflm_int8"], torch_seq)) / len(order),
+        "captions_identical_fp32_tflite_vs_torch": sum(a == b for a, b in zip(seq["tflite_fp32"], torch_seq)) / len(order),
+        "float_parity": parity,
+        "calibration": {"clips": len(cal), "decoder_states": len(states), "pinned_ranges": mirror.ranges},
+        "clips": {s: len(i) for s, i in eval_idx.items()},
+        "method": "CIDEr (pycocoevalcap scale, raw, tinycap.evaluate.score) of greedy captions on the "
+        "cider_split clips: fp32 = PyTorch MicroCap, int8 = data/int8 graphs in tflite_micro.runtime (TFLM "
+        "kernels). token_agreement = equal tokens / positions of the longer decoding (<eos> counted), over "
+        "test+novel. arena_bytes = pooler_int8 + decoder_int8 arenas (both interpreters resident), each the "
+        "smallest arena TFLM runs the model with (host build; see quant.json arena_method)",
+    }
+    if metrics["cider_rel_drop"] > 0.005:
+        metrics["tensor_errors"] = tensor_errors(mirror, representative)
+    return metrics
+
+
+def _check_shared_quant(quant, where):
+    """The int8 tensors the device loop copies between graphs must carry identical quantisation."""
+    models = quant["models"]
+
+    def q(model, kind, name):
+        d = next(d for d in models[model][kind] if d["name"] == name)
+        return d["scale"], d["zero_point"]
+
+    pairs = [
+        (("pooler_int8", "outputs", "h0"), ("decoder_int8", "inputs", "h")),
+        (("decoder_int8", "outputs", "h_new"), ("decoder_int8", "inputs", "h")),
+        (("pooler_int8", "outputs", "context"), ("decoder_int8", "inputs", "context")),
+    ]
+    for a, b in pairs:
+        if q(*a) != q(*b):
+            raise TinyCapError(where, f"quantisation of {a[0]}.{a[2]} {q(*a)} differs from {b[0]}.{b[2]} {q(*b)}")
+
+
+def tensor_errors(mirror, representative, top=8):
+    """Per-tensor error report (tf.lite QuantizationDebugger): the tensors whose int8 version
+    departs most from float, RMSE in units of their quantisation step, on the calibration data."""
+    import io
+
+    import tensorflow as tf
+
+    report = {
+        "note": "tf.lite QuantizationDebugger on calibration data, worst tensors first. The ADDs feeding "
+        "LOGISTIC/TANH are pinned to +-6 / +-3.2 (SATURATION): their error includes the deliberate clipping "
+        "where the int8 activation is saturated anyway; judge those by the LOGISTIC/TANH rows",
+    }
+    for name in (POOLER, DECODER):
+        conv = tf.lite.TFLiteConverter.from_concrete_functions([mirror.concrete(name, True)], tf.Module())
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = lambda: iter(representative[name])
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        # the debugger feeds lists in the model's input order, not dicts
+        order = [d["name"] for d in io_details(convert(mirror, name, representative[name]))["inputs"]]
+        debug_data = [[x[k] for k in order] for x in representative[name][:: max(1, len(representative[name]) // 200)]]
+        dbg = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=lambda: iter(debug_data))
+        dbg.run()
+        buf = io.StringIO()
+        dbg.layer_statistics_dump(buf)
+        import csv
+
+        rows = list(csv.DictReader(io.StringIO(buf.getvalue())))
+        for r in rows:
+            r["rmse_per_step"] = math.sqrt(float(r["mean_squared_error"])) / float(r["scale"])
+        rows.sort(key=lambda r: -r["rmse_per_step"])
+        report[name] = [
+            {"op": r["op_name"], "tensor": r["tensor_name"], "rmse_per_step": round(r["rmse_per_step"], 3),
+             "max_abs_error": float(r["max_abs_error"]), "scale": float(r["scale"])}
+            for r in rows[:top]
+        ]
+    return report
