@@ -738,7 +738,7 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
 
 
 def _check_shared_quant(quant, where):
-    """The int8 tensors the device loop copies between graphs must carry identical quantisation."""
+    """The int8 tensors the device loop copies between graphs must carry the same quantisation (up to float rounding)."""
     models = quant["models"]
 
     def q(model, kind, name):
@@ -751,7 +751,10 @@ def _check_shared_quant(quant, where):
         (("pooler_int8", "outputs", "context"), ("decoder_int8", "inputs", "context")),
     ]
     for a, b in pairs:
-        if q(*a) != q(*b):
+        (scale_a, zp_a), (scale_b, zp_b) = q(*a), q(*b)
+        # the converter derives each graph's scale from the same calibrated range, in float32 or
+        # float64 depending on the path: equal up to rounding, which changes no int8 value
+        if zp_a != zp_b or abs(scale_a - scale_b) > 1e-6 * max(scale_a, scale_b):
             raise TinyCapError(where, f"quantisation of {a[0]}.{a[2]} {q(*a)} differs from {b[0]}.{b[2]} {q(*b)}")
 
 
