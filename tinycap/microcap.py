@@ -8,20 +8,33 @@ GRU written out by hand (no nn.GRU) so the TensorFlow mirror in tinycap/quantize
     r = sigmoid(gx_r + gh_r); z = sigmoid(gx_z + gh_z); n = tanh(gx_n + r * gh_n)
     h_new = (1 - z) * n + z * h
     logits = out(h_new)
+Distillation (`distill`, the distill_microcap stage): CE on the references + alpha * KL to the guide's
+soft targets + beta * alignment of the pooling weights to the guide's attention over frames
+(tinycap/losses.py); optionally the guide's own beam captions join the references (sequence-level KD).
+
 Greedy decoding starts from <bos>, stops at <eos>, and runs at most max_len - 1 steps
 (max_len counts BOS and EOS, like guide.max_len), so a caption has at most max_len - 2 words.
 """
 
+import logging
+import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from tinycap.errors import TinyCapError
-from tinycap.pool import build_pooler
-from tinycap.vocab import BOS, EOS, PAD
+from tinycap.guide import batches
+from tinycap.io import atomic_path, write_json
+from tinycap.losses import attention_alignment, kd_kl
+from tinycap.pool import AttentionPool, build_pooler, load_pooler
+from tinycap.vocab import BOS, EOS, PAD, Vocab
+
+log = logging.getLogger("distill_microcap")
 
 
 @dataclass
@@ -60,27 +73,37 @@ class MicroCap(nn.Module):
         h0 = torch.tanh(self.init_h(c))  # (B, H)
         return c, h0, weights
 
-    def step(self, tok, h, c):
-        """One decoder step: tok (B,), h (B, H), c (B, D) -> logits (B, V), h_new (B, H)."""
-        gx = self.x_proj(torch.cat([self.embed(tok), c], dim=-1))  # (B, 3H)
+    def gru(self, gx, h):
+        """GRU cell given the input gates gx = x_proj(cat(embed(tok), c)) (B, 3H) and h (B, H) -> h_new."""
         gh = self.h_proj(h)  # (B, 3H)
         gx_r, gx_z, gx_n = gx.chunk(3, dim=-1)
         gh_r, gh_z, gh_n = gh.chunk(3, dim=-1)
         r = torch.sigmoid(gx_r + gh_r)
         z = torch.sigmoid(gx_z + gh_z)
         n = torch.tanh(gx_n + r * gh_n)
-        h_new = (1 - z) * n + z * h  # (B, H)
+        return (1 - z) * n + z * h  # (B, H)
+
+    def step(self, tok, h, c):
+        """One decoder step: tok (B,), h (B, H), c (B, D) -> logits (B, V), h_new (B, H)."""
+        h_new = self.gru(self.x_proj(torch.cat([self.embed(tok), c], dim=-1)), h)
         return self.out(h_new), h_new
+
+    def unroll(self, c, h, tokens):
+        """Teacher forcing from context c (B, D) and h0 (B, H) over tokens (B, L) -> logits (B, L, V).
+        Same math as calling step() L times; the input gates of all steps are one matmul."""
+        L = tokens.shape[1]
+        gx = self.x_proj(torch.cat([self.embed(tokens), c[:, None].expand(-1, L, -1)], dim=-1))  # (B, L, 3H)
+        hs = []
+        for i in range(L):
+            h = self.gru(gx[:, i], h)
+            hs.append(h)
+        return self.out(torch.stack(hs, dim=1))  # (B, L, V)
 
     def forward(self, frames, tokens, targets=None):
         """Teacher forcing. frames (B, T, D), tokens (B, L) inputs starting with <bos>,
         targets (B, L) next tokens with <pad> ignored -> logits (B, L, V), loss or None."""
         c, h, _ = self.encode(frames)
-        logits = []
-        for i in range(tokens.shape[1]):
-            step_logits, h = self.step(tokens[:, i], h, c)
-            logits.append(step_logits)
-        logits = torch.stack(logits, dim=1)  # (B, L, V)
+        logits = self.unroll(c, h, tokens)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=PAD)
@@ -127,3 +150,207 @@ def load(path, vocab=None):
     model = MicroCap(cfg)
     model.load_state_dict(ckpt["model"])
     return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# params.yaml `microcap:` section and distillation
+
+
+@dataclass
+class MicroCapParams:
+    embed_dim: int
+    hidden: int
+    epochs: int
+    batch_size: int
+    lr: float
+    alpha: float  # weight of the KL to the guide's soft targets at temperature tau
+    beta: float  # weight of the attention alignment (pooling weights vs guide cross-attention)
+    tau: float
+    guide_captions: int  # copies of the guide's beam caption added to each train clip's references (0: off)
+    ablation: bool  # also train no_kd (alpha=beta=0), kl (beta=0), kl_attn (alpha, beta) and report each
+
+
+def _init_pooler(model, pooled_dir):
+    """Attention pooling starts from the `pool` stage's pooler (data/pooled/pooler.pt)."""
+    path = Path(pooled_dir) / "pooler.pt"
+    pooler = load_pooler(path)
+    if not isinstance(pooler, AttentionPool) or (pooler.dim, pooler.num_frames) != (model.cfg.dim, model.cfg.num_frames):
+        raise TinyCapError(path, f"holds a {type(pooler).__name__}({pooler.dim}, {pooler.num_frames}); MicroCap needs "
+                                 f"AttentionPool({model.cfg.dim}, {model.cfg.num_frames}): rerun pool with pooling=attention")  # fmt: skip
+    model.pooler.load_state_dict(pooler.state_dict())
+
+
+@torch.no_grad()
+def guide_targets(guide, memory, video, inputs, batch_size=256):
+    """The guide's teacher-forced logits (N, L, V) in fp16 and frame attention (N, T) for every
+    caption (inputs (N, L), video (N,) rows into memory)."""
+    logits, att = [], []
+    for i in tqdm(range(0, len(inputs), batch_size), desc="guide soft targets", leave=False):
+        inp = inputs[i : i + batch_size]
+        lg, a = guide.soft_targets(memory[video[i : i + batch_size]], inp, inp != PAD)
+        logits.append(lg.half())
+        att.append(a)
+    return torch.cat(logits), torch.cat(att)
+
+
+def train_student(cfg, p, alpha, beta, data, subset, seed, pooled_dir, val_cider, live=None, desc="microcap"):
+    """One student trained with CE + alpha * KL + beta * alignment on the training captions `subset`
+    (indices into data); returns the model of the epoch with the best val_cider(model) (greedy captions)."""
+    torch.manual_seed(seed)
+    model = MicroCap(cfg)
+    if cfg.pooling == "attention":
+        _init_pooler(model, pooled_dir)
+    opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=0.0)
+    n = len(subset)
+    steps = max(1, p.epochs * math.ceil(n / p.batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=p.lr, total_steps=steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    best, best_state, t0 = None, None, time.time()
+    for epoch in range(p.epochs):
+        model.train()
+        sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "attn": 0.0}
+        for b in tqdm(list(batches(n, p.batch_size, gen)), desc=f"{desc} epoch {epoch + 1}/{p.epochs}", leave=False):
+            b = subset[b]
+            inp, tgt = data["inputs"][b], data["targets"][b]
+            c, h0, weights = model.encode(data["frames"][data["video"][b]])
+            logits = model.unroll(c, h0, inp)  # (B, L, V)
+            ce = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=PAD)
+            kl = kd_kl(logits, data["guide_logits"][b], tgt != PAD, p.tau) if alpha else torch.zeros(())
+            attn = attention_alignment(weights, data["guide_att"][b]) if beta else torch.zeros(())
+            loss = ce + alpha * kl + beta * attn
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            for k, v in (("loss", loss), ("ce", ce), ("kl", kl), ("attn", attn)):
+                sums[k] += v.item() * len(b)
+        val = {"val_CE": _val_ce(model, data), "val_CIDEr": val_cider(model)}
+        log.info("%s epoch %d: loss %.4f (ce %.4f kl %.4f attn %.4f), val CE %.4f, val CIDEr %.4f", desc, epoch + 1,
+                 sums["loss"] / n, sums["ce"] / n, sums["kl"] / n, sums["attn"] / n, val["val_CE"], val["val_CIDEr"])  # fmt: skip
+        if live is not None:
+            for k, v in sums.items():
+                live.log_metric(f"train/{k}", v / n)
+            live.log_metric("val/ce", val["val_CE"])
+            live.log_metric("val/CIDEr", val["val_CIDEr"])
+            live.next_step()
+        if best is None or val["val_CIDEr"] > best["val_CIDEr"]:
+            best, best_state = {**val, "epoch": epoch + 1}, {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    return model.eval(), {**best, "train_seconds": round(time.time() - t0, 1)}
+
+
+@torch.no_grad()
+def _val_ce(model, data, batch_size=512):
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(data["val_inputs"]), batch_size):
+        inp, tgt = data["val_inputs"][i : i + batch_size], data["val_targets"][i : i + batch_size]
+        logits, _ = model(data["frames"][data["val_video"][i : i + batch_size]], inp)
+        total += F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=PAD, reduction="sum").item()
+        count += (tgt != PAD).sum().item()
+    return total / max(count, 1)
+
+
+def decode_rows(model, frames, rows, vocab, batch_size=256):
+    """Greedy captions {row: str} for the given rows of frames (V, T, D)."""
+    out = {}
+    for i in range(0, len(rows), batch_size):
+        r = rows[i : i + batch_size]
+        out.update({int(row): vocab.decode(ids) for row, ids in zip(r, model.greedy(frames[torch.as_tensor(r)]))})
+    return out
+
+
+def distill(emb_path, pooled_dir, guide_dir, out_dir, metrics_path, p: MicroCapParams, pooling, max_len, seed=0, live_dir=None):
+    """Train MicroCap from the guide; write out_dir/microcap.pt and metrics (val CIDEr, ablation)."""
+    from tinycap import guide as guide_mod
+    from tinycap.evaluate import score
+
+    if pooling not in ("mean", "attention"):
+        raise TinyCapError("params.yaml: pooling", f"{pooling!r} is not one of mean, attention")
+    emb = guide_mod.load_embeddings(emb_path)
+    vocab = Vocab.load(Path(guide_dir) / "vocab.json")
+    guide = guide_mod.load(Path(guide_dir) / "guide.pt", vocab)
+    if guide.cfg.max_len != max_len:
+        raise TinyCapError(Path(guide_dir) / "guide.pt", f"trained with max_len {guide.cfg.max_len}, params.yaml guide.max_len is {max_len}; rerun train_guide")
+    train_rows, val_rows = emb.videos("train", emb_path), emb.videos("val", emb_path)
+    tokens = torch.from_numpy(guide_mod.encode_captions(vocab, emb.caption, max_len))
+    cap_video = torch.from_numpy(emb.caption_video)
+    frames = torch.from_numpy(emb.frame_emb)  # (V, T, D)
+    memory = guide_mod.memory_input(emb)
+    data = {"frames": frames}
+    for split, rows, prefix in (("train", train_rows, ""), ("val", val_rows, "val_")):
+        caps = torch.from_numpy(guide_mod.caption_rows(emb, rows, vocab, f"{emb_path} ({split} split)"))
+        inp, tgt = guide_mod.teacher_forcing(tokens[caps])
+        data[f"{prefix}inputs"], data[f"{prefix}targets"], data[f"{prefix}video"] = inp, tgt, cap_video[caps]
+    n_refs = len(data["inputs"])
+    if p.guide_captions:  # sequence-level KD: the guide's own beam captions join the references
+        log.info("guide beam captions for %d train clips", len(train_rows))
+        beam = guide_mod.decode_rows(guide, memory, train_rows, vocab, beam=guide.beam)
+        rows = [r for r in train_rows if beam[int(r)]] * p.guide_captions
+        inp, tgt = guide_mod.teacher_forcing(torch.from_numpy(guide_mod.encode_captions(vocab, [beam[int(r)] for r in rows], max_len)))
+        data["inputs"], data["targets"] = torch.cat([data["inputs"], inp]), torch.cat([data["targets"], tgt])
+        data["video"] = torch.cat([data["video"], torch.as_tensor(rows, dtype=torch.long)])
+    log.info("guide soft targets for %d train captions", len(data["inputs"]))
+    data["guide_logits"], data["guide_att"] = guide_targets(guide, memory, data["video"], data["inputs"])
+
+    V, T, D = frames.shape
+    cfg = MicroCapConfig(vocab_size=len(vocab), dim=D, num_frames=T, pooling=pooling, embed_dim=p.embed_dim, hidden=p.hidden, max_len=max_len)
+    # variant: (alpha, beta, train on the guide's captions too); the shipped model is trained first
+    shipped = "kl_attn_seq" if p.guide_captions else "kl_attn"
+    variants = {shipped: (p.alpha, p.beta, bool(p.guide_captions))}
+    if p.ablation:
+        variants.update({"no_kd": (0.0, 0.0, False), "kl": (p.alpha, 0.0, False), "kl_attn": (p.alpha, p.beta, False)})
+    refs = emb.references(val_rows)
+    live = None
+    if live_dir is not None:
+        from dvclive import Live
+
+        live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None)
+    results, main = {}, None
+
+    def val_cider(model):
+        caps = decode_rows(model.eval(), frames, val_rows, vocab)
+        return score({emb.video_id[r]: c for r, c in caps.items()}, refs, metrics=("CIDEr",))["CIDEr"]
+
+    for name, (alpha, beta, seq) in variants.items():
+        subset = torch.arange(len(data["inputs"]) if seq else n_refs)
+        model, info = train_student(cfg, p, alpha, beta, data, subset, seed, pooled_dir, val_cider,
+                                    live=live if name == shipped else None, desc=f"microcap {name}")  # fmt: skip
+        caps = decode_rows(model, frames, val_rows, vocab)
+        s = score({emb.video_id[r]: c for r, c in caps.items()}, refs, metrics=("CIDEr", "BLEU-4"))
+        results[name] = {"alpha": alpha, "beta": beta, "guide_captions": p.guide_captions if seq else 0, **s, **info}
+        log.info("microcap %s (alpha %.2f, beta %.2f, guide captions %s): val CIDEr %.4f", name, alpha, beta, seq, s["CIDEr"])
+        if name == shipped:
+            main = model
+    if live is not None:
+        live.end()
+
+    guide_caps = guide_mod.decode_rows(guide, memory, val_rows, vocab, beam=guide.beam)
+    guide_val = score({emb.video_id[r]: c for r, c in guide_caps.items()}, refs, metrics=("CIDEr", "BLEU-4"))
+    metrics = {
+        "params_count": main.num_params(),
+        "guide_params_count": guide.num_params(),
+        "param_fraction": round(main.num_params() / guide.num_params(), 4),
+        "pooling": pooling,
+        "variant": shipped,
+        "alpha": p.alpha, "beta": p.beta, "tau": p.tau, "guide_captions": p.guide_captions,
+        "val": {"CIDEr": results[shipped]["CIDEr"], "BLEU-4": results[shipped]["BLEU-4"], "CE": results[shipped]["val_CE"],
+                "epoch": results[shipped]["epoch"]},
+        "guide_val": {**guide_val, "beam": guide.beam},
+        "train_seconds": results[shipped]["train_seconds"],
+        "method": "greedy captions on the val split scored with pycocoevalcap (raw CIDEr-D, x100 in papers); "
+                  "guide with its beam; each student is the epoch with the best val CIDEr",
+    }  # fmt: skip
+    if guide_val["CIDEr"] > 0:
+        metrics["cider_fraction_of_guide_val"] = round(results[shipped]["CIDEr"] / guide_val["CIDEr"], 4)
+    else:
+        metrics["notes"] = {"cider_fraction_of_guide_val": "absent: the guide's val CIDEr is 0"}
+    if p.ablation:
+        metrics["ablation"] = {"split": "val", **results}
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        torch.save(checkpoint(main, vocab, variant=shipped, alpha=p.alpha, beta=p.beta, tau=p.tau, guide_captions=p.guide_captions,
+                              epochs=p.epochs), tmp / "microcap.pt")  # fmt: skip
+    write_json(metrics_path, metrics)
+    return metrics

@@ -1,0 +1,21 @@
+"""distill_microcap: train the MicroCap student from the guide (CE + alpha KL + beta attention alignment).
+
+Reads params `seed`, `pooling`, `guide.max_len`, `microcap:`; reads data/embeddings, data/pooled (the
+attention pooler's initial weights), data/guide; writes data/microcap/microcap.pt, metrics/microcap.json
+(params counts, val CIDEr, ablation no_kd / kl / kl_attn) and curves in dvclive/distill_microcap.
+"""
+
+from tinycap import guide, microcap, params, stage
+
+
+def main():
+    p = params.load()
+    cfg = params.section(p, "microcap", microcap.MicroCapParams)
+    max_len = params.section(p, "guide", guide.GuideParams).max_len
+    microcap.distill("data/embeddings/clip.h5", "data/pooled", "data/guide", "data/microcap", "metrics/microcap.json", cfg,
+                     pooling=p.get("pooling", "attention"), max_len=max_len, seed=p.get("seed", 0),
+                     live_dir="dvclive/distill_microcap")  # fmt: skip
+
+
+if __name__ == "__main__":
+    stage.run(main)

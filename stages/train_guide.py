@@ -1,0 +1,19 @@
+"""train_guide: build the vocabulary from the train captions and train the transformer guide.
+
+Reads params `seed` and `guide:`; reads data/embeddings/clip.h5; writes data/guide/ (vocab.json, guide.pt),
+metrics/guide.json and training curves in dvclive/train_guide. An interrupted run resumes from
+data/.resume/train_guide.pt when params and data are unchanged.
+"""
+
+from tinycap import guide, params, stage
+
+
+def main():
+    p = params.load()
+    cfg = params.section(p, "guide", guide.GuideParams)
+    guide.train("data/embeddings/clip.h5", "data/guide", "metrics/guide.json", cfg, seed=p.get("seed", 0),
+                live_dir="dvclive/train_guide", resume_path="data/.resume/train_guide.pt")  # fmt: skip
+
+
+if __name__ == "__main__":
+    stage.run(main)

@@ -1,0 +1,140 @@
+"""MicroCap: the fixed architecture contract, loss terms, decoding rules, and the distillation stage."""
+
+import json
+
+import pytest
+import torch
+
+from test_guide import make_embeddings, one_thread, small_params  # noqa: F401 (one_thread: autouse fixture)
+from tinycap import guide, microcap
+from tinycap.errors import TinyCapError
+from tinycap.losses import attention_alignment, kd_kl
+from tinycap.pool import AttentionPool, pooler_checkpoint
+from tinycap.vocab import EOS, Vocab
+
+CFG = microcap.MicroCapConfig(vocab_size=30, dim=16, num_frames=5, pooling="attention", embed_dim=8, hidden=12, max_len=9)
+
+
+def distill_params(**kw):
+    p = dict(embed_dim=16, hidden=24, epochs=2, batch_size=16, lr=0.01, alpha=0.5, beta=0.5, tau=2.0, guide_captions=0, ablation=False)
+    p.update(kw)
+    return microcap.MicroCapParams(**p)
+
+
+def test_parameters_follow_the_contract():
+    m = microcap.MicroCap(CFG)
+    shapes = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    assert shapes == {
+        "pooler.pos_emb": (5, 16), "pooler.query": (16,),
+        "init_h.weight": (12, 16), "init_h.bias": (12,),
+        "embed.weight": (30, 8),
+        "x_proj.weight": (36, 24), "x_proj.bias": (36,),
+        "h_proj.weight": (36, 12), "h_proj.bias": (36,),
+        "out.weight": (30, 12), "out.bias": (30,),
+    }  # fmt: skip
+
+
+def test_step_is_the_written_out_gru_and_unroll_matches_steps():
+    torch.manual_seed(0)
+    m = microcap.MicroCap(CFG).eval()
+    x = torch.randn(3, 5, 16)
+    c, h0, w = m.encode(x)
+    assert torch.allclose(w.sum(-1), torch.ones(3)) and torch.allclose(h0, torch.tanh(m.init_h(c)))
+    tok = torch.tensor([1, 4, 7])
+    gx = m.x_proj(torch.cat([m.embed(tok), c], -1))
+    gh = m.h_proj(h0)
+    H = CFG.hidden
+    r = torch.sigmoid(gx[:, :H] + gh[:, :H])
+    z = torch.sigmoid(gx[:, H : 2 * H] + gh[:, H : 2 * H])
+    n = torch.tanh(gx[:, 2 * H :] + r * gh[:, 2 * H :])
+    h1 = (1 - z) * n + z * h0
+    logits, h_new = m.step(tok, h0, c)
+    assert torch.allclose(h_new, h1, atol=1e-6) and torch.allclose(logits, m.out(h1), atol=1e-6)
+    tokens = torch.randint(0, 30, (3, 6))
+    h, stepped = h0, []
+    for i in range(6):
+        lg, h = m.step(tokens[:, i], h, c)
+        stepped.append(lg)
+    assert torch.allclose(m(x, tokens)[0], torch.stack(stepped, 1), atol=1e-5)
+
+
+def test_greedy_stops_at_eos_and_respects_max_len():
+    m = microcap.MicroCap(CFG).eval()
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        m.out.weight.zero_()
+        m.out.bias.zero_()
+        m.out.bias[7] = 5.0
+    assert m.greedy(x) == [[7] * 8] * 2  # max_len 9 = <bos> + 8 steps
+    assert m.greedy(x, max_steps=3) == [[7] * 3] * 2
+    with torch.no_grad():
+        m.out.bias[EOS] = 10.0
+    assert m.greedy(x) == [[], []]
+
+
+def test_default_size_is_under_one_million_parameters():
+    for dim in (256, 512):
+        m = microcap.MicroCap(microcap.MicroCapConfig(vocab_size=1000, dim=dim, embed_dim=96, hidden=192))
+        assert m.num_params() < 1_000_000
+
+
+def test_kl_is_zero_for_identical_distributions_and_positive_otherwise():
+    logits = torch.randn(2, 4, 10)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    assert kd_kl(logits, logits.clone(), mask, tau=2.0).abs() < 1e-6
+    assert kd_kl(logits, logits.half(), mask, tau=2.0).abs() < 1e-3  # cached fp16 guide logits
+    assert kd_kl(logits, torch.randn(2, 4, 10), mask, tau=2.0) > 0.01
+    other = logits.clone()
+    other[:, 3] = torch.randn(2, 10)
+    mask[:, 3] = False  # masked (pad) steps do not count
+    assert kd_kl(logits, other, mask, tau=1.0).abs() < 1e-6
+
+
+def test_alignment_is_zero_for_identical_attention_and_positive_otherwise():
+    a = torch.softmax(torch.randn(3, 5), -1)
+    assert attention_alignment(a, a.clone()).abs() < 1e-6
+    assert attention_alignment(torch.full((3, 5), 0.2), a) > 0.0
+    one_hot = torch.eye(5)[:3]
+    assert attention_alignment(one_hot, one_hot).abs() < 1e-6  # zeros are fine
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny guide, a pooler file as the pool stage writes it, and distilled students (with ablation)."""
+    d = tmp_path_factory.mktemp("distill")
+    make_embeddings(d / "clip.h5")
+    guide.train(d / "clip.h5", d / "guide", d / "guide.json", small_params(epochs=3))
+    (d / "pooled").mkdir()
+    torch.manual_seed(0)
+    torch.save(pooler_checkpoint(AttentionPool(32, 5)), d / "pooled" / "pooler.pt")
+    m = microcap.distill(d / "clip.h5", d / "pooled", d / "guide", d / "microcap", d / "microcap.json",
+                         distill_params(ablation=True, guide_captions=1), pooling="attention", max_len=10, live_dir=d / "live")  # fmt: skip
+    return d, m
+
+
+def test_distill_writes_checkpoint_metrics_and_ablation(trained):
+    d, m = trained
+    assert json.loads((d / "microcap.json").read_text()) == m
+    assert set(m["ablation"]) == {"split", "no_kd", "kl", "kl_attn", "kl_attn_seq"} and m["ablation"]["split"] == "val"
+    assert (m["ablation"]["no_kd"]["alpha"], m["ablation"]["kl"]["beta"], m["ablation"]["kl_attn"]["guide_captions"]) == (0.0, 0.0, 0)
+    assert m["variant"] == "kl_attn_seq" and m["val"]["CIDEr"] == m["ablation"]["kl_attn_seq"]["CIDEr"]
+    assert all(0.0 <= m["ablation"][k]["CIDEr"] <= 10.0 for k in ("no_kd", "kl", "kl_attn"))
+    model = microcap.load(d / "microcap" / "microcap.pt", Vocab.load(d / "guide" / "vocab.json"))
+    assert model.num_params() == m["params_count"] and m["guide_params_count"] > 0
+    assert model.cfg.pooling == "attention" and model.cfg.max_len == 10
+    assert (d / "live" / "metrics.json").is_file()
+
+
+def test_distill_bad_inputs(trained, tmp_path):
+    d, _ = trained
+    other = Vocab.build(["something else entirely"], 10)
+    with pytest.raises(TinyCapError, match="microcap.pt: vocabulary mismatch"):
+        microcap.load(d / "microcap" / "microcap.pt", other)
+    args = (d / "clip.h5", d / "pooled", d / "guide", tmp_path / "mc", tmp_path / "mc.json", distill_params())
+    with pytest.raises(TinyCapError, match="guide.pt: trained with max_len 10, params.yaml guide.max_len is 12"):
+        microcap.distill(*args, pooling="attention", max_len=12)
+    with pytest.raises(TinyCapError, match="pooling: 'max' is not one of mean, attention"):
+        microcap.distill(*args, pooling="max", max_len=10)
+    with pytest.raises(TinyCapError, match="pooler.pt: file not found"):
+        microcap.distill(d / "clip.h5", tmp_path, *args[2:], pooling="attention", max_len=10)
+    assert not (tmp_path / "mc").exists() and not (tmp_path / "mc.json").exists()

@@ -1,0 +1,261 @@
+"""Caption metrics with pycocoevalcap, and the `evaluate` stage: every model variant on test and novel.
+
+score(): PTBTokenizer, then BLEU-4, METEOR, ROUGE-L, CIDEr (CIDEr-D, raw scale 0-10; papers show x100).
+SPICE is not computed: it downloads Stanford CoreNLP models on first use, and this machine is offline.
+A metric that cannot be computed is absent (with its reason in `notes`), never zero.
+"""
+
+import base64
+import functools
+import html
+import io
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from tinycap.errors import TinyCapError
+from tinycap.io import atomic_path, read_json, write_json
+
+log = logging.getLogger("evaluate")
+
+METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+SPICE_NOTE = "SPICE skipped: it downloads Stanford CoreNLP models on first use (no network here)"
+EMPTY = "emptycaption"  # stands in for an empty prediction (ROUGE-L divides by the candidate length)
+VARIANTS = ("guide", "microcap_fp32", "microcap_int8_tflm")
+
+
+# ----------------------------------------------------------------------------------------------
+# scoring
+
+
+def _check(predictions, references):
+    if not predictions:
+        raise TinyCapError("score", "no predictions to score")
+    missing = sorted(set(predictions) - set(references))
+    if missing:
+        raise TinyCapError("score", f"{len(missing)} prediction id(s) have no references, e.g. {missing[0]!r}")
+    empty = [k for k in predictions if not any(str(r).strip() for r in references[k])]
+    if empty:
+        raise TinyCapError("score", f"{len(empty)} clip(s) have no usable reference captions, e.g. {empty[0]!r}")
+
+
+def _tokenize(captions, java):
+    """{id: [str]} -> {id: [tokenized str]} with pycocoevalcap's PTBTokenizer."""
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    if not java:
+        raise TinyCapError("java", "not found on PATH: pycocoevalcap's PTBTokenizer and METEOR need Java (17 here)")
+    return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
+
+
+@functools.lru_cache(maxsize=1)
+def _meteor():
+    """One METEOR JVM per process: it loads its paraphrase table at start (tens of seconds on 2 cores)."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    return Meteor()
+
+
+def score(predictions, references, metrics=METRICS, notes=None):
+    """predictions {id: str}, references {id: [str]} -> {metric: value} over the ids of `predictions`.
+
+    Java is needed by the PTB tokenizer and METEOR; without it there is nothing to score the way
+    pycocoevalcap does, so this raises one line. `notes` (a dict) collects why a metric is absent.
+    """
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    _check(predictions, references)
+    java = shutil.which("java")
+    ids = sorted(predictions)
+    # one tokenizer run (one JVM start) for references and predictions together
+    tok = _tokenize({**{("ref", k): list(references[k]) for k in ids}, **{("pred", k): [predictions[k]] for k in ids}}, java)
+    gts = {k: tok[("ref", k)] for k in ids}
+    res = {k: [tok[("pred", k)][0] or EMPTY] for k in ids}  # empty or punctuation-only predictions
+    out = {}
+    if "BLEU-4" in metrics:
+        out["BLEU-4"] = float(Bleu(4).compute_score(gts, res, verbose=0)[0][3])
+    if "METEOR" in metrics:
+        try:
+            out["METEOR"] = float(_meteor().compute_score(gts, res)[0])
+        except (ValueError, BrokenPipeError) as e:
+            _meteor.cache_clear()
+            if notes is not None:
+                notes["METEOR"] = f"the METEOR jar failed ({e})"
+    if "ROUGE-L" in metrics:
+        out["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
+    if "CIDEr" in metrics:
+        out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the evaluate stage
+
+
+@dataclass
+class EvaluateParams:
+    splits: list  # splits to decode and score, e.g. [test, novel]
+    report_clips: int  # clips shown in data/eval/report.html
+
+
+def load_int8_captions(path):
+    """data/int8/captions_tflm.json ({split: {video_id: caption}}, written by quantize_int8)
+    -> {video_id: caption}, or None when absent."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    ok = isinstance(data, dict) and all(isinstance(v, dict) and all(isinstance(c, str) for c in v.values()) for v in data.values())
+    if not ok:
+        raise TinyCapError(path, "expected {split: {video_id: caption}}")
+    return {vid: cap for split in data.values() for vid, cap in split.items()}
+
+
+def order_dependent_ids(annotations_path):
+    """video ids of order-dependent clips (synthetic data), or None when the annotations lack the attribute."""
+    path = Path(annotations_path)
+    if not path.is_file():
+        return None
+    videos = read_json(path).get("videos", [])
+    if not videos or any("order_dependent" not in v for v in videos):
+        return None
+    return {v["video_id"] for v in videos if v["order_dependent"]}
+
+
+def _jpeg_b64(frame, size=72):
+    from PIL import Image
+
+    img = Image.fromarray(np.asarray(frame, dtype=np.uint8))
+    img = img.resize((size, size), Image.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=80)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def write_report(path, clips, frames_path, notes):
+    """HTML report: per clip the frames, MicroCap's pooling weight on each frame, predictions vs references."""
+    frames = {}
+    frames_path = Path(frames_path)
+    if frames_path.is_file():
+        with h5py.File(frames_path, "r") as f:
+            ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f["video_id"][()]]
+            row = {v: i for i, v in enumerate(ids)}
+            for c in clips:
+                if c["video_id"] in row:
+                    frames[c["video_id"]] = f["frames"][row[c["video_id"]]]
+    else:
+        notes["report_frames"] = f"{frames_path} not found: report shows no frames"
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>TinyVideoCap evaluation</title><style>",
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td{padding:2px 6px;vertical-align:top}",
+        ".clip{border-bottom:1px solid #ccc;padding:1em 0}.bar{background:#36c;height:6px}.w{font-size:11px;color:#555}",
+        "</style></head><body><h1>TinyVideoCap: sample clips</h1>",
+        "<p>Frames as sampled for CLIP; under each frame MicroCap's temporal pooling weight (mean pooling: 1/T). "
+        "Captions: guide (beam search), MicroCap fp32 (greedy), MicroCap int8 on TFLM when available.</p>",
+    ]
+    for c in clips:
+        parts.append(f"<div class='clip'><h3>{html.escape(c['video_id'])} ({html.escape(c['split'])})</h3><table><tr>")
+        imgs = frames.get(c["video_id"])
+        weights = c.get("weights") or []
+        for t in range(len(imgs) if imgs is not None else len(weights)):
+            w = weights[t] if t < len(weights) else None
+            cell = f"<img src='data:image/jpeg;base64,{_jpeg_b64(imgs[t])}'>" if imgs is not None else ""
+            if w is not None:
+                cell += f"<div class='bar' style='width:{72 * w:.0f}px'></div><div class='w'>w={w:.3f}</div>"
+            parts.append(f"<td>{cell}</td>")
+        parts.append("</tr></table><table>")
+        for variant in VARIANTS:
+            if variant in c["predictions"]:
+                parts.append(f"<tr><td><b>{variant}</b></td><td>{html.escape(c['predictions'][variant])}</td></tr>")
+        for r in c["references"]:
+            parts.append(f"<tr><td class='w'>reference</td><td class='w'>{html.escape(r)}</td></tr>")
+        parts.append("</table></div>")
+    if notes:
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in notes.items()) + "</ul>")
+    parts.append("</body></html>")
+    Path(path).write_text("\n".join(parts))
+
+
+def evaluate(emb_path, annotations_path, frames_path, guide_dir, microcap_dir, int8_dir, out_dir, metrics_path, p: EvaluateParams):
+    """Decode every available variant on p.splits, score, write out_dir/{predictions.json,report.html} + metrics."""
+    from tinycap import guide as guide_mod
+    from tinycap import microcap as microcap_mod
+    from tinycap.vocab import Vocab
+
+    emb = guide_mod.load_embeddings(emb_path)
+    vocab = Vocab.load(Path(guide_dir) / "vocab.json")
+    notes = {"SPICE": SPICE_NOTE}
+    guide = guide_mod.load(Path(guide_dir) / "guide.pt", vocab)
+    student = microcap_mod.load(Path(microcap_dir) / "microcap.pt", vocab)
+    int8 = load_int8_captions(Path(int8_dir) / "captions_tflm.json")
+    if int8 is None:
+        notes["microcap_int8_tflm"] = f"{Path(int8_dir) / 'captions_tflm.json'} not found (quantize_int8 not run)"
+    order_dep = order_dependent_ids(annotations_path)
+    if order_dep is None:
+        notes["order_dependent"] = f"{annotations_path} has no order_dependent attribute per video: subset not scored"
+    frames = torch.from_numpy(emb.frame_emb)
+    memory = guide_mod.memory_input(emb)
+
+    metrics, predictions, clips = {}, {}, []
+    for split in p.splits:
+        rows = emb.videos(split, emb_path)
+        refs = emb.references(rows)
+        preds = {
+            "guide": {emb.video_id[r]: c for r, c in guide_mod.decode_rows(guide, memory, rows, vocab, beam=guide.beam).items()},
+            "microcap_fp32": {emb.video_id[r]: c for r, c in microcap_mod.decode_rows(student, frames, rows, vocab).items()},
+        }
+        if int8 is not None:
+            have = {v: int8[v] for v in refs if v in int8}
+            if len(have) == len(refs):
+                preds["microcap_int8_tflm"] = have
+            else:
+                notes[f"microcap_int8_tflm.{split}"] = f"captions_tflm.json covers {len(have)} of {len(refs)} {split} clips: not scored"
+        with torch.no_grad():
+            weights = student.encode(frames[torch.as_tensor(rows)])[2].numpy()  # (N, T)
+        for variant, pred in preds.items():
+            s = score(pred, refs, notes=notes)
+            log.info("%s %s: %s", variant, split, {k: round(v, 4) for k, v in s.items()})
+            entry = metrics.setdefault(variant, {}).setdefault(split, {**s, "clips": len(pred)})
+            if order_dep is not None:
+                sub = [v for v in pred if v in order_dep]
+                if sub:
+                    entry["order_dependent"] = {**score({v: pred[v] for v in sub}, refs, notes=notes), "clips": len(sub)}
+        predictions[split] = {
+            emb.video_id[r]: {
+                "references": refs[emb.video_id[r]],
+                **{variant: pred[emb.video_id[r]] for variant, pred in preds.items()},
+                "microcap_weights": [round(float(w), 4) for w in weights[i]],
+            }
+            for i, r in enumerate(rows)
+        }
+        n_report = p.report_clips // len(p.splits) + (1 if p.splits.index(split) < p.report_clips % len(p.splits) else 0)
+        for i in np.linspace(0, len(rows) - 1, num=min(n_report, len(rows))).round().astype(int):
+            vid = emb.video_id[rows[i]]
+            clips.append({"video_id": vid, "split": split, "references": refs[vid], "weights": predictions[split][vid]["microcap_weights"],
+                          "predictions": {k: v[vid] for k, v in preds.items()}})  # fmt: skip
+    for variant in VARIANTS:
+        if variant not in metrics:
+            notes.setdefault(variant, "not scored")
+    for variant in ("microcap_fp32", "microcap_int8_tflm"):
+        for split, s in metrics.get(variant, {}).items():
+            g = metrics["guide"][split]["CIDEr"]
+            if g > 0:
+                metrics.setdefault("cider_fraction_of_guide", {}).setdefault(variant, {})[split] = round(s["CIDEr"] / g, 4)
+            else:
+                notes[f"cider_fraction_of_guide.{variant}.{split}"] = "absent: the guide's CIDEr is 0"
+    metrics["notes"] = notes
+    metrics["method"] = ("pycocoevalcap (PTBTokenizer; BLEU-4, METEOR 1.5, ROUGE-L, CIDEr-D raw 0-10 scale, x100 in papers); "
+                         "guide: beam search, MicroCap fp32: greedy (PyTorch), int8: TFLM captions from quantize_int8")  # fmt: skip
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        write_json(tmp / "predictions.json", predictions)
+        write_report(tmp / "report.html", clips, frames_path, dict(notes))
+    write_json(metrics_path, metrics)
+    return metrics
