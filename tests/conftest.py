@@ -18,7 +18,8 @@ PROJECT_DIRS = ["stages", "tinycap", "firmware"]
 
 
 def project_env(path):
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(path))
+    # one torch thread: toy models, and two threads on a loaded 2-core machine spin-wait
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", TF_CPP_MIN_LOG_LEVEL="2", OMP_NUM_THREADS="1", PYTHONPATH=str(path))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     return env
 
@@ -64,3 +65,14 @@ def tiny_project(tmp_path_factory):
     proc = run(["dvc", "repro"], dst)
     (dst / "repro.log").write_text(proc.stdout + proc.stderr)
     return dst
+
+
+@pytest.fixture(scope="session")
+def pipeline_data(request):
+    """data/ of the tiny pipeline (the models the `tinycap` command loads).
+
+    TINYCAP_TEST_DATA=path/to/data uses finished pipeline outputs instead (e.g. data/ after `make run`)."""
+    given = os.environ.get("TINYCAP_TEST_DATA")
+    if given:
+        return Path(given).resolve()
+    return request.getfixturevalue("tiny_project") / "data"

@@ -1,6 +1,6 @@
 """The `tinycap` command, run for real in subprocesses on real (tiny) pipeline artifacts.
 
-Artifacts: tests/cli_fixtures.py runs the real stage scripts at toy scale once per session.
+Artifacts: the tiny pipeline run once per session (conftest.py `pipeline_data`).
 Inputs: the synth clips those stages render, videos written by tests/video_fixtures.py and ffmpeg,
 images saved from decoded frames, and broken files.
 """
@@ -36,8 +36,8 @@ def tinycap(*args, data=None, check=None, timeout=300):
 
 
 @pytest.fixture(scope="session")
-def data(tmp_path_factory):
-    return cli_fixtures.artifacts(tmp_path_factory)
+def data(pipeline_data):
+    return pipeline_data
 
 
 @pytest.fixture(scope="session")
@@ -104,8 +104,6 @@ def test_caption_json_per_video_and_bad_inputs_reported(data, media, words, tmp_
 
 @pytest.mark.parametrize("args", [["--model", "int8", "--beam", "2"], ["--model", "guide", "--temperature", "0.8", "--seed", "1"]])
 def test_caption_other_models_and_decoding(data, media, words, args):
-    if "int8" in args and cli_fixtures.int8_missing(data):
-        pytest.skip(cli_fixtures.int8_missing(data))
     proc = tinycap("caption", media["synth"][0], *args, data=data, check=0)
     lines = proc.stdout.splitlines()
     assert len(lines) == 1

@@ -55,8 +55,8 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    data = cli_fixtures.artifacts(tmp_path_factory)
+def servers(pipeline_data, tmp_path_factory):
+    data = pipeline_data
     tmp = tmp_path_factory.mktemp("uploads")
     main = Server(data, tmp / "main", "--timeout", "120")
     hasty = Server(data, tmp / "hasty", "--timeout", "0.01")  # every request runs out of time
