@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES="gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm ffmpeg default-jre-headless llvm git"
+APT_PACKAGES="gcc g++ make gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm ffmpeg default-jre-headless llvm git"
 
 missing_tools() {
     local missing=""
+    for tool in gcc g++ make; do command -v $tool >/dev/null || missing="$missing $tool"; done
     command -v arm-none-eabi-gcc >/dev/null || missing="$missing gcc-arm-none-eabi"
     [ -f /usr/lib/arm-none-eabi/lib/nano.specs ] || missing="$missing libnewlib-arm-none-eabi"
     command -v qemu-system-arm >/dev/null || missing="$missing qemu-system-arm"

@@ -6,6 +6,7 @@ import logging
 import tempfile
 
 from tinycap import m7, params
+from tinycap.errors import TinyCapError
 from tinycap.io import write_json
 from tinycap import stage
 
@@ -22,6 +23,8 @@ def main():
     log.info("%.0f instructions / caption (%s), %.2f ms at %d Hz (modelled), flash %d B, RAM %d B, %d parity mismatches",
              metrics["instructions"]["value"], metrics["instructions"]["method"], metrics["latency_ms"]["value"],
              p.clock_hz, metrics["flash_bytes"]["value"], metrics["ram_bytes"]["value"], metrics["parity_mismatches"])
+    if metrics["parity_mismatches"]:  # the emulated firmware must caption exactly as TFLM and the host build
+        raise TinyCapError("metrics/m7.json", f"{metrics['parity_mismatches']} clips captioned differently under QEMU: see 'parity'")
 
 
 if __name__ == "__main__":

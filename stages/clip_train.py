@@ -14,7 +14,7 @@ def main():
     p = params.load()
     cfg = params.section(p, "clip", clip.ClipConfig)
     metrics = clip.train("data/frames/frames.h5", "data/videos/annotations.json", "data/clip", cfg,
-                         seed=p.get("seed", 0), live_dir="dvclive/clip_train",
+                         seed=p["seed"], live_dir="dvclive/clip_train",
                          resume_path="data/.resume/clip_train.pt")  # fmt: skip
     write_json("metrics/clip.json", metrics)
 

@@ -13,7 +13,7 @@ def main():
     cfg = params.section(p, "microcap", microcap.MicroCapParams)
     max_len = params.section(p, "guide", guide.GuideParams).max_len
     microcap.distill("data/embeddings/clip.h5", "data/pooled", "data/guide", "data/microcap", "metrics/microcap.json", cfg,
-                     pooling=p.get("pooling", "attention"), max_len=max_len, seed=p.get("seed", 0),
+                     pooling=p["pooling"], max_len=max_len, seed=p["seed"],
                      live_dir="dvclive/distill_microcap")  # fmt: skip
 
 

@@ -12,8 +12,8 @@ from tinycap.io import write_json
 def main():
     p = params.load()
     cfg = params.section(p, "pool", pool.PoolConfig)
-    metrics = pool.run("data/embeddings/clip.h5", "data/pooled", p.get("pooling"), cfg,
-                       seed=p.get("seed", 0), live_dir="dvclive/pool")  # fmt: skip
+    metrics = pool.run("data/embeddings/clip.h5", "data/pooled", p["pooling"], cfg,
+                       seed=p["seed"], live_dir="dvclive/pool")  # fmt: skip
     write_json("metrics/pool.json", metrics)
 
 

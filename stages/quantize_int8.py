@@ -14,11 +14,11 @@ def main():
     p = params.load()
     cfg = params.section(p, "quantize", quantize.QuantizeParams)
     expect = {
-        "pooling": p.get("pooling"),
-        "num_frames": p.get("num_frames"),
-        "max_len": p.get("guide", {}).get("max_len"),
-        "embed_dim": p.get("microcap", {}).get("embed_dim"),
-        "hidden": p.get("microcap", {}).get("hidden"),
+        "pooling": p["pooling"],
+        "num_frames": p["num_frames"],
+        "max_len": p["guide"]["max_len"],
+        "embed_dim": p["microcap"]["embed_dim"],
+        "hidden": p["microcap"]["hidden"],
     }
     with atomic_path("data/int8") as out:
         metrics = quantize.quantize("data/microcap/microcap.pt", "data/embeddings/clip.h5", "data/guide/vocab.json",

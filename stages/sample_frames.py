@@ -12,7 +12,7 @@ OUT_DIR = "data/frames"
 def main():
     p = params.load()
     cfg = params.section(p, "frames", frames.FramesConfig)
-    frames.sample_frames(ANNOTATIONS, OUT_DIR, p.get("num_frames"), cfg.size, cfg.max_failure_ratio, cfg.workers)
+    frames.sample_frames(ANNOTATIONS, OUT_DIR, p["num_frames"], cfg.size, cfg.max_failure_ratio, cfg.workers)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ def main():
     p = params.load()
     cfg = params.section(p, "data", data.DataConfig)
     start = time.perf_counter()
-    index = data.build_dataset(cfg, p.get("seed", 0), OUT_DIR, workers=min(2, os.cpu_count() or 1))
+    index = data.build_dataset(cfg, p["seed"], OUT_DIR, workers=min(2, os.cpu_count() or 1))
     logging.getLogger("synth_videos").info(
         "%s: %d videos, %d captions in %s (%.1f s)", cfg.source, len(index["videos"]), len(index["sentences"]),
         OUT_DIR, time.perf_counter() - start)

@@ -11,7 +11,7 @@ from tinycap import guide, params, stage
 def main():
     p = params.load()
     cfg = params.section(p, "guide", guide.GuideParams)
-    guide.train("data/embeddings/clip.h5", "data/guide", "metrics/guide.json", cfg, seed=p.get("seed", 0),
+    guide.train("data/embeddings/clip.h5", "data/guide", "metrics/guide.json", cfg, seed=p["seed"],
                 live_dir="dvclive/train_guide", resume_path="data/.resume/train_guide.pt")  # fmt: skip
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import yaml
 
 from tinycap import data, params
 from tinycap.errors import TinyCapError
@@ -156,7 +157,7 @@ def test_params_data_sections_parse():
     p = params.load(ROOT / "params.yaml")
     cfg = params.section(p, "data", data.DataConfig)
     assert cfg.source == "synth" and cfg.captions_per_video >= 5 and cfg.size % 2 == 0
-    tiny = params.merge(p, params.load(ROOT / "tests" / "params_tiny.yaml"))
+    tiny = params.merge(p, yaml.safe_load((ROOT / "tests" / "params_tiny.yaml").read_text()))
     params.section(tiny, "data", data.DataConfig)
 
 

@@ -225,16 +225,15 @@ def test_tflm_app_export(tmp_path):
         subprocess.run(["g++", "-fsyntax-only", "-std=c++17", "-I", str(tmp_path), str(tmp_path / "model_data.cc")], check=True)
 
 
-@pytest.mark.skipif(not (ROOT / "data" / "int8" / "quant.json").is_file() or not (ROOT / "data" / "embeddings" / "clip.h5").is_file(),
-                    reason="data/int8 or data/embeddings not built (run the pipeline up to quantize_int8)")
-def test_host_build_matches_tflm_on_real_clips(tmp_path):
+def test_host_build_matches_tflm_on_real_clips(pipeline_data, tmp_path):
     from tinycap.quantize import load_embeddings
 
-    info = F.generate(ROOT / "data" / "int8", ROOT / "data" / "guide" / "vocab.json", tmp_path / "gen")
+    data = pipeline_data
+    info = F.generate(data / "int8", data / "guide" / "vocab.json", tmp_path / "gen")
     exe = F.build_host(tmp_path / "gen", tmp_path / "tc_host")
-    frames, _, splits, _ = load_embeddings(ROOT / "data" / "embeddings" / "clip.h5")
+    frames, _, splits, _ = load_embeddings(data / "embeddings" / "clip.h5")
     picked = np.flatnonzero(np.isin(splits, ["test", "novel"]))[:40]
-    report = F.parity(exe, ROOT / "data" / "int8", frames[picked])
+    report = F.parity(exe, data / "int8", frames[picked])
     assert report["token_sequences_identical"] == report["clips"], report
     assert report["max_logit_abs_diff"] <= 1, report
     assert info["shapes"]["vocab_size"] > 4

@@ -54,6 +54,15 @@ def test_retrieval_golden_values():
     assert sub["t2v_R@1"] == 0.0 and sub["n_captions"] == 1 and sub["n_videos"] == 1
 
 
+def test_retrieval_ties_count_against_the_query():
+    video = np.ones((4, 3))  # a collapsed model: every video embedding equal
+    text = np.eye(3)[[0, 1, 2, 0]]
+    cv = np.arange(4)
+    assert retrieval.ranks_t2v(video, text, cv).tolist() == [4, 4, 4, 4]
+    assert retrieval.split_metrics(video, text, cv, np.arange(4))["t2v_R@1"] == 0.0
+    assert retrieval.ranks_v2t(video, text, cv, np.arange(4)).tolist() == [4, 4, 4, 4]
+
+
 def synthetic_embeddings(path, T=5, D=12, per_split=(60, 21, 21), seed=0):
     """Embeddings where the direction of an 'action' is only visible in the frame order.
 

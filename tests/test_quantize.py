@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinycap import microcap, quantize
+from tinycap import checkpoint, microcap, quantize
 from tinycap.errors import TinyCapError
 from tinycap.vocab import Vocab
 
@@ -69,7 +69,7 @@ def tiny_artifacts(root, seed=0, steps=100):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    torch.save(microcap.checkpoint(model.eval(), vocab, step=steps), root / "microcap.pt")
+    torch.save(checkpoint.checkpoint(model.eval(), vocab, step=steps), root / "microcap.pt")
     return root
 
 

@@ -1012,6 +1012,8 @@ def run_host(host_bin, clips_int8, logits=False):
     tokens, steps, all_logits = [], [], []
     for line in p.stdout.decode().splitlines():
         parts = line.split()
+        if not parts:
+            continue
         if parts[0] == "L":
             steps.append(np.array(parts[2:], np.int16))
         elif parts[0] == "T":

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from tinycap import checkpoint
 from tinycap.errors import TinyCapError
 from tinycap.io import atomic_path, write_json
 from tinycap.vocab import BOS, EOS, PAD, Vocab, words
@@ -314,26 +315,11 @@ class Guide(nn.Module):
 # checkpoints
 
 
-def checkpoint(model, vocab, **extra):
-    return {"model": model.state_dict(), "config": asdict(model.cfg), "vocab_sha": vocab.sha, **extra}
-
-
 def load(path, vocab=None):
     """Load data/guide/guide.pt; with `vocab`, refuse a checkpoint built on another vocabulary."""
-    path = Path(path)
-    if not path.is_file():
-        raise TinyCapError(path, "file not found (run train_guide first)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    try:
-        cfg = GuideConfig(**ckpt["config"])
-    except (KeyError, TypeError) as e:
-        raise TinyCapError(path, f"not a guide checkpoint ({e})") from None
-    if vocab is not None:
-        vocab.check(ckpt.get("vocab_sha"), cfg.vocab_size, path)
-    model = Guide(cfg)
-    model.load_state_dict(ckpt["model"])
+    model, ckpt = checkpoint.load(path, GuideConfig, Guide, "guide", vocab)
     model.beam = int(ckpt.get("beam", 1))
-    return model.eval()
+    return model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -469,7 +455,7 @@ def train(emb_path, out_dir, metrics_path, p: GuideParams, seed=0, live_dir=None
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         vocab.save(tmp / "vocab.json")
-        torch.save(checkpoint(model, vocab, beam=p.beam, step=state["epoch"] * steps_per_epoch, epochs=state["epoch"]),
+        torch.save(checkpoint.checkpoint(model, vocab, beam=p.beam, step=state["epoch"] * steps_per_epoch, epochs=state["epoch"]),
                    tmp / "guide.pt")  # fmt: skip
     write_json(metrics_path, metrics)
     if resume_path is not None and Path(resume_path).is_file():

@@ -305,14 +305,16 @@ def _qemu(elf, workdir, plugin, timeout_s, args=()):
         raise TinyCapError("qemu-system-arm", f"{elf.name} exited with status {p.returncode}: {why.strip()}")
     blocks, segments = parse_counts(counts)
     m = re.search(r"^stack_peak_bytes (\d+) of (\d+)$", p.stdout, re.M)
+    if not m:
+        raise TinyCapError(elf, "the firmware printed no stack_peak_bytes line (stack high-water mark)")
     return {
         "stdout": p.stdout,
         "exit_status": p.returncode,
         "blocks": blocks,
         "segments": segments,
         "symbols": syms,
-        "stack_peak_bytes": int(m.group(1)) if m else None,
-        "stack_size_bytes": int(m.group(2)) if m else None,
+        "stack_peak_bytes": int(m.group(1)),
+        "stack_size_bytes": int(m.group(2)),
         "dwt_unavailable": "dwt_cycles unavailable" in p.stdout,
     }
 

@@ -19,7 +19,7 @@ Greedy decoding starts from <bos>, stops at <eos>, and runs at most max_len - 1 
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from tinycap import checkpoint
 from tinycap.errors import TinyCapError
 from tinycap.guide import batches
 from tinycap.io import atomic_path, write_json
@@ -130,26 +131,9 @@ class MicroCap(nn.Module):
         return out
 
 
-def checkpoint(model, vocab, **extra):
-    """Plain-dict checkpoint; `vocab` (tinycap.vocab.Vocab) is fingerprinted to catch mismatches."""
-    return {"model": model.state_dict(), "config": asdict(model.cfg), "vocab_sha": vocab.sha, **extra}
-
-
 def load(path, vocab=None):
     """Load data/microcap/microcap.pt; with `vocab`, refuse a checkpoint built on another vocabulary."""
-    path = Path(path)
-    if not path.is_file():
-        raise TinyCapError(path, "file not found")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    try:
-        cfg = MicroCapConfig(**ckpt["config"])
-    except (KeyError, TypeError) as e:
-        raise TinyCapError(path, f"not a MicroCap checkpoint ({e})") from None
-    if vocab is not None:
-        vocab.check(ckpt.get("vocab_sha"), cfg.vocab_size, path)
-    model = MicroCap(cfg)
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
+    return checkpoint.load(path, MicroCapConfig, MicroCap, "MicroCap", vocab)[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,7 +334,7 @@ def distill(emb_path, pooled_dir, guide_dir, out_dir, metrics_path, p: MicroCapP
         metrics["ablation"] = {"split": "val", **results}
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        torch.save(checkpoint(main, vocab, variant=shipped, alpha=p.alpha, beta=p.beta, tau=p.tau, guide_captions=p.guide_captions,
+        torch.save(checkpoint.checkpoint(main, vocab, variant=shipped, alpha=p.alpha, beta=p.beta, tau=p.tau, guide_captions=p.guide_captions,
                               epochs=p.epochs), tmp / "microcap.pt")  # fmt: skip
     write_json(metrics_path, metrics)
     return metrics

@@ -13,9 +13,27 @@ import yaml
 from tinycap.errors import TinyCapError
 
 PARAMS_FILE = "params.yaml"
+# top-level keys and the value each must have; every other top-level key is a section below
+TOP_LEVEL = {"seed": int, "pooling": ("mean", "attention"), "num_frames": int}
+SECTIONS = ("data", "frames", "clip", "pool", "guide", "microcap", "quantize", "firmware", "m7", "evaluate")
 
 
 def load(path=PARAMS_FILE):
+    """params.yaml as a dict, its top level checked: the top-level keys above, then sections."""
+    params = _read(path)
+    unknown = sorted(set(params) - set(TOP_LEVEL) - set(SECTIONS))
+    if unknown:
+        raise TinyCapError(path, f"unknown top-level key(s) {', '.join(unknown)}; expected {', '.join([*TOP_LEVEL, *SECTIONS])}")
+    for key, want in TOP_LEVEL.items():
+        value = params.get(key)
+        ok = value in want if isinstance(want, tuple) else isinstance(value, want) and not isinstance(value, bool)
+        if not ok:
+            expected = " | ".join(want) if isinstance(want, tuple) else want.__name__
+            raise TinyCapError(path, f"top-level '{key}' must be {expected}, got {value!r}")
+    return params
+
+
+def _read(path):
     path = Path(path)
     if not path.is_file():
         raise TinyCapError(path, "file not found")
@@ -44,9 +62,7 @@ def from_dict(raw, cls, where):
     hints = typing.get_type_hints(cls)
     values = {}
     for key, field in fields.items():
-        if key not in raw:
-            if field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING:
-                continue
+        if key not in raw:  # dataclass defaults document the values; params.yaml must still give each key
             raise TinyCapError(where, f"missing key '{key}'")
         values[key] = _coerce(raw[key], hints[key], f"{where}.{key}")
     return cls(**values)

@@ -2,7 +2,8 @@
 
 t2v: every caption ranks all videos of its split; its rank is that of its own video.
 v2t: every video ranks all captions of its split; its rank is that of its best-ranked caption.
-Rank = 1 + number of candidates scoring strictly higher. R@K in percent, MdR = median rank.
+Rank = 1 + number of other candidates scoring at least as high (ties count against the query,
+so a collapsed model cannot score well). R@K in percent, MdR = median rank.
 """
 
 import numpy as np
@@ -17,7 +18,7 @@ def ranks_t2v(video_emb, text_emb, caption_video):
     """video_emb (V, D), text_emb (C, D), caption_video (C,) row in video_emb -> ranks (C,)."""
     sim = _normalise(text_emb) @ _normalise(video_emb).T  # (C, V)
     own = sim[np.arange(len(sim)), caption_video]  # (C,)
-    return 1 + (sim > own[:, None]).sum(1)
+    return (sim >= own[:, None]).sum(1)  # own video included: 1 + others scoring >= it
 
 
 def summary(ranks, prefix):
@@ -59,7 +60,7 @@ def ranks_v2t(video_emb, text_emb, caption_video, query_videos):
     sim = _normalise(video_emb[query_videos]) @ _normalise(text_emb).T  # (Q, C)
     ranks = []
     for q, v in enumerate(query_videos):
-        own = np.flatnonzero(caption_video == v)
-        best = sim[q, own].max()
-        ranks.append(1 + int((sim[q] > best).sum()))
+        is_own = caption_video == v
+        best = sim[q, is_own].max()
+        ranks.append(1 + int((sim[q, ~is_own] >= best).sum()))
     return np.array(ranks)
