@@ -24,6 +24,7 @@ import numpy as np
 
 from tinycap.errors import TinyCapError
 from tinycap.io import read_json
+from tinycap.quantize import same_quantisation
 
 log = logging.getLogger("build_tflm")
 
@@ -892,7 +893,7 @@ def generate(int8_dir, vocab_path, out_dir):
     # the loop copies int8 tensors between graphs unchanged: their quantisation must agree
     for a, b, what in ((pout["h0"], din["h"], "pooler h0 / decoder h"), (dout["h_new"], din["h"], "decoder h_new / h"),
                        (pout["context"], din["context"], "pooler context / decoder context")):
-        if (a["scale"], a["zero_point"], a["shape"]) != (b["scale"], b["zero_point"], b["shape"]):
+        if a["shape"] != b["shape"] or not same_quantisation(a, b):
             raise TinyCapError(quant_path, f"{what}: quantisation or shape differs; the device loop copies them unchanged")
     _, T, D = pin["frames"]["shape"]
     H = din["h"]["shape"][-1]

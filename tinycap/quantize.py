@@ -740,13 +740,20 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
     return metrics
 
 
+def same_quantisation(a, b):
+    """Two int8 tensors {scale, zero_point} the device loop copies between graphs unchanged.
+
+    The converter derives each graph's scale from the same calibrated range, in float32 or float64
+    depending on the path: equal up to rounding, which changes no int8 value."""
+    return a["zero_point"] == b["zero_point"] and abs(a["scale"] - b["scale"]) <= 1e-6 * max(a["scale"], b["scale"])
+
+
 def _check_shared_quant(quant, where):
     """The int8 tensors the device loop copies between graphs must carry the same quantisation (up to float rounding)."""
     models = quant["models"]
 
     def q(model, kind, name):
-        d = next(d for d in models[model][kind] if d["name"] == name)
-        return d["scale"], d["zero_point"]
+        return next(d for d in models[model][kind] if d["name"] == name)
 
     pairs = [
         (("pooler_int8", "outputs", "h0"), ("decoder_int8", "inputs", "h")),
@@ -754,11 +761,10 @@ def _check_shared_quant(quant, where):
         (("pooler_int8", "outputs", "context"), ("decoder_int8", "inputs", "context")),
     ]
     for a, b in pairs:
-        (scale_a, zp_a), (scale_b, zp_b) = q(*a), q(*b)
-        # the converter derives each graph's scale from the same calibrated range, in float32 or
-        # float64 depending on the path: equal up to rounding, which changes no int8 value
-        if zp_a != zp_b or abs(scale_a - scale_b) > 1e-6 * max(scale_a, scale_b):
-            raise TinyCapError(where, f"quantisation of {a[0]}.{a[2]} {q(*a)} differs from {b[0]}.{b[2]} {q(*b)}")
+        qa, qb = q(*a), q(*b)
+        if not same_quantisation(qa, qb):
+            raise TinyCapError(where, f"quantisation of {a[0]}.{a[2]} ({qa['scale']}, {qa['zero_point']}) differs from "
+                                      f"{b[0]}.{b[2]} ({qb['scale']}, {qb['zero_point']})")
 
 
 def tensor_errors(mirror, representative, top=8):
