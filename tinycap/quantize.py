@@ -426,24 +426,13 @@ def measure_arena(model_path, n_inputs, step=16):
 
 def load_embeddings(path):
     """clip.h5 -> frame_emb (V, T, D), video_id [V], split [V], references {video_id: [captions]}."""
-    import h5py
+    from tinycap.guide import load_embeddings as read  # the one reader of the clip.h5 schema
 
-    path = Path(path)
-    if not path.is_file():
-        raise TinyCapError(path, "file not found")
-    with h5py.File(path, "r") as f:
-        missing = [k for k in ("frame_emb", "video_id", "split", "caption", "caption_video") if k not in f]
-        if missing:
-            raise TinyCapError(path, f"missing dataset(s) {', '.join(missing)}")
-        frames = f["frame_emb"][()].astype(np.float32)
-        vids = [v.decode() if isinstance(v, bytes) else str(v) for v in f["video_id"][()]]
-        splits = [s.decode() if isinstance(s, bytes) else str(s) for s in f["split"][()]]
-        captions = [c.decode() if isinstance(c, bytes) else str(c) for c in f["caption"][()]]
-        cap_video = f["caption_video"][()]
+    emb = read(path)
     refs = {}
-    for cap, v in zip(captions, cap_video):
-        refs.setdefault(vids[int(v)], []).append(cap)
-    return frames, np.array(vids), np.array(splits), refs
+    for caption, v in zip(emb.caption, emb.caption_video):
+        refs.setdefault(emb.video_id[int(v)], []).append(caption)
+    return emb.frame_emb, np.array(emb.video_id), np.array(emb.split), refs
 
 
 def check_architecture(model, expect, frames, vocab, where):
