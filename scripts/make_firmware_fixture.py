@@ -26,11 +26,13 @@ def make(pooling, out_dir, seed=0):
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     # vocab 42: the logits FC has a partial group of rows (42 = 4 * 10 + 2), run by the M7 code too
-    cfg = microcap.MicroCapConfig(vocab_size=42, dim=24, num_frames=4, pooling=pooling, embed_dim=8, hidden=12, max_len=9)
+    cfg = microcap.MicroCapConfig(vocab_size=42, dim=24, num_frames=4, pooling=pooling, embed_dim=8, hidden=12, max_len=9,
+                                  temporal_filter=True)
     model = microcap.MicroCap(cfg).eval()
     with torch.no_grad():  # larger output weights: varied, confident logits
         model.out.weight.mul_(4.0)
         model.h_proj.weight.mul_(2.0)
+        model.temporal.copy_(torch.randn(cfg.num_frames, cfg.dim) * 0.3)  # per-dimension frame weights, both signs
         if pooling == "attention":  # scores of a few units, position-dependent, like a trained pooler
             model.pooler.query.copy_(torch.randn(cfg.dim) * 3.0)
             model.pooler.pos_emb.copy_(torch.randn(cfg.num_frames, cfg.dim) * 0.3)
@@ -46,10 +48,7 @@ def make(pooling, out_dir, seed=0):
         model.out.bias[2] = base + min(np.linspace(0.0, 1.0, 41), key=lambda b: abs(at_max(b) - 0.5))
     vocab = Vocab(SPECIALS + [f"w{i}" for i in range(cfg.vocab_size - len(SPECIALS))])
     seqs = [[1] + list(rng.integers(4, cfg.vocab_size, 6)) + [2] for _ in range(32)]
-    # calibration as tinycap.quantize.quantize() does it (keep in step with that function)
-    states = quantize.pin_h_range(quantize.decoder_states(model, frames[:32], seqs) + quantize.bos_states(model, frames[:32]))
-    mirror = quantize.TFMicroCap(model, quantize.context_range(states))
-    rep = {quantize.POOLER: [{"frames": frames[i: i + 1]} for i in range(32)], quantize.DECODER: states}
+    mirror, rep = quantize.calibrate(model, frames[:32], seqs, frames[:32])  # what quantize() does
     out_dir.mkdir(parents=True, exist_ok=True)
     quant = {"max_steps": cfg.max_steps, "bos": 1, "eos": 2, "h_quant": {"scale": quantize.H_QUANT[0], "zero_point": 0}, "models": {}}
     for name in (quantize.POOLER, quantize.DECODER):

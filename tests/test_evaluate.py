@@ -87,12 +87,15 @@ def test_evaluate_writes_metrics_predictions_and_report(project):
     d = project
     m = run_evaluate(d)
     assert json.loads((d / "eval.json").read_text()) == m
-    for variant in ("guide", "microcap_fp32"):
+    for variant in ("guide", "guide_greedy", "microcap_fp32"):  # the guide decodes with beam 2 here
         for split in ("test", "novel"):
             assert set(evaluate.METRICS) <= set(m[variant][split])
             assert m[variant][split]["order_dependent"]["clips"] > 0
     assert set(evaluate.METRICS) <= set(m["microcap_int8_tflm"]["test"]) and "novel" not in m["microcap_int8_tflm"]
     assert "covers 0 of 3 novel clips" in m["notes"]["microcap_int8_tflm.novel"] and "SPICE" in m["notes"]
+    for teacher in ("guide", "guide_greedy"):
+        fraction = m[f"cider_fraction_of_{teacher}"]["microcap_fp32"]["test"]
+        assert fraction == round(m["microcap_fp32"]["test"]["CIDEr"] / m[teacher]["test"]["CIDEr"], 4)
     preds = json.loads((d / "eval" / "predictions.json").read_text())
     clip = preds["test"]["test000"]
     assert clip["references"] and {"guide", "microcap_fp32", "microcap_int8_tflm"} <= set(clip)

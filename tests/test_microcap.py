@@ -1,5 +1,6 @@
 """MicroCap: the fixed architecture contract, loss terms, decoding rules, and the distillation stage."""
 
+import dataclasses
 import json
 
 import pytest
@@ -16,7 +17,8 @@ CFG = microcap.MicroCapConfig(vocab_size=30, dim=16, num_frames=5, pooling="atte
 
 
 def distill_params(**kw):
-    p = dict(embed_dim=16, hidden=24, epochs=2, batch_size=16, lr=0.01, alpha=0.5, beta=0.5, tau=2.0, guide_captions=0, ablation=False)
+    p = dict(embed_dim=16, hidden=24, epochs=2, batch_size=16, lr=0.01, alpha=0.5, beta=0.5, tau=2.0, guide_captions=0, ablation=False,
+             temporal_filter=True)
     p.update(kw)
     return microcap.MicroCapParams(**p)
 
@@ -32,6 +34,22 @@ def test_parameters_follow_the_contract():
         "h_proj.weight": (36, 12), "h_proj.bias": (36,),
         "out.weight": (30, 12), "out.bias": (30,),
     }  # fmt: skip
+
+
+def test_temporal_filter_adds_per_dimension_frame_weights():
+    torch.manual_seed(0)
+    plain = microcap.MicroCap(CFG).eval()
+    m = microcap.MicroCap(dataclasses.replace(CFG, temporal_filter=True)).eval()
+    assert m.num_params() - plain.num_params() == 5 * 16  # F is (T, D)
+    m.load_state_dict({**plain.state_dict(), "temporal": torch.zeros(5, 16)})
+    x = torch.randn(3, 5, 16)
+    assert torch.equal(m.encode(x)[0], plain.encode(x)[0])  # zero at start: the pooler alone
+    with torch.no_grad():
+        m.temporal[-1], m.temporal[0] = 1.0, -1.0  # last frame minus first
+    c, _, w = m.encode(x)
+    pooled = (w[..., None] * x).sum(1)
+    assert torch.allclose(c, pooled + x[:, -1] - x[:, 0], atol=1e-6)
+    assert not torch.allclose(m.encode(x.flip(1))[0] - m.pooler(x.flip(1))[0], c - pooled)  # order now matters
 
 
 def test_step_is_the_written_out_gru_and_unroll_matches_steps():

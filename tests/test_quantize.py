@@ -17,7 +17,7 @@ from tinycap.vocab import Vocab
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 GOLDEN = Path(__file__).parent / "golden" / "quantize_tiny.json"
 T, D = 4, 32
-ARCH = dict(pooling="attention", num_frames=T, embed_dim=12, hidden=24, max_len=8)
+ARCH = dict(pooling="attention", num_frames=T, embed_dim=12, hidden=24, max_len=8, temporal_filter=False)
 SUBJECTS = ["a man", "a woman", "a dog", "a cat"]
 ACTIONS = ["runs left", "jumps up", "sits down"]
 
@@ -114,6 +114,39 @@ def test_mean_pooling_mirror(artifacts):
     data = quantize.convert(mirror, quantize.POOLER, [{"frames": frames[i : i + 1]} for i in range(8)])
     assert "MEAN" in quantize.model_ops(data) and set(quantize.model_ops(data)) <= quantize.TFLM_OPS
     assert sorted(d["name"] for d in quantize.io_details(data)["outputs"]) == ["context", "h0"]
+
+
+@pytest.mark.parametrize("pooling", ["attention", "mean"])
+def test_temporal_filter_mirror(artifacts, pooling):
+    """The temporal filter joins the pooling weights in the mirror: float parity with PyTorch, and an
+    int8 pooler graph of TFLM ops whose context differs from the float one by a few int8 steps."""
+    torch.manual_seed(2)
+    frames, *_ = quantize.load_embeddings(artifacts / "clip.h5")
+    model = microcap.MicroCap(microcap.MicroCapConfig(vocab_size=16, dim=D, **dict(ARCH, pooling=pooling, temporal_filter=True))).eval()
+    with torch.no_grad():
+        model.temporal.copy_(torch.randn(T, D) * 0.5)
+        c_filter = model.encode(torch.as_tensor(frames[:8]))[0]
+        c_pooled = model.pooler(torch.as_tensor(frames[:8]))[0]
+    assert (c_filter - c_pooled).abs().max() > 0.1  # the filter changes the context
+    mirror = quantize.TFMicroCap(model, {"context": (-2.0, 2.0)})
+    parity, _ = quantize.float_parity(model, mirror, frames[:8])
+    assert parity["tokens_identical"] == parity["clips"] and max(parity["max_abs_diff"].values()) < 1e-4, parity
+    data = quantize.convert(mirror, quantize.POOLER, [{"frames": frames[i : i + 1]} for i in range(8)])
+    ops = quantize.model_ops(data)
+    assert set(ops) <= quantize.TFLM_OPS and "MEAN" not in ops and {"MUL", "SUM"} <= set(ops), ops
+    it = quantize._interpreter(data)
+    it.allocate_tensors()
+    (inp,), outs = it.get_input_details(), {d["name"]: d for d in quantize.io_details(data)["outputs"]}
+    ctx_out = next(d for d in it.get_output_details() if d["shape"][-1] == 3 * ARCH["hidden"])
+    s_in, z_in = inp["quantization"]
+    x = np.clip(np.round(frames[:1] / s_in) + z_in, -128, 127).astype(np.int8)
+    it.set_tensor(inp["index"], x)
+    it.invoke()
+    s_out, z_out = ctx_out["quantization"]
+    ctx = (it.get_tensor(ctx_out["index"]).astype(np.float32) - z_out) * s_out
+    want = mirror.pooler(frames[:1])["context"].numpy()
+    assert np.abs(ctx - want).max() <= 4 * s_out, (np.abs(ctx - want).max(), s_out)
+    assert sorted(outs) == (["context", "h0", "weights"] if pooling == "attention" else ["context", "h0"])
 
 
 def test_outputs_and_op_set(int8):

@@ -147,7 +147,8 @@ class Captioner:
 
     pooling: None keeps the checkpoint's pooling; "mean" on an attention checkpoint swaps in the
     parameter-free mean pooler (an ablation); anything else the model was not trained with is an error.
-    num_frames: None keeps the model's T; another T only works with mean pooling (no position embeddings).
+    num_frames: None keeps the model's T; another T only works with mean pooling and no temporal filter
+    (neither has weights per frame).
     """
 
     def __init__(self, data_dir="data", model=DEFAULT_MODEL, pooling=None, num_frames=None, decode=None):
@@ -174,11 +175,14 @@ class Captioner:
         self.num_frames = trained_frames if num_frames is None else int(num_frames)
         if self.num_frames < 1:
             raise TinyCapError("--num-frames", f"must be >= 1, got {num_frames}")
-        if self.num_frames != trained_frames and not (model == "microcap" and self.pooling == "mean"):
-            raise TinyCapError(
-                "--num-frames",
-                f"{self.model_path} was trained on {trained_frames} frames; another count needs --model microcap --pooling mean",
-            )
+        if self.num_frames != trained_frames:
+            if not (model == "microcap" and self.pooling == "mean"):
+                raise TinyCapError(
+                    "--num-frames",
+                    f"{self.model_path} was trained on {trained_frames} frames; another count needs --model microcap --pooling mean",
+                )
+            if self.model.temporal is not None:
+                raise TinyCapError("--num-frames", f"{self.model_path} has a temporal filter for {trained_frames} frames; another count needs a model without one")
         self._lock = threading.Lock()
         self._rng = np.random.default_rng(self.decode_opts.seed)
 

@@ -1,6 +1,10 @@
 """MicroCap: the student small enough for a Cortex-M7.
 
-temporal pooler (tinycap.pool) -> context c (B, D)
+temporal pooler (tinycap.pool) -> pooled (B, D), weights (B, T)
+c = pooled + sum_t F_t * x_t   temporal filter F (T, D), zero at start (microcap.temporal_filter):
+                               per-dimension frame weights, so c can carry how each feature changes
+                               over the clip (last minus first frame...), which a weighted average
+                               of frames cannot; T*D parameters
 h0 = tanh(init_h(c))
 GRU written out by hand (no nn.GRU) so the TensorFlow mirror in tinycap/quantize.py is a 1:1 copy:
     gx = x_proj(cat(embed(tok), c))          # gate order r, z, n
@@ -47,6 +51,7 @@ class MicroCapConfig:
     embed_dim: int = 96  # token embedding size
     hidden: int = 192  # GRU hidden size H
     max_len: int = 16  # tokens per caption, BOS and EOS included
+    temporal_filter: bool = False  # c = pooled + sum_t F_t * x_t (checkpoints from before it have none)
 
     @property
     def max_steps(self):
@@ -59,6 +64,7 @@ class MicroCap(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.pooler = build_pooler(cfg.pooling, cfg.dim, cfg.num_frames)
+        self.temporal = nn.Parameter(torch.zeros(cfg.num_frames, cfg.dim)) if cfg.temporal_filter else None  # (T, D)
         self.init_h = nn.Linear(cfg.dim, cfg.hidden)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
         self.x_proj = nn.Linear(cfg.embed_dim + cfg.dim, 3 * cfg.hidden)
@@ -71,6 +77,8 @@ class MicroCap(nn.Module):
     def encode(self, frames):
         """frames (B, T, D) -> context c (B, D), h0 (B, H), pooling weights (B, T)."""
         c, weights = self.pooler(frames)  # (B, D), (B, T)
+        if self.temporal is not None:
+            c = c + (self.temporal * frames).sum(1)  # (B, D)
         h0 = torch.tanh(self.init_h(c))  # (B, H)
         return c, h0, weights
 
@@ -144,6 +152,7 @@ def load(path, vocab=None):
 class MicroCapParams:
     embed_dim: int
     hidden: int
+    temporal_filter: bool  # context = pooled + sum_t F_t * x_t with learned per-dimension frame weights F (T, D)
     epochs: int
     batch_size: int
     lr: float
@@ -279,7 +288,8 @@ def distill(emb_path, pooled_dir, guide_dir, out_dir, metrics_path, p: MicroCapP
     data["guide_logits"], data["guide_att"] = guide_targets(guide, memory, data["video"], data["inputs"])
 
     V, T, D = frames.shape
-    cfg = MicroCapConfig(vocab_size=len(vocab), dim=D, num_frames=T, pooling=pooling, embed_dim=p.embed_dim, hidden=p.hidden, max_len=max_len)
+    cfg = MicroCapConfig(vocab_size=len(vocab), dim=D, num_frames=T, pooling=pooling, embed_dim=p.embed_dim, hidden=p.hidden,
+                         max_len=max_len, temporal_filter=p.temporal_filter)
     # variant: (alpha, beta, train on the guide's captions too); the shipped model is trained first
     shipped = "kl_attn_seq" if p.guide_captions else "kl_attn"
     variants = {shipped: (p.alpha, p.beta, bool(p.guide_captions))}

@@ -3,7 +3,8 @@
 The device runs two graphs (batch 1), both mirrors of tinycap.microcap.MicroCap:
 
   pooler   frames int8 (1, T, D) -> h0 (1, H), context (1, 3H), weights (1, T) [attention only]
-             c = attention pool of frames (mean pool: MEAN, no weights output)
+             c = sum_t (w_t + F_t) * x_t: attention weights w plus the temporal filter F
+                 (mean pool: w = 1/T, no weights output; without the filter: MEAN)
              h0 = tanh(init_h(c));  context = c @ W_xc^T + b_x   (the constant part of x_proj)
   decoder  token int32 (1,), h (1, H), context (1, 3H) -> logits (1, V), h_new (1, H)
              gx = gather(embed, token) @ W_xe^T + context;  gh = h_proj(h)
@@ -100,6 +101,9 @@ class TFMicroCap:
             q = sd["pooler.query"] / math.sqrt(D)  # (D,)
             self.q = f32(q[:, None])  # (D, 1)
             self.pos_bias = f32((sd["pooler.pos_emb"] @ q)[None, :])  # (1, T)
+        # c = sum_t w_t * x_t + sum_t F_t * x_t = sum_t (w_t + F_t) * x_t: the temporal filter F (T, D)
+        # joins the pooling weights before the one MUL + SUM (mean pooling: a constant 1/T + F)
+        self.temporal = f32(sd["temporal"][None]) if self.cfg.temporal_filter else None  # (1, T, D)
         self.w_init = f32(sd["init_h.weight"].T)  # (D, H)
         self.b_init = f32(sd["init_h.bias"])  # (H,)
         self.w_xc = f32(sd["x_proj.weight"][:, E:].T)  # (D, 3H)  context part of x_proj
@@ -127,9 +131,14 @@ class TFMicroCap:
         if self.attention:
             scores = tf.squeeze(tf.matmul(frames, self.q), -1) + self.pos_bias  # (B, T)
             weights = tf.nn.softmax(scores, axis=-1)  # (B, T)
-            # MUL + SUM: tf.lite's int8 BATCH_MATMUL lost ~8 quantisation steps here (QuantizationDebugger)
-            c = tf.reduce_sum(tf.expand_dims(weights, -1) * frames, axis=1)  # (B, D)
             out["weights"] = weights
+            w = tf.expand_dims(weights, -1)  # (B, T, 1)
+            if self.temporal is not None:
+                w = w + self.temporal  # (B, T, D)
+            # MUL + SUM: tf.lite's int8 BATCH_MATMUL lost ~8 quantisation steps here (QuantizationDebugger)
+            c = tf.reduce_sum(w * frames, axis=1)  # (B, D)
+        elif self.temporal is not None:
+            c = tf.reduce_sum((self.temporal + 1.0 / self.cfg.num_frames) * frames, axis=1)  # (B, D)
         else:
             c = tf.reduce_mean(frames, axis=1)  # (B, D)
         out["h0"] = pin(tf.tanh(tf.matmul(c, self.w_init) + self.b_init), "h0")  # (B, H)
@@ -554,6 +563,15 @@ def pinned_ranges(mirror, states):
     return ranges
 
 
+def calibrate(model, frames, token_seqs, train_frames):
+    """The int8-ready mirror and the representative datasets {POOLER: [...], DECODER: [...]}: the
+    pooler sees the calibration clips `frames` (N, T, D); the decoder their teacher-forced and greedy
+    states (`token_seqs`, one reference per clip) plus the first step of every clip in `train_frames`."""
+    states = pin_h_range(decoder_states(model, frames, token_seqs) + bos_states(model, train_frames))
+    mirror = TFMicroCap(model, pinned_ranges(TFMicroCap(model), states))
+    return mirror, {POOLER: [{"frames": frames[i : i + 1]} for i in range(len(frames))], DECODER: states}
+
+
 def float_parity(model, mirror, frames):
     """Max abs difference PyTorch vs TF mirror on real clips (pooler outputs, and every decoder step
     along PyTorch's greedy path), and how many greedy captions are token-identical."""
@@ -614,10 +632,8 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
     # calibration data: real train clips, real decoder states
     cal = pick_calibration(splits, params.calibration_clips)
     seqs = [vocab.encode(refs[vids[i]][0], model.cfg.max_len) if vids[i] in refs else [vocab.index["<bos>"]] for i in cal]
-    states = pin_h_range(decoder_states(model, frames[cal], seqs) + bos_states(model, frames[splits == "train"]))
-    mirror = TFMicroCap(model)
-    mirror = TFMicroCap(model, pinned_ranges(mirror, states))
-    log.info("calibration: %d clips, %d decoder states, pinned ranges %s", len(cal), len(states), mirror.ranges)
+    mirror, representative = calibrate(model, frames[cal], seqs, frames[splits == "train"])
+    log.info("calibration: %d clips, %d decoder states, pinned ranges %s", len(cal), len(representative[DECODER]), mirror.ranges)
 
     eval_idx = {s: np.flatnonzero(splits == s) for s in ("test", "novel") if (splits == s).any()}
     if not eval_idx:
@@ -629,7 +645,6 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
         raise TinyCapError(microcap_path, f"TF mirror differs from PyTorch: {parity}")
     torch_caps = dict(zip(all_eval.tolist(), torch_caps))
 
-    representative = {POOLER: [{"frames": frames[i : i + 1]} for i in cal], DECODER: states}
     quant = {
         "max_steps": model.cfg.max_steps,
         "bos": vocab.index["<bos>"],
