@@ -28,7 +28,6 @@ own greedy decoding), then decoded greedily in the TFLM runtime (the kernels the
 import dataclasses
 import logging
 import math
-import re
 import subprocess
 import sys
 import warnings
@@ -729,7 +728,7 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
         "captions_identical_tflm_vs_fp32": sum(a == b for a, b in zip(seq["tflm_int8"], torch_seq)) / len(order),
         "captions_identical_fp32_tflite_vs_torch": sum(a == b for a, b in zip(seq["tflite_fp32"], torch_seq)) / len(order),
         "float_parity": parity,
-        "calibration": {"clips": len(cal), "decoder_states": len(states), "pinned_ranges": mirror.ranges},
+        "calibration": {"clips": len(cal), "decoder_states": len(representative[DECODER]), "pinned_ranges": mirror.ranges},
         "clips": {s: len(i) for s, i in eval_idx.items()},
         "method": "CIDEr (pycocoevalcap scale, raw, tinycap.evaluate.score) of greedy captions on the "
         "cider_split clips: fp32 = PyTorch MicroCap, int8 = data/int8 graphs in tflite_micro.runtime (TFLM "
