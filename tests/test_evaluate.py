@@ -114,3 +114,17 @@ def test_evaluate_without_int8_or_order_attribute_notes_the_reason(project, tmp_
     with pytest.raises(TinyCapError, match="empty split 'train2'"):
         run_evaluate(d, out="eval3", splits=["train2"])
     assert not (d / "eval3").exists() and not (d / "eval3.json").exists()
+
+
+def test_per_clip_cider_and_paired_drop():
+    refs = {"a": ["a red circle moves left", "the red ball slides left"], "b": ["a blue square grows", "the blue box gets bigger"],
+            "c": ["a green star spins", "the green star rotates"]}
+    before = {"a": "a red circle moves left", "b": "a blue square grows", "c": "a green star spins"}
+    after = {**before, "c": "a green star"}
+    per = evaluate.cider_per_clip(before, refs)
+    assert sum(per.values()) / 3 == pytest.approx(evaluate.score(before, refs, metrics=("CIDEr",))["CIDEr"])
+    drop, (low, high) = evaluate.paired_drop(per, evaluate.cider_per_clip(after, refs))
+    assert per["c"] > evaluate.cider_per_clip(after, refs)["c"]
+    assert drop == pytest.approx(1 - sum(evaluate.cider_per_clip(after, refs).values()) / sum(per.values()))
+    assert 0 < drop and low <= drop <= high and low >= 0.0  # only clip c changed, for the worse
+    assert evaluate.paired_drop(per, per) == (0.0, [0.0, 0.0])

@@ -183,6 +183,39 @@ def test_tflm_greedy_matches_float(int8):
     assert m["float_parity"]["tokens_identical"] == m["float_parity"]["clips"]
 
 
+def test_logits_window_keeps_greedy_and_refines_the_int8_step(int8, artifacts):
+    """The int8 logits cover [lo, hi] of the float logits (lo below every winning logit of the
+    calibration states), moved to [0, hi - lo]: finer steps than the full range, same argmax."""
+    out, m = int8
+    quant = json.loads((out / "quant.json").read_text())
+    lo, hi = quant["logits_window"]["float_range"]
+    logits = next(d for d in quant["models"]["decoder_int8"]["outputs"] if d["name"] == "logits")
+    assert logits["zero_point"] == -128 and logits["scale"] == pytest.approx((hi - lo) / 255, rel=1e-3)
+    model = microcap.load(artifacts / "microcap.pt")
+    frames, *_ = quantize.load_embeddings(artifacts / "clip.h5")
+    with torch.no_grad():
+        c, h, _ = model.encode(torch.as_tensor(frames))
+        full = model.step(torch.full((len(frames),), 1), h, c)[0]
+    assert lo > full.min().item() and (hi - lo) < (full.max() - full.min()).item()
+    assert full.max(-1).values.min().item() > lo  # every clip's first winning logit is inside the window
+
+
+def test_caption_sensitivity_finds_a_lossy_tensor(artifacts):
+    """One tensor rounded at a time: harmless ranges keep the float captions; a logits window above
+    every logit (all clip to its floor, argmax = token 0) is found as the tensor that breaks them."""
+    model = microcap.load(artifacts / "microcap.pt")
+    frames, vids, splits, refs = quantize.load_embeddings(artifacts / "clip.h5")
+    train = np.flatnonzero(splits == "train")[:8]
+    seqs = [[1, 5, 2]] * len(train)
+    mirror, rep = quantize.calibrate(model, frames[train], seqs, frames[train])
+    good = quantize.caption_sensitivity(mirror, rep, frames[-12:], model.cfg.max_steps)
+    assert {"frames", "context", "h_new", "logits", "r*gh_n", "all"} <= set(good)
+    assert good["h_new"] >= 0.9 and good["all"] <= 1.0
+    mirror.ranges["logits"] = (50.0, 60.0)
+    bad = quantize.caption_sensitivity(mirror, rep, frames[-12:], model.cfg.max_steps)
+    assert bad["logits"] == 0.0 and list(bad)[0] in ("logits", "all") and bad["h_new"] == good["h_new"]
+
+
 def test_golden_round_trip_through_tflm(int8, artifacts):
     """Known inputs through the TFLM int8 graphs against tests/golden/quantize_tiny.json (written
     once by `python tests/test_quantize.py --golden` from this fixed-seed tiny model)."""

@@ -61,6 +61,37 @@ def _meteor():
     return Meteor()
 
 
+def _tokenized(predictions, references):
+    """PTB-tokenized references and predictions of the ids in `predictions`, sorted by id."""
+    _check(predictions, references)
+    java = shutil.which("java")
+    ids = sorted(predictions)
+    # one tokenizer run (one JVM start) for references and predictions together
+    tok = _tokenize({**{("ref", k): list(references[k]) for k in ids}, **{("pred", k): [predictions[k]] for k in ids}}, java)
+    gts = {k: tok[("ref", k)] for k in ids}
+    res = {k: [tok[("pred", k)][0] or EMPTY] for k in ids}  # empty or punctuation-only predictions
+    return gts, res
+
+
+def cider_per_clip(predictions, references):
+    """{id: CIDEr-D of that clip's prediction}; their mean is score()'s CIDEr."""
+    from pycocoevalcap.cider.cider import Cider
+
+    gts, res = _tokenized(predictions, references)
+    return dict(zip(gts, map(float, Cider().compute_score(gts, res)[1])))
+
+
+def paired_drop(before, after, n_boot=2000, seed=0):
+    """Relative drop 1 - mean(after) / mean(before) of per-clip scores (dicts over the same clips) and
+    its 95 % paired-bootstrap interval (clips resampled with replacement; the CIDEr IDF stays that of
+    the whole split) -> (drop, [low, high])."""
+    ids = sorted(before)
+    a, b = np.array([before[k] for k in ids]), np.array([after[k] for k in ids])
+    idx = np.random.default_rng(seed).integers(len(ids), size=(n_boot, len(ids)))
+    drops = 1.0 - b[idx].sum(1) / np.maximum(a[idx].sum(1), 1e-12)
+    return float(1.0 - b.sum() / a.sum()), [round(float(x), 4) for x in np.percentile(drops, [2.5, 97.5])]
+
+
 def score(predictions, references, metrics=METRICS, notes=None):
     """predictions {id: str}, references {id: [str]} -> {metric: value} over the ids of `predictions`.
 
@@ -71,13 +102,7 @@ def score(predictions, references, metrics=METRICS, notes=None):
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
-    _check(predictions, references)
-    java = shutil.which("java")
-    ids = sorted(predictions)
-    # one tokenizer run (one JVM start) for references and predictions together
-    tok = _tokenize({**{("ref", k): list(references[k]) for k in ids}, **{("pred", k): [predictions[k]] for k in ids}}, java)
-    gts = {k: tok[("ref", k)] for k in ids}
-    res = {k: [tok[("pred", k)][0] or EMPTY] for k in ids}  # empty or punctuation-only predictions
+    gts, res = _tokenized(predictions, references)
     out = {}
     if "BLEU-4" in metrics:
         out["BLEU-4"] = float(Bleu(4).compute_score(gts, res, verbose=0)[0][3])
