@@ -191,7 +191,8 @@ def test_embed_resumes_after_a_crash(data, tmp_path, fmt="npy"):
            "--batch-frames", "5", "--data", str(data)]
     job = subprocess.Popen(cmd, env=cli_fixtures.env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + 120
-    while job.poll() is None and not any(parts.glob("*.npz")) and time.monotonic() < deadline:
+    finished = lambda: [p for p in parts.glob("*.npz") if not p.name.startswith(".")]  # noqa: E731 (dot: a write in progress)
+    while job.poll() is None and not finished() and time.monotonic() < deadline:
         time.sleep(0.01)
     killed = job.poll() is None
     if killed:
@@ -199,7 +200,7 @@ def test_embed_resumes_after_a_crash(data, tmp_path, fmt="npy"):
     job.wait()
     if killed:  # nothing half-written at the output path; the finished videos are kept for the rerun
         assert not out.exists()
-        done = len(list(parts.glob("*.npz")))
+        done = len(finished())
     else:  # finished before we could kill it: all done
         done = len(clips)
     summary = json.loads(tinycap("embed", *clips, "--out", out, "--format", fmt, data=data, check=0).stdout)
@@ -210,6 +211,19 @@ def test_embed_resumes_after_a_crash(data, tmp_path, fmt="npy"):
         assert np.load(out / index["videos"][0]["file"]).shape[0] == 5
     else:
         assert np.asarray(index["videos"][0]["frame_emb"]).shape[0] == 5
+
+
+def test_embed_resume_skips_what_a_kill_left_behind(tmp_path):
+    """A kill mid-write leaves atomic_path's empty dot-temp (.name.XXXX.npz) or a truncated part:
+    both are dropped and those videos embedded again, the finished parts are kept."""
+    parts = embed._Parts(tmp_path / "emb", {"num_frames": 2})
+    entry = {"key": "a", "video_id": "a", "frame_emb": np.ones((2, 3), np.float32), "timestamps_s": np.zeros(2, np.float32)}
+    parts.add(entry)
+    (parts.dir / ".0123.npz.tmp1.npz").write_bytes(b"")
+    (parts.dir / "truncated.npz").write_bytes(b"PK\x03\x04")
+    done = parts.load()
+    assert list(done) == ["a"] and np.array_equal(done["a"]["frame_emb"], entry["frame_emb"])
+    assert sorted(p.name for p in parts.dir.iterdir()) == sorted(["config.json", next(parts.dir.glob("[!.]*.npz")).name])
 
 
 def test_search_ranks_frames(data, media, tmp_path):

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import time
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -113,11 +114,14 @@ class _Parts:
         """{key: entry} of the finished videos kept here."""
         done = {}
         for p in self.dir.glob("*.npz"):
+            if p.name.startswith("."):  # the temp file of a write that was killed (atomic_path)
+                p.unlink()
+                continue
             try:
                 with np.load(p) as z:
                     meta = json.loads(str(z["meta"]))
                     done[meta["key"]] = {**meta, "frame_emb": z["frame_emb"], "timestamps_s": z["timestamps_s"]}
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
                 p.unlink()  # unreadable leftover: that video is simply done again
         return done
 
