@@ -32,7 +32,7 @@ def make(pooling, out_dir, seed=0):
     with torch.no_grad():  # larger output weights: varied, confident logits
         model.out.weight.mul_(4.0)
         model.h_proj.weight.mul_(2.0)
-        model.temporal.copy_(torch.randn(cfg.num_frames, cfg.dim) * 0.3)  # per-dimension frame weights, both signs
+        model.temporal_filter.copy_(torch.randn(cfg.num_frames, cfg.dim) * 0.3)  # per-dimension frame weights, both signs
         if pooling == "attention":  # scores of a few units, position-dependent, like a trained pooler
             model.pooler.query.copy_(torch.randn(cfg.dim) * 3.0)
             model.pooler.pos_emb.copy_(torch.randn(cfg.num_frames, cfg.dim) * 0.3)
@@ -48,9 +48,10 @@ def make(pooling, out_dir, seed=0):
         model.out.bias[2] = base + min(np.linspace(0.0, 1.0, 41), key=lambda b: abs(at_max(b) - 0.5))
     vocab = Vocab(SPECIALS + [f"w{i}" for i in range(cfg.vocab_size - len(SPECIALS))])
     seqs = [[1] + list(rng.integers(4, cfg.vocab_size, 6)) + [2] for _ in range(32)]
-    mirror, rep = quantize.calibrate(model, frames[:32], seqs, frames[:32])  # what quantize() does
+    mirror, rep = quantize.calibrate(model, frames[:32], seqs, frames[:32], quantize.QuantizeParams().logits_margin)  # as quantize()
     out_dir.mkdir(parents=True, exist_ok=True)
-    quant = {"max_steps": cfg.max_steps, "bos": 1, "eos": 2, "h_quant": {"scale": quantize.H_QUANT[0], "zero_point": 0}, "models": {}}
+    quant = {"max_steps": cfg.max_steps, "bos": 1, "eos": 2, "h_quant": {"scale": quantize.H_QUANT[0], "zero_point": 0},
+             "logits_window": {"float_range": list(mirror.ranges["logits"])}, "models": {}}
     for name in (quantize.POOLER, quantize.DECODER):
         data = quantize.convert(mirror, name, rep[name])
         path = out_dir / quantize.model_file(name, "int8")

@@ -226,6 +226,19 @@ def test_embed_resume_skips_what_a_kill_left_behind(tmp_path):
     assert sorted(p.name for p in parts.dir.iterdir()) == sorted(["config.json", next(parts.dir.glob("[!.]*.npz")).name])
 
 
+def test_int8_logits_below_the_window_are_ranked_last():
+    """Beam search and sampling on int8 logits: the tokens clipped to the window's floor get -inf, so
+    they neither win a beam nor carry probability mass; a step with every token at the floor stays finite."""
+    from tinycap import captioner
+
+    io = {"scale": 0.05, "zero_point": -128}
+    logits = captioner._window_logits(np.array([-128, 7, -128, 100], np.int8), io)
+    assert np.isneginf(logits[[0, 2]]).all() and np.allclose(logits[[1, 3]], [6.75, 11.4])
+    assert np.isfinite(captioner._window_logits(np.full(4, -128, np.int8), io)).all()
+    step = lambda tok, state: (logits, state)  # noqa: E731
+    assert captioner.beam_search(step, None, beam=3, max_steps=2) == [3, 3]
+
+
 def test_search_ranks_frames(data, media, tmp_path):
     out = tmp_path / "hits"
     proc = tinycap("search", media["avi"], "a red circle moves left", "--top-k", "3", "--num-frames", "8", "--out", out,

@@ -41,11 +41,11 @@ def test_temporal_filter_adds_per_dimension_frame_weights():
     plain = microcap.MicroCap(CFG).eval()
     m = microcap.MicroCap(dataclasses.replace(CFG, temporal_filter=True)).eval()
     assert m.num_params() - plain.num_params() == 5 * 16  # F is (T, D)
-    m.load_state_dict({**plain.state_dict(), "temporal": torch.zeros(5, 16)})
+    m.load_state_dict({**plain.state_dict(), "temporal_filter": torch.zeros(5, 16)})
     x = torch.randn(3, 5, 16)
     assert torch.equal(m.encode(x)[0], plain.encode(x)[0])  # zero at start: the pooler alone
     with torch.no_grad():
-        m.temporal[-1], m.temporal[0] = 1.0, -1.0  # last frame minus first
+        m.temporal_filter[-1], m.temporal_filter[0] = 1.0, -1.0  # last frame minus first
     c, _, w = m.encode(x)
     pooled = (w[..., None] * x).sum(1)
     assert torch.allclose(c, pooled + x[:, -1] - x[:, 0], atol=1e-6)

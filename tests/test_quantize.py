@@ -17,7 +17,7 @@ from tinycap.vocab import Vocab
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 GOLDEN = Path(__file__).parent / "golden" / "quantize_tiny.json"
 T, D = 4, 32
-ARCH = dict(pooling="attention", num_frames=T, embed_dim=12, hidden=24, max_len=8, temporal_filter=False)
+ARCH = dict(pooling="attention", num_frames=T, embed_dim=12, hidden=24, max_len=8, temporal_filter=True)
 SUBJECTS = ["a man", "a woman", "a dog", "a cat"]
 ACTIONS = ["runs left", "jumps up", "sits down"]
 
@@ -103,10 +103,11 @@ def test_weight_transfer_parity(artifacts):
 
 
 def test_mean_pooling_mirror(artifacts):
-    """pooling: mean has no learned pooler and no weights output; parity and an int8 pooler graph."""
+    """pooling: mean without a temporal filter has nothing learned in the pooler and no weights output:
+    parity and an int8 pooler graph with MEAN."""
     torch.manual_seed(1)
     frames, *_ = quantize.load_embeddings(artifacts / "clip.h5")
-    cfg = microcap.MicroCapConfig(vocab_size=16, dim=D, **dict(ARCH, pooling="mean"))
+    cfg = microcap.MicroCapConfig(vocab_size=16, dim=D, **dict(ARCH, pooling="mean", temporal_filter=False))
     model = microcap.MicroCap(cfg).eval()
     mirror = quantize.TFMicroCap(model, {"context": (-1.0, 1.0)})
     parity, _ = quantize.float_parity(model, mirror, frames[:8])
@@ -124,7 +125,7 @@ def test_temporal_filter_mirror(artifacts, pooling):
     frames, *_ = quantize.load_embeddings(artifacts / "clip.h5")
     model = microcap.MicroCap(microcap.MicroCapConfig(vocab_size=16, dim=D, **dict(ARCH, pooling=pooling, temporal_filter=True))).eval()
     with torch.no_grad():
-        model.temporal.copy_(torch.randn(T, D) * 0.5)
+        model.temporal_filter.copy_(torch.randn(T, D) * 0.5)
         c_filter = model.encode(torch.as_tensor(frames[:8]))[0]
         c_pooled = model.pooler(torch.as_tensor(frames[:8]))[0]
     assert (c_filter - c_pooled).abs().max() > 0.1  # the filter changes the context
@@ -207,7 +208,7 @@ def test_caption_sensitivity_finds_a_lossy_tensor(artifacts):
     frames, vids, splits, refs = quantize.load_embeddings(artifacts / "clip.h5")
     train = np.flatnonzero(splits == "train")[:8]
     seqs = [[1, 5, 2]] * len(train)
-    mirror, rep = quantize.calibrate(model, frames[train], seqs, frames[train])
+    mirror, rep = quantize.calibrate(model, frames[train], seqs, frames[train], logits_margin=2.0)
     good = quantize.caption_sensitivity(mirror, rep, frames[-12:], model.cfg.max_steps)
     assert {"frames", "context", "h_new", "logits", "r*gh_n", "all"} <= set(good)
     assert good["h_new"] >= 0.9 and good["all"] <= 1.0
@@ -248,6 +249,8 @@ def test_bad_inputs(artifacts, tmp_path):
         quantize.quantize(*args, quantize.QuantizeParams(16), dict(ARCH, hidden=32))
     with pytest.raises(TinyCapError, match="no calibration clips"):
         quantize.quantize(*args, quantize.QuantizeParams(0), ARCH)
+    with pytest.raises(TinyCapError, match=r"quantize.logits_margin: a winning logit of the test/novel captions .* is below the int8 logits window"):
+        quantize.quantize(*args, quantize.QuantizeParams(16, logits_margin=-100.0), ARCH)
     assert not list(tmp_path.glob("int8/*.tflite"))
     model = microcap.load(artifacts / "microcap.pt")
     with pytest.raises(TinyCapError, match="representative dataset is empty"):

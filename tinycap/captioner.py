@@ -181,7 +181,7 @@ class Captioner:
                     "--num-frames",
                     f"{self.model_path} was trained on {trained_frames} frames; another count needs --model microcap --pooling mean",
                 )
-            if self.model.temporal is not None:
+            if self.model.temporal_filter is not None:
                 raise TinyCapError("--num-frames", f"{self.model_path} has a temporal filter for {trained_frames} frames; another count needs a model without one")
         self._lock = threading.Lock()
         self._rng = np.random.default_rng(self.decode_opts.seed)
@@ -374,7 +374,7 @@ class Captioner:
 
         def step(tok, h):
             res = decoder(token=np.array([tok], np.int32), h=h, context=context)
-            return _dequantize(res["logits"][0], logits_io), res["h_new"]
+            return _window_logits(res["logits"][0], logits_io), res["h_new"]
 
         return self._search(step, enc["h0"], self.model.max_steps), attention
 
@@ -427,6 +427,17 @@ def _log_softmax(x):
 def _softmax(x):
     e = np.exp(x - x.max())
     return e / e.sum()
+
+
+def _window_logits(q, io):
+    """int8 logits (V,) of the decoder graph -> float for beam search and sampling. The int8 logits
+    cover only a window at the top (quant.json logits_window); the tokens clipped to its floor are
+    below it, not at it, so they get -inf (all of them at the floor: nothing to rank, kept as is)."""
+    logits = _dequantize(q, io)
+    floor = np.asarray(q) == np.iinfo(np.int8).min
+    if floor.any() and not floor.all():
+        logits[floor] = -np.inf
+    return logits
 
 
 def _dequantize(q, io):

@@ -88,8 +88,9 @@ def paired_drop(before, after, n_boot=2000, seed=0):
     ids = sorted(before)
     a, b = np.array([before[k] for k in ids]), np.array([after[k] for k in ids])
     idx = np.random.default_rng(seed).integers(len(ids), size=(n_boot, len(ids)))
-    drops = 1.0 - b[idx].sum(1) / np.maximum(a[idx].sum(1), 1e-12)
-    return float(1.0 - b.sum() / a.sum()), [round(float(x), 4) for x in np.percentile(drops, [2.5, 97.5])]
+    base = a[idx].sum(1)
+    drops = 1.0 - b[idx].sum(1) / np.where(base > 0, base, np.nan)  # a resample scoring 0 before has no drop
+    return float(1.0 - b.sum() / a.sum()), [round(float(x), 4) for x in np.nanpercentile(drops, [2.5, 97.5])]
 
 
 def score(predictions, references, metrics=METRICS, notes=None):
@@ -182,7 +183,8 @@ def write_report(path, clips, frames_path, notes):
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td{padding:2px 6px;vertical-align:top}",
         ".clip{border-bottom:1px solid #ccc;padding:1em 0}.bar{background:#36c;height:6px}.w{font-size:11px;color:#555}",
         "</style></head><body><h1>TinyVideoCap: sample clips</h1>",
-        "<p>Frames as sampled for CLIP; under each frame MicroCap's temporal pooling weight (mean pooling: 1/T). "
+        "<p>Frames as sampled for CLIP; under each frame MicroCap's temporal pooling weight (mean pooling: 1/T; a "
+        "MicroCap with a temporal filter also weighs each feature of each frame on its own, not shown). "
         "Captions: guide (beam search; guide_greedy: greedy), MicroCap fp32 (greedy), MicroCap int8 on TFLM when available.</p>",
     ]
     for c in clips:

@@ -934,6 +934,7 @@ def generate(int8_dir, vocab_path, out_dir):
 #define TC_FRAMES_ZERO_POINT {pin["frames"]["zero_point"]}
 #define TC_LOGITS_SCALE {float(np.float32(dout["logits"]["scale"])).hex()}f
 #define TC_LOGITS_ZERO_POINT {dout["logits"]["zero_point"]}
+#define TC_LOGITS_OFFSET {float(np.float32(quant["logits_window"]["float_range"][0])).hex()}f /* float logit = (q - zero point) * scale + offset; q = -128: at or below offset */
 
 /* frames (T, D) int8 -> h0 (H), context (C): the pooler graph */
 void tc_model_pool(const int8_t *frames, int8_t *h0, int8_t *context);

@@ -64,7 +64,7 @@ class MicroCap(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.pooler = build_pooler(cfg.pooling, cfg.dim, cfg.num_frames)
-        self.temporal = nn.Parameter(torch.zeros(cfg.num_frames, cfg.dim)) if cfg.temporal_filter else None  # (T, D)
+        self.temporal_filter = nn.Parameter(torch.zeros(cfg.num_frames, cfg.dim)) if cfg.temporal_filter else None  # (T, D)
         self.init_h = nn.Linear(cfg.dim, cfg.hidden)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
         self.x_proj = nn.Linear(cfg.embed_dim + cfg.dim, 3 * cfg.hidden)
@@ -77,8 +77,8 @@ class MicroCap(nn.Module):
     def encode(self, frames):
         """frames (B, T, D) -> context c (B, D), h0 (B, H), pooling weights (B, T)."""
         c, weights = self.pooler(frames)  # (B, D), (B, T)
-        if self.temporal is not None:
-            c = c + (self.temporal * frames).sum(1)  # (B, D)
+        if self.temporal_filter is not None:
+            c = c + (self.temporal_filter * frames).sum(1)  # (B, D)
         h0 = torch.tanh(self.init_h(c))  # (B, H)
         return c, h0, weights
 

@@ -7,6 +7,7 @@ The device runs two graphs (batch 1), both mirrors of tinycap.microcap.MicroCap:
                  (mean pool: w = 1/T, no weights output; without the filter: MEAN)
              h0 = tanh(init_h(c));  context = c @ W_xc^T + b_x   (the constant part of x_proj)
   decoder  token int32 (1,), h (1, H), context (1, 3H) -> logits (1, V), h_new (1, H)
+             (int8 logits: the window [lo, hi] of the float ones minus lo, see pinned_ranges)
              gx = gather(embed, token) @ W_xe^T + context;  gh = h_proj(h)
              r, z = sigmoid(gx_rz + gh_rz);  n = tanh(gx_n + r * gh_n);  h_new = n + z * (h - n)
 
@@ -69,6 +70,7 @@ TFLM_OPS = frozenset(
 @dataclass
 class QuantizeParams:
     calibration_clips: int = 300  # train clips whose frames and decoder states calibrate the int8 ranges
+    logits_margin: float = 2.0  # the int8 logits window starts this far below the lowest winning logit of calibration
 
 
 def model_file(name, precision):
@@ -102,7 +104,7 @@ class TFMicroCap:
             self.pos_bias = f32((sd["pooler.pos_emb"] @ q)[None, :])  # (1, T)
         # c = sum_t w_t * x_t + sum_t F_t * x_t = sum_t (w_t + F_t) * x_t: the temporal filter F (T, D)
         # joins the pooling weights before the one MUL + SUM (mean pooling: a constant 1/T + F)
-        self.temporal = f32(sd["temporal"][None]) if self.cfg.temporal_filter else None  # (1, T, D)
+        self.temporal_filter = f32(sd["temporal_filter"][None]) if self.cfg.temporal_filter else None  # (1, T, D)
         self.w_init = f32(sd["init_h.weight"].T)  # (D, H)
         self.b_init = f32(sd["init_h.bias"])  # (H,)
         self.w_xc = f32(sd["x_proj.weight"][:, E:].T)  # (D, 3H)  context part of x_proj
@@ -134,12 +136,12 @@ class TFMicroCap:
             weights = q(tf.nn.softmax(scores, axis=-1), "weights")  # (B, T)
             out["weights"] = weights
             w = tf.expand_dims(weights, -1)  # (B, T, 1)
-            if self.temporal is not None:
-                w = q(w + self.temporal, "weights+F")  # (B, T, D)
-            # MUL + SUM: tf.lite's int8 BATCH_MATMUL lost ~8 quantisation steps here (QuantizationDebugger)
+            if self.temporal_filter is not None:
+                w = q(w + self.temporal_filter, "weights+filter")  # (B, T, D)
+            # MUL + SUM: an int8 BATCH_MATMUL here lost ~8 quantisation steps (measured in tf.lite)
             c = tf.reduce_sum(q(w * frames, "weighted frames"), axis=1)  # (B, D)
-        elif self.temporal is not None:
-            c = tf.reduce_sum(q((self.temporal + 1.0 / self.cfg.num_frames) * frames, "weighted frames"), axis=1)  # (B, D)
+        elif self.temporal_filter is not None:
+            c = tf.reduce_sum(q((self.temporal_filter + 1.0 / self.cfg.num_frames) * frames, "weighted frames"), axis=1)  # (B, D)
         else:
             c = tf.reduce_mean(frames, axis=1)  # (B, D)
         c = q(c, "pooled")
@@ -559,17 +561,15 @@ def pin_h_range(states):
 
 # |x| beyond which int8 LOGISTIC (output step 1/256) and TANH (1/128) outputs no longer change
 SATURATION = {"r_pre": 6.0, "z_pre": 6.0, "n_pre": 3.2}
-# the int8 logits window starts this far below the lowest winning logit of the calibration states
-LOGIT_MARGIN = 2.0
 
 
-def pinned_ranges(mirror, states):
+def pinned_ranges(mirror, states, logits_margin):
     """Float ranges pinned in the int8 graphs, from the representative decoder states:
     context = its range over the states (the converter calibrates the decoder's context input on
     exactly these values, so the pooler's pinned context output gets the same params);
     r_pre, z_pre, n_pre = their range clipped at SATURATION (a narrower, finer int8 scale where the
     activation still changes; beyond it the int8 output is saturated anyway);
-    logits = from LOGIT_MARGIN below the lowest winning logit to the highest logit: greedy decoding
+    logits = from `logits_margin` below the lowest winning logit to the highest logit: greedy decoding
     compares only the top, and int8 steps over the full range (~0.06 on the default) flipped near ties
     (captions identical to float: 94 % with the full range, 97 % with the window, logits alone)."""
     batch = {k: np.concatenate([s[k] for s in states]) for k in ("token", "h", "context")}
@@ -582,16 +582,16 @@ def pinned_ranges(mirror, states):
         x = pre[name].numpy()
         ranges[name] = (max(min(float(x.min()), 0.0), -bound), min(max(float(x.max()), 0.0), bound))
     logits = pre["logits"].numpy()  # (N, V)
-    ranges["logits"] = (max(float(logits.max(-1).min()) - LOGIT_MARGIN, float(logits.min())), float(logits.max()))
+    ranges["logits"] = (max(float(logits.max(-1).min()) - logits_margin, float(logits.min())), float(logits.max()))
     return ranges
 
 
-def calibrate(model, frames, token_seqs, train_frames):
+def calibrate(model, frames, token_seqs, train_frames, logits_margin):
     """The int8-ready mirror and the representative datasets {POOLER: [...], DECODER: [...]}: the
     pooler sees the calibration clips `frames` (N, T, D); the decoder their teacher-forced and greedy
     states (`token_seqs`, one reference per clip) plus the first step of every clip in `train_frames`."""
     states = pin_h_range(decoder_states(model, frames, token_seqs) + bos_states(model, train_frames))
-    mirror = TFMicroCap(model, pinned_ranges(TFMicroCap(model), states))
+    mirror = TFMicroCap(model, pinned_ranges(TFMicroCap(model), states, logits_margin))
     return mirror, {POOLER: [{"frames": frames[i : i + 1]} for i in range(len(frames))], DECODER: states}
 
 
@@ -645,7 +645,7 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
     """Mirror, convert, calibrate and evaluate; writes the data/int8 files into `out_dir` (which the
     caller publishes atomically) and returns the metrics dict (metrics/quantize.json).
     `expect`: the architecture params say the checkpoint has (pooling, num_frames, embed_dim,
-    hidden, max_len)."""
+    hidden, max_len, temporal_filter)."""
     from tinycap import evaluate, microcap
     from tinycap.vocab import load as load_vocab
 
@@ -659,7 +659,7 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
     # calibration data: real train clips, real decoder states
     cal = pick_calibration(splits, params.calibration_clips)
     seqs = [vocab.encode(refs[vids[i]][0], model.cfg.max_len) if vids[i] in refs else [vocab.index["<bos>"]] for i in cal]
-    mirror, representative = calibrate(model, frames[cal], seqs, frames[splits == "train"])
+    mirror, representative = calibrate(model, frames[cal], seqs, frames[splits == "train"], params.logits_margin)
     log.info("calibration: %d clips, %d decoder states, pinned ranges %s", len(cal), len(representative[DECODER]), mirror.ranges)
 
     eval_idx = {s: np.flatnonzero(splits == s) for s in ("test", "novel") if (splits == s).any()}
@@ -670,6 +670,10 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
     log.info("float parity PyTorch vs TF mirror: %s", parity)
     if parity["tokens_identical"] < parity["clips"]:
         raise TinyCapError(microcap_path, f"TF mirror differs from PyTorch: {parity}")
+    if parity["lowest_winning_logit"] <= mirror.ranges["logits"][0]:  # that step's int8 argmax would be token 0
+        raise TinyCapError("params.yaml: quantize.logits_margin", f"a winning logit of the test/novel captions "
+                           f"({parity['lowest_winning_logit']:.3f}) is below the int8 logits window ({mirror.ranges['logits'][0]:.3f}); "
+                           f"raise it above {params.logits_margin}")  # fmt: skip
     torch_caps = dict(zip(all_eval.tolist(), torch_caps))
 
     quant = {
@@ -774,15 +778,8 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
         "test+novel. arena_bytes = pooler_int8 + decoder_int8 arenas (both interpreters resident), each the "
         "smallest arena TFLM runs the model with (host build; see quant.json arena_method)",
     }
-    notes = []
     if metrics["cider_rel_drop"] is None:
-        notes.append(f"fp32 CIDEr on {head} is 0: the relative drop is undefined")
-    if parity["lowest_winning_logit"] <= mirror.ranges["logits"][0]:
-        notes.append(f"a winning float logit of the test/novel captions ({parity['lowest_winning_logit']:.3f}) is below the int8 "
-                     f"logits window ({mirror.ranges['logits'][0]:.3f}): that step's int8 argmax is token 0; raise LOGIT_MARGIN")  # fmt: skip
-        log.warning(notes[-1])
-    if notes:
-        metrics["notes"] = notes
+        metrics["notes"] = [f"fp32 CIDEr on {head} is 0: the relative drop is undefined"]
     log.info("caption sensitivity to int8 rounding, tensor by tensor (float mirror)")
     metrics["caption_sensitivity"] = {
         "method": "greedy captions of the test+novel clips by the float mirror with one named activation rounded to "
@@ -846,7 +843,7 @@ def caption_sensitivity(mirror, representative, frames, max_steps):
             if name not in names:
                 return x
             lo, hi = ranges[name]
-            if name == "logits" and lo > 0:  # the window of the exported graph (moved to [0, hi - lo])
+            if name == "logits" and "logits" in mirror.ranges:  # the exported window, moved to [0, hi - lo]
                 return tf.quantization.fake_quant_with_min_max_args(x - lo, min=0.0, max=hi - lo, num_bits=8) + lo
             return tf.quantization.fake_quant_with_min_max_args(x, min=lo, max=hi, num_bits=8)
 

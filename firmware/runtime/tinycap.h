@@ -31,7 +31,8 @@ int tc_caption(const int8_t *frames, uint16_t *tokens);
 const char *tc_token_text(uint16_t id);
 
 /* Debug/parity: when set, called after every decoder step with the step's TC_VOCAB_SIZE int8
- * logits (quantised with TC_LOGITS_SCALE / TC_LOGITS_ZERO_POINT). NULL (default) = off. */
+ * logits: float logit = (q - TC_LOGITS_ZERO_POINT) * TC_LOGITS_SCALE + TC_LOGITS_OFFSET, clipped
+ * below at TC_LOGITS_OFFSET (quant.json logits_window; argmax needs none of it). NULL (default) = off. */
 typedef void (*tc_step_fn)(int step, const int8_t *logits, void *user);
 void tc_set_step_callback(tc_step_fn fn, void *user);
 
