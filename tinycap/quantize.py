@@ -619,7 +619,8 @@ def float_parity(model, mirror, frames):
             logits, h = model.step(tok, h, c)
             diff["logits"] = max(diff["logits"], float(np.abs(res["logits"].numpy() - logits.numpy()).max()))
             diff["h_new"] = max(diff["h_new"], float(np.abs(res["h_new"].numpy() - h.numpy()).max()))
-            lowest_win = min(lowest_win, logits.max(-1).values[live].min().item()) if live.any() else lowest_win
+            if live.any():
+                lowest_win = min(lowest_win, logits.max(-1).values[live].min().item())
             tok = logits.argmax(-1)
             live &= tok != EOS
         torch_caps = model.greedy(x)
@@ -692,7 +693,8 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
         "logits_window": {
             "float_range": list(mirror.ranges["logits"]),
             "note": "int8 logits = float logits minus the window's low end, clipped to the window: argmax (greedy) "
-            "is unchanged; beam search and sampling on int8 logits see less likely tokens raised to the window floor",
+            "is unchanged; beam search and sampling on int8 logits rank the tokens at the floor last "
+            "(tinycap.captioner._window_logits)",
         },
         "decode_loop": "quantise frames; pooler once; token=<bos>, h=h0; up to max_steps decoder steps: "
         "token = argmax(logits), stop at <eos> (not emitted), h = h_new",
