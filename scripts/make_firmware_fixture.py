@@ -27,12 +27,13 @@ def make(pooling, out_dir, seed=0):
     rng = np.random.default_rng(seed)
     # vocab 42: the logits FC has a partial group of rows (42 = 4 * 10 + 2), run by the M7 code too
     cfg = microcap.MicroCapConfig(vocab_size=42, dim=24, num_frames=4, pooling=pooling, embed_dim=8, hidden=12, max_len=9,
-                                  temporal_filter=True)
+                                  temporal_filter=True, temporal_mlp=8)
     model = microcap.MicroCap(cfg).eval()
     with torch.no_grad():  # larger output weights: varied, confident logits
         model.out.weight.mul_(4.0)
         model.h_proj.weight.mul_(2.0)
         model.temporal_filter.copy_(torch.randn(cfg.num_frames, cfg.dim) * 0.3)  # per-dimension frame weights, both signs
+        model.temporal_mlp.out.weight.normal_(0.0, 0.3)  # the MLP's read-out starts at zero in training
         if pooling == "attention":  # scores of a few units, position-dependent, like a trained pooler
             model.pooler.query.copy_(torch.randn(cfg.dim) * 3.0)
             model.pooler.pos_emb.copy_(torch.randn(cfg.num_frames, cfg.dim) * 0.3)

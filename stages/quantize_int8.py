@@ -1,7 +1,7 @@
 """quantize_int8: TensorFlow mirror of MicroCap, full-integer PTQ, quality through the TFLM runtime.
 
 Reads params `pooling`, `num_frames`, `guide.max_len`, `microcap.embed_dim`, `microcap.hidden`,
-`microcap.temporal_filter` (the architecture the checkpoint must have) and `quantize:`; reads data/microcap/microcap.pt,
+`microcap.temporal_filter`, `microcap.temporal_mlp` (the architecture the checkpoint must have) and `quantize:`; reads data/microcap/microcap.pt,
 data/embeddings/clip.h5, data/guide/vocab.json; writes data/int8/ (microcap_{pooler,decoder}_{fp32,int8}.tflite,
 quant.json, captions_tflm.json) and metrics/quantize.json.
 """
@@ -20,6 +20,7 @@ def main():
         "embed_dim": p["microcap"]["embed_dim"],
         "hidden": p["microcap"]["hidden"],
         "temporal_filter": p["microcap"]["temporal_filter"],
+        "temporal_mlp": p["microcap"]["temporal_mlp"],
     }
     with atomic_path("data/int8") as out:
         metrics = quantize.quantize("data/microcap/microcap.pt", "data/embeddings/clip.h5", "data/guide/vocab.json",

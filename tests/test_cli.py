@@ -117,7 +117,7 @@ def test_caption_errors_are_one_line(data, media, tmp_path):
     assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'guide' / 'vocab.json'}: file not found"]
     proc = tinycap("caption", media["synth"][0], "--pooling", "mean", "--num-frames", "8", data=data, check=1)
     model = data / "microcap" / "microcap.pt"
-    assert proc.stderr.strip().splitlines() == [f"error: --num-frames: {model} has a temporal filter for 5 frames; another count needs a model without one"]
+    assert proc.stderr.strip().splitlines() == [f"error: --num-frames: {model} has a temporal filter or MLP for 5 frames; another count needs a model without them"]
 
 
 def test_srt_for_a_long_video(data, words, tmp_path):

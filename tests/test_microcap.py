@@ -18,7 +18,7 @@ CFG = microcap.MicroCapConfig(vocab_size=30, dim=16, num_frames=5, pooling="atte
 
 def distill_params(**kw):
     p = dict(embed_dim=16, hidden=24, epochs=2, batch_size=16, lr=0.01, alpha=0.5, beta=0.5, tau=2.0, guide_captions=0, ablation=False,
-             temporal_filter=True)
+             temporal_filter=True, temporal_mlp=8)
     p.update(kw)
     return microcap.MicroCapParams(**p)
 
@@ -50,6 +50,26 @@ def test_temporal_filter_adds_per_dimension_frame_weights():
     pooled = (w[..., None] * x).sum(1)
     assert torch.allclose(c, pooled + x[:, -1] - x[:, 0], atol=1e-6)
     assert not torch.allclose(m.encode(x.flip(1))[0] - m.pooler(x.flip(1))[0], c - pooled)  # order now matters
+
+
+def test_temporal_mlp_is_a_nonlinear_readout_of_all_frames():
+    torch.manual_seed(0)
+    plain = microcap.MicroCap(CFG).eval()
+    m = microcap.MicroCap(dataclasses.replace(CFG, temporal_mlp=6)).eval()
+    assert m.num_params() - plain.num_params() == (5 * 16 * 6 + 6) + (6 * 16 + 16)  # W1 (K, T*D), W2 (D, K) + biases
+    x = torch.randn(3, 5, 16)
+    m.load_state_dict({**m.state_dict(), **plain.state_dict()})
+    assert torch.equal(m.encode(x)[0], plain.encode(x)[0])  # W2 = 0 at start: the pooler alone
+    with torch.no_grad():
+        m.temporal_mlp.out.weight.normal_()
+        m.temporal_mlp.out.bias.normal_()
+    c, _, w = m.encode(x)
+    w1, b1 = m.temporal_mlp.inp.weight, m.temporal_mlp.inp.bias
+    w2, b2 = m.temporal_mlp.out.weight, m.temporal_mlp.out.bias
+    want = (w[..., None] * x).sum(1) + torch.tanh(x.reshape(3, 80) @ w1.T + b1) @ w2.T + b2  # frames flattened t-major
+    assert torch.allclose(c, want, atol=1e-5)
+    mlp = c - m.pooler(x)[0]
+    assert not torch.allclose(m.encode(2 * x)[0] - m.pooler(2 * x)[0] - b2, 2 * (mlp - b2), atol=1e-3)  # not linear
 
 
 def test_step_is_the_written_out_gru_and_unroll_matches_steps():

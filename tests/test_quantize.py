@@ -17,7 +17,7 @@ from tinycap.vocab import Vocab
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 GOLDEN = Path(__file__).parent / "golden" / "quantize_tiny.json"
 T, D = 4, 32
-ARCH = dict(pooling="attention", num_frames=T, embed_dim=12, hidden=24, max_len=8, temporal_filter=True)
+ARCH = dict(pooling="attention", num_frames=T, embed_dim=12, hidden=24, max_len=8, temporal_filter=True, temporal_mlp=8)
 SUBJECTS = ["a man", "a woman", "a dog", "a cat"]
 ACTIONS = ["runs left", "jumps up", "sits down"]
 
@@ -107,7 +107,7 @@ def test_mean_pooling_mirror(artifacts):
     parity and an int8 pooler graph with MEAN."""
     torch.manual_seed(1)
     frames, *_ = quantize.load_embeddings(artifacts / "clip.h5")
-    cfg = microcap.MicroCapConfig(vocab_size=16, dim=D, **dict(ARCH, pooling="mean", temporal_filter=False))
+    cfg = microcap.MicroCapConfig(vocab_size=16, dim=D, **dict(ARCH, pooling="mean", temporal_filter=False, temporal_mlp=0))
     model = microcap.MicroCap(cfg).eval()
     mirror = quantize.TFMicroCap(model, {"context": (-1.0, 1.0)})
     parity, _ = quantize.float_parity(model, mirror, frames[:8])
@@ -117,24 +117,30 @@ def test_mean_pooling_mirror(artifacts):
     assert sorted(d["name"] for d in quantize.io_details(data)["outputs"]) == ["context", "h0"]
 
 
-@pytest.mark.parametrize("pooling", ["attention", "mean"])
-def test_temporal_filter_mirror(artifacts, pooling):
-    """The temporal filter joins the pooling weights in the mirror: float parity with PyTorch, and an
-    int8 pooler graph of TFLM ops whose context differs from the float one by a few int8 steps."""
+@pytest.mark.parametrize("pooling, temporal_mlp", [("attention", 0), ("mean", 0), ("attention", 8), ("mean", 8)])
+def test_temporal_filter_and_mlp_mirror(artifacts, pooling, temporal_mlp):
+    """The temporal filter joins the pooling weights in the mirror, the temporal MLP is RESHAPE + FC +
+    TANH + FC + ADD: float parity with PyTorch, and an int8 pooler graph of TFLM ops whose context
+    differs from the float one by a few int8 steps."""
     torch.manual_seed(2)
     frames, *_ = quantize.load_embeddings(artifacts / "clip.h5")
-    model = microcap.MicroCap(microcap.MicroCapConfig(vocab_size=16, dim=D, **dict(ARCH, pooling=pooling, temporal_filter=True))).eval()
+    cfg = microcap.MicroCapConfig(vocab_size=16, dim=D, **dict(ARCH, pooling=pooling, temporal_filter=True, temporal_mlp=temporal_mlp))
+    model = microcap.MicroCap(cfg).eval()
     with torch.no_grad():
         model.temporal_filter.copy_(torch.randn(T, D) * 0.5)
+        if temporal_mlp:
+            model.temporal_mlp.out.weight.normal_(0.0, 0.5)
         c_filter = model.encode(torch.as_tensor(frames[:8]))[0]
         c_pooled = model.pooler(torch.as_tensor(frames[:8]))[0]
-    assert (c_filter - c_pooled).abs().max() > 0.1  # the filter changes the context
+    assert (c_filter - c_pooled).abs().max() > 0.1  # the filter (and MLP) change the context
     mirror = quantize.TFMicroCap(model, {"context": (-2.0, 2.0)})
     parity, _ = quantize.float_parity(model, mirror, frames[:8])
     assert parity["tokens_identical"] == parity["clips"] and max(parity["max_abs_diff"].values()) < 1e-4, parity
     data = quantize.convert(mirror, quantize.POOLER, [{"frames": frames[i : i + 1]} for i in range(8)])
     ops = quantize.model_ops(data)
     assert set(ops) <= quantize.TFLM_OPS and "MEAN" not in ops and {"MUL", "SUM"} <= set(ops), ops
+    fcs = [op for op in quantize._interpreter(data)._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]
+    assert len(fcs) == 2 + (pooling == "attention") + 2 * bool(temporal_mlp)  # init_h, context, [scores], [MLP in, out]
     it = quantize._interpreter(data)
     it.allocate_tensors()
     (inp,), outs = it.get_input_details(), {d["name"]: d for d in quantize.io_details(data)["outputs"]}

@@ -181,8 +181,9 @@ class Captioner:
                     "--num-frames",
                     f"{self.model_path} was trained on {trained_frames} frames; another count needs --model microcap --pooling mean",
                 )
-            if self.model.temporal_filter is not None:
-                raise TinyCapError("--num-frames", f"{self.model_path} has a temporal filter for {trained_frames} frames; another count needs a model without one")
+            if self.model.temporal_filter is not None or self.model.temporal_mlp is not None:
+                raise TinyCapError("--num-frames", f"{self.model_path} has a temporal filter or MLP for {trained_frames} frames; "
+                                                   "another count needs a model without them")
         self._lock = threading.Lock()
         self._rng = np.random.default_rng(self.decode_opts.seed)
 

@@ -5,6 +5,12 @@ c = pooled + sum_t F_t * x_t   temporal filter F (T, D), zero at start (microcap
                                per-dimension frame weights, so c can carry how each feature changes
                                over the clip (last minus first frame...), which a weighted average
                                of frames cannot; T*D parameters
+  + W2 tanh(W1 x_flat + b1) + b2
+                               temporal MLP over all T frames at once (microcap.temporal_mlp = width K,
+                               W2 zero at start): a nonlinear read-out of how the clip changes, which
+                               names the action where any linear function of the frames cannot
+                               (action probe on val+test: per-dimension filter 49 %, any linear map of
+                               the flattened frames 57 %, MLP of width 64 71 %)
 h0 = tanh(init_h(c))
 GRU written out by hand (no nn.GRU) so the TensorFlow mirror in tinycap/quantize.py is a 1:1 copy:
     gx = x_proj(cat(embed(tok), c))          # gate order r, z, n
@@ -52,11 +58,27 @@ class MicroCapConfig:
     hidden: int = 192  # GRU hidden size H
     max_len: int = 16  # tokens per caption, BOS and EOS included
     temporal_filter: bool = False  # c = pooled + sum_t F_t * x_t (checkpoints from before it have none)
+    temporal_mlp: int = 0  # width K of the MLP over the flattened frames added to c (0: none)
 
     @property
     def max_steps(self):
         """Decoder steps greedy decoding runs at most (tokens after <bos>, <eos> included)."""
         return self.max_len - 1
+
+
+class TemporalMLP(nn.Module):
+    """frames (B, T, D) -> W2 tanh(W1 flatten(frames) + b1) + b2 (B, D); W2, b2 zero at start, so
+    training starts from the pooler (and filter) alone."""
+
+    def __init__(self, num_frames, dim, width):
+        super().__init__()
+        self.inp = nn.Linear(num_frames * dim, width)
+        self.out = nn.Linear(width, dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, frames):
+        return self.out(torch.tanh(self.inp(frames.flatten(1))))  # (B, T*D) -> (B, K) -> (B, D)
 
 
 class MicroCap(nn.Module):
@@ -65,6 +87,7 @@ class MicroCap(nn.Module):
         self.cfg = cfg
         self.pooler = build_pooler(cfg.pooling, cfg.dim, cfg.num_frames)
         self.temporal_filter = nn.Parameter(torch.zeros(cfg.num_frames, cfg.dim)) if cfg.temporal_filter else None  # (T, D)
+        self.temporal_mlp = TemporalMLP(cfg.num_frames, cfg.dim, cfg.temporal_mlp) if cfg.temporal_mlp else None
         self.init_h = nn.Linear(cfg.dim, cfg.hidden)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
         self.x_proj = nn.Linear(cfg.embed_dim + cfg.dim, 3 * cfg.hidden)
@@ -79,6 +102,8 @@ class MicroCap(nn.Module):
         c, weights = self.pooler(frames)  # (B, D), (B, T)
         if self.temporal_filter is not None:
             c = c + (self.temporal_filter * frames).sum(1)  # (B, D)
+        if self.temporal_mlp is not None:
+            c = c + self.temporal_mlp(frames)  # (B, D)
         h0 = torch.tanh(self.init_h(c))  # (B, H)
         return c, h0, weights
 
@@ -153,6 +178,7 @@ class MicroCapParams:
     embed_dim: int
     hidden: int
     temporal_filter: bool  # context = pooled + sum_t F_t * x_t with learned per-dimension frame weights F (T, D)
+    temporal_mlp: int  # width K of the MLP over the T flattened frames added to the context (0: none)
     epochs: int
     batch_size: int
     lr: float
@@ -289,7 +315,7 @@ def distill(emb_path, pooled_dir, guide_dir, out_dir, metrics_path, p: MicroCapP
 
     V, T, D = frames.shape
     cfg = MicroCapConfig(vocab_size=len(vocab), dim=D, num_frames=T, pooling=pooling, embed_dim=p.embed_dim, hidden=p.hidden,
-                         max_len=max_len, temporal_filter=p.temporal_filter)
+                         max_len=max_len, temporal_filter=p.temporal_filter, temporal_mlp=p.temporal_mlp)
     # variant: (alpha, beta, train on the guide's captions too); the shipped model is trained first
     shipped = "kl_attn_seq" if p.guide_captions else "kl_attn"
     variants = {shipped: (p.alpha, p.beta, bool(p.guide_captions))}

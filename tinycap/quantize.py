@@ -5,6 +5,7 @@ The device runs two graphs (batch 1), both mirrors of tinycap.microcap.MicroCap:
   pooler   frames int8 (1, T, D) -> h0 (1, H), context (1, 3H), weights (1, T) [attention only]
              c = sum_t (w_t + F_t) * x_t: attention weights w plus the temporal filter F
                  (mean pool: w = 1/T, no weights output; without the filter: MEAN)
+             c += W2 tanh(W1 reshape(frames, (1, T*D)) + b1) + b2   the temporal MLP, when there is one
              h0 = tanh(init_h(c));  context = c @ W_xc^T + b_x   (the constant part of x_proj)
   decoder  token int32 (1,), h (1, H), context (1, 3H) -> logits (1, V), h_new (1, H)
              (int8 logits: the window [lo, hi] of the float ones minus lo, see pinned_ranges)
@@ -105,6 +106,11 @@ class TFMicroCap:
         # c = sum_t w_t * x_t + sum_t F_t * x_t = sum_t (w_t + F_t) * x_t: the temporal filter F (T, D)
         # joins the pooling weights before the one MUL + SUM (mean pooling: a constant 1/T + F)
         self.temporal_filter = f32(sd["temporal_filter"][None]) if self.cfg.temporal_filter else None  # (1, T, D)
+        if self.cfg.temporal_mlp:
+            self.w_mlp_in = f32(sd["temporal_mlp.inp.weight"].T)  # (T*D, K)
+            self.b_mlp_in = f32(sd["temporal_mlp.inp.bias"])  # (K,)
+            self.w_mlp_out = f32(sd["temporal_mlp.out.weight"].T)  # (K, D)
+            self.b_mlp_out = f32(sd["temporal_mlp.out.bias"])  # (D,)
         self.w_init = f32(sd["init_h.weight"].T)  # (D, H)
         self.b_init = f32(sd["init_h.bias"])  # (H,)
         self.w_xc = f32(sd["x_proj.weight"][:, E:].T)  # (D, 3H)  context part of x_proj
@@ -145,6 +151,10 @@ class TFMicroCap:
         else:
             c = tf.reduce_mean(frames, axis=1)  # (B, D)
         c = q(c, "pooled")
+        if self.cfg.temporal_mlp:
+            flat = tf.reshape(frames, (-1, self.cfg.num_frames * self.cfg.dim))  # (B, T*D)
+            hidden = q(tf.tanh(q(tf.matmul(flat, self.w_mlp_in) + self.b_mlp_in, "mlp_pre")), "mlp_hidden")  # (B, K)
+            c = q(c + q(tf.matmul(hidden, self.w_mlp_out) + self.b_mlp_out, "mlp_out"), "pooled+mlp")  # (B, D)
         out["h0"] = q(tf.tanh(q(tf.matmul(c, self.w_init) + self.b_init, "h0_pre")), "h0")  # (B, H)
         out["context"] = q(tf.matmul(c, self.w_xc) + self.b_x, "context")  # (B, 3H)
         return out
@@ -646,7 +656,7 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
     """Mirror, convert, calibrate and evaluate; writes the data/int8 files into `out_dir` (which the
     caller publishes atomically) and returns the metrics dict (metrics/quantize.json).
     `expect`: the architecture params say the checkpoint has (pooling, num_frames, embed_dim,
-    hidden, max_len, temporal_filter)."""
+    hidden, max_len, temporal_filter, temporal_mlp)."""
     from tinycap import evaluate, microcap
     from tinycap.vocab import load as load_vocab
 
