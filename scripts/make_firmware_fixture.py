@@ -49,7 +49,7 @@ def make(pooling, out_dir, seed=0):
         model.out.bias[2] = base + min(np.linspace(0.0, 1.0, 41), key=lambda b: abs(at_max(b) - 0.5))
     vocab = Vocab(SPECIALS + [f"w{i}" for i in range(cfg.vocab_size - len(SPECIALS))])
     seqs = [[1] + list(rng.integers(4, cfg.vocab_size, 6)) + [2] for _ in range(32)]
-    mirror, rep = quantize.calibrate(model, frames[:32], seqs, frames[:32], quantize.QuantizeParams().logits_margin)  # as quantize()
+    mirror, rep = quantize.calibrate(model, frames[:32], seqs, frames[:32], quantize.QuantizeParams())  # as quantize()
     out_dir.mkdir(parents=True, exist_ok=True)
     quant = {"max_steps": cfg.max_steps, "bos": 1, "eos": 2, "h_quant": {"scale": quantize.H_QUANT[0], "zero_point": 0},
              "logits_window": {"float_range": list(mirror.ranges["logits"])}, "models": {}}

@@ -207,6 +207,31 @@ def test_logits_window_keeps_greedy_and_refines_the_int8_step(int8, artifacts):
     assert full.max(-1).values.min().item() > lo  # every clip's first winning logit is inside the window
 
 
+def test_calibration_pins_a_context_band_and_the_mlp_saturation(artifacts):
+    """context: the central percentile band of the calibration contexts, the decoder's states clipped
+    to it, so both graphs still give the context one quantisation; mlp_pre: clipped where int8 TANH
+    saturates. A percentile outside (50, 100] is one line."""
+    model = microcap.load(artifacts / "microcap.pt")
+    frames, vids, splits, refs = quantize.load_embeddings(artifacts / "clip.h5")
+    train = np.flatnonzero(splits == "train")[:16]
+    seqs = [[1, 5, 2]] * len(train)
+    full, rep_full = quantize.calibrate(model, frames[train], seqs, frames[train], quantize.QuantizeParams(context_percentile=100.0))
+    band, rep = quantize.calibrate(model, frames[train], seqs, frames[train], quantize.QuantizeParams(context_percentile=99.0))
+    raw = np.concatenate([s["context"] for s in rep_full[quantize.DECODER]])
+    assert full.ranges["context"] == (raw.min(), raw.max())
+    lo, hi = band.ranges["context"]
+    assert raw.min() < lo < 0 < hi < raw.max()
+    clipped = np.concatenate([s["context"] for s in rep[quantize.DECODER]])
+    assert (clipped.min(), clipped.max()) == (lo, hi)
+    assert -3.2 <= band.ranges["mlp_pre"][0] < 0 < band.ranges["mlp_pre"][1] <= 3.2
+    io = {name: quantize.io_details(quantize.convert(band, name, rep[name])) for name in (quantize.POOLER, quantize.DECODER)}
+    ctx_out = next(d for d in io[quantize.POOLER]["outputs"] if d["name"] == "context")
+    ctx_in = next(d for d in io[quantize.DECODER]["inputs"] if d["name"] == "context")
+    assert quantize.same_quantisation(ctx_out, ctx_in) and ctx_out["scale"] == pytest.approx((hi - lo) / 255, rel=1e-3)
+    with pytest.raises(TinyCapError, match=r"^params.yaml: quantize.context_percentile: must be in \(50, 100\], got 40.0$"):
+        quantize.calibrate(model, frames[train], seqs, frames[train], quantize.QuantizeParams(context_percentile=40.0))
+
+
 def test_caption_sensitivity_finds_a_lossy_tensor(artifacts):
     """One tensor rounded at a time: harmless ranges keep the float captions; a logits window above
     every logit (all clip to its floor, argmax = token 0) is found as the tensor that breaks them."""
@@ -214,7 +239,7 @@ def test_caption_sensitivity_finds_a_lossy_tensor(artifacts):
     frames, vids, splits, refs = quantize.load_embeddings(artifacts / "clip.h5")
     train = np.flatnonzero(splits == "train")[:8]
     seqs = [[1, 5, 2]] * len(train)
-    mirror, rep = quantize.calibrate(model, frames[train], seqs, frames[train], logits_margin=2.0)
+    mirror, rep = quantize.calibrate(model, frames[train], seqs, frames[train], quantize.QuantizeParams())
     good = quantize.caption_sensitivity(mirror, rep, frames[-12:], model.cfg.max_steps)
     assert {"frames", "context", "h_new", "logits", "r*gh_n", "all"} <= set(good)
     assert good["h_new"] >= 0.9 and good["all"] <= 1.0

@@ -72,6 +72,7 @@ TFLM_OPS = frozenset(
 class QuantizeParams:
     calibration_clips: int = 300  # train clips whose frames and decoder states calibrate the int8 ranges
     logits_margin: float = 2.0  # the int8 logits window starts this far below the lowest winning logit of calibration
+    context_percentile: float = 99.99  # the int8 context covers this percentile band of the calibration contexts
 
 
 def model_file(name, precision):
@@ -130,8 +131,9 @@ class TFMicroCap:
         self.tap = None  # callable(x, name) -> x seeing every named tensor of float runs (caption_sensitivity)
 
     # the math, shared by the float checks and the exported graphs
-    def pooler(self, frames, fake_quant=False):
-        """frames (B, T, D) -> dict h0 (B, H), context (B, 3H)[, weights (B, T)]."""
+    def pooler(self, frames, fake_quant=False, preactivations=False):
+        """frames (B, T, D) -> dict h0 (B, H), context (B, 3H)[, weights (B, T)]
+        (and the temporal MLP's pre-activation mlp_pre (B, K) with `preactivations`)."""
         import tensorflow as tf
 
         q = lambda x, name: self._tensor(x, name, fake_quant)  # noqa: E731
@@ -153,7 +155,10 @@ class TFMicroCap:
         c = q(c, "pooled")
         if self.cfg.temporal_mlp:
             flat = tf.reshape(frames, (-1, self.cfg.num_frames * self.cfg.dim))  # (B, T*D)
-            hidden = q(tf.tanh(q(tf.matmul(flat, self.w_mlp_in) + self.b_mlp_in, "mlp_pre")), "mlp_hidden")  # (B, K)
+            pre = tf.matmul(flat, self.w_mlp_in) + self.b_mlp_in  # (B, K)
+            if preactivations:
+                out["mlp_pre"] = pre
+            hidden = q(tf.tanh(q(pre, "mlp_pre")), "mlp_hidden")  # (B, K)
             c = q(c + q(tf.matmul(hidden, self.w_mlp_out) + self.b_mlp_out, "mlp_out"), "pooled+mlp")  # (B, D)
         out["h0"] = q(tf.tanh(q(tf.matmul(c, self.w_init) + self.b_init, "h0_pre")), "h0")  # (B, H)
         out["context"] = q(tf.matmul(c, self.w_xc) + self.b_x, "context")  # (B, 3H)
@@ -570,39 +575,53 @@ def pin_h_range(states):
 
 
 # |x| beyond which int8 LOGISTIC (output step 1/256) and TANH (1/128) outputs no longer change
-SATURATION = {"r_pre": 6.0, "z_pre": 6.0, "n_pre": 3.2}
+SATURATION = {"r_pre": 6.0, "z_pre": 6.0, "n_pre": 3.2, "mlp_pre": 3.2}
 
 
-def pinned_ranges(mirror, states, logits_margin):
-    """Float ranges pinned in the int8 graphs, from the representative decoder states:
-    context = its range over the states (the converter calibrates the decoder's context input on
-    exactly these values, so the pooler's pinned context output gets the same params);
-    r_pre, z_pre, n_pre = their range clipped at SATURATION (a narrower, finer int8 scale where the
-    activation still changes; beyond it the int8 output is saturated anyway);
+def pinned_ranges(mirror, frames, states, params):
+    """Float ranges pinned in the int8 graphs, from the calibration clips `frames` and the
+    representative decoder states:
+    context = the central `params.context_percentile` band of the states' values (calibrate() clips
+    the states to it, so the converter calibrates the decoder's context input on exactly this range
+    and the pooler's pinned context output gets the same params; the few outliers beyond it had
+    stretched the int8 step of all the rest: 95.1 % of captions identical to float with the full
+    range, 97.1 % with 99.99 %, context alone, on the default);
+    r_pre, z_pre, n_pre, mlp_pre = their range clipped at SATURATION (a narrower, finer int8 scale where
+    the activation still changes; beyond it the int8 output is saturated anyway; mlp_pre: 94.9 % ->
+    97.1 % of captions identical, alone);
     logits = from `logits_margin` below the lowest winning logit to the highest logit: greedy decoding
     compares only the top, and int8 steps over the full range (~0.06 on the default) flipped near ties
     (captions identical to float: 94 % with the full range, 97 % with the window, logits alone)."""
+    if not 50.0 < params.context_percentile <= 100.0:
+        raise TinyCapError("params.yaml: quantize.context_percentile", f"must be in (50, 100], got {params.context_percentile}")
     batch = {k: np.concatenate([s[k] for s in states]) for k in ("token", "h", "context")}
-    pre = mirror.step(batch["token"], batch["h"], batch["context"], preactivations=True)
-    ranges = {"context": (float(batch["context"].min()), float(batch["context"].max()))}
-    lo, hi = ranges["context"]
+    pre = {**mirror.step(batch["token"], batch["h"], batch["context"], preactivations=True),
+           **mirror.pooler(frames, preactivations=True)}  # fmt: skip
+    band = np.percentile(batch["context"], [100.0 - params.context_percentile, params.context_percentile])
+    lo, hi = (float(np.float32(v)) for v in band)  # float32: the clipped states' exact min and max
+    ranges = {"context": (lo, hi)}
     if not lo < 0 < hi:  # int8 needs 0 inside; widening it would break the equality with the input's params
         raise TinyCapError("calibration context", f"range [{lo:.4g}, {hi:.4g}] does not contain 0")
     for name, bound in SATURATION.items():
+        if name not in pre:  # mlp_pre: only with a temporal MLP
+            continue
         x = pre[name].numpy()
         ranges[name] = (max(min(float(x.min()), 0.0), -bound), min(max(float(x.max()), 0.0), bound))
     logits = pre["logits"].numpy()  # (N, V)
-    ranges["logits"] = (max(float(logits.max(-1).min()) - logits_margin, float(logits.min())), float(logits.max()))
+    ranges["logits"] = (max(float(logits.max(-1).min()) - params.logits_margin, float(logits.min())), float(logits.max()))
     return ranges
 
 
-def calibrate(model, frames, token_seqs, train_frames, logits_margin):
+def calibrate(model, frames, token_seqs, train_frames, params):
     """The int8-ready mirror and the representative datasets {POOLER: [...], DECODER: [...]}: the
     pooler sees the calibration clips `frames` (N, T, D); the decoder their teacher-forced and greedy
-    states (`token_seqs`, one reference per clip) plus the first step of every clip in `train_frames`."""
+    states (`token_seqs`, one reference per clip) plus the first step of every clip in `train_frames`,
+    contexts clipped to the pinned context range. `params`: QuantizeParams."""
     states = pin_h_range(decoder_states(model, frames, token_seqs) + bos_states(model, train_frames))
-    mirror = TFMicroCap(model, pinned_ranges(TFMicroCap(model), states, logits_margin))
-    return mirror, {POOLER: [{"frames": frames[i : i + 1]} for i in range(len(frames))], DECODER: states}
+    ranges = pinned_ranges(TFMicroCap(model), frames, states, params)
+    for s in states:
+        s["context"] = np.clip(s["context"], *ranges["context"])
+    return TFMicroCap(model, ranges), {POOLER: [{"frames": frames[i : i + 1]} for i in range(len(frames))], DECODER: states}
 
 
 def float_parity(model, mirror, frames):
@@ -670,7 +689,7 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
     # calibration data: real train clips, real decoder states
     cal = pick_calibration(splits, params.calibration_clips)
     seqs = [vocab.encode(refs[vids[i]][0], model.cfg.max_len) if vids[i] in refs else [vocab.index["<bos>"]] for i in cal]
-    mirror, representative = calibrate(model, frames[cal], seqs, frames[splits == "train"], params.logits_margin)
+    mirror, representative = calibrate(model, frames[cal], seqs, frames[splits == "train"], params)
     log.info("calibration: %d clips, %d decoder states, pinned ranges %s", len(cal), len(representative[DECODER]), mirror.ranges)
 
     eval_idx = {s: np.flatnonzero(splits == s) for s in ("test", "novel") if (splits == s).any()}
