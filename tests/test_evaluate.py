@@ -91,6 +91,8 @@ def test_evaluate_writes_metrics_predictions_and_report(project):
         for split in ("test", "novel"):
             assert set(evaluate.METRICS) <= set(m[variant][split])
             assert m[variant][split]["order_dependent"]["clips"] > 0
+            assert 0.0 <= m[variant][split]["action_named"] <= 1.0
+    assert set(m["action_named_references"]) == {"test", "novel"}
     assert set(evaluate.METRICS) <= set(m["microcap_int8_tflm"]["test"]) and "novel" not in m["microcap_int8_tflm"]
     assert "covers 0 of 3 novel clips" in m["notes"]["microcap_int8_tflm.novel"] and "SPICE" in m["notes"]
     for teacher in ("guide", "guide_greedy"):
@@ -111,9 +113,33 @@ def test_evaluate_without_int8_or_order_attribute_notes_the_reason(project, tmp_
     m = run_evaluate(d, out="eval2", splits=["test"], report_clips=1)
     assert "microcap_int8_tflm" not in {k for k in m if k != "notes"} and "not found" in m["notes"]["microcap_int8_tflm"]
     assert "order_dependent" not in m["guide"]["test"] and "order_dependent" in m["notes"]
+    assert "action_named" not in m["guide"]["test"] and "no action per video" in m["notes"]["action_named"]
     with pytest.raises(TinyCapError, match="empty split 'train2'"):
         run_evaluate(d, out="eval3", splits=["train2"])
     assert not (d / "eval3").exists() and not (d / "eval3.json").exists()
+
+
+def test_action_classifier_names_the_action_a_caption_describes(tmp_path):
+    ann = {
+        "videos": [{"video_id": f"v{i}", "split": "train", "action": a} for i, a in enumerate(["grow", "shrink", "grow", "spin"])]
+        + [{"video_id": "t0", "split": "test", "action": "shrink"}],
+        "sentences": [
+            {"video_id": "v0", "caption": "a red circle grows bigger"},
+            {"video_id": "v1", "caption": "a blue square shrinks"},
+            {"video_id": "v1", "caption": "the blue square gets smaller"},
+            {"video_id": "v2", "caption": "a green star grows"},
+            {"video_id": "v3", "caption": "a red square spins around"},
+            {"video_id": "t0", "caption": "a star grows"},  # not train: never fitted on
+        ],
+    }
+    (tmp_path / "a.json").write_text(json.dumps(ann))
+    classify, action = evaluate.action_classifier(tmp_path / "a.json")
+    assert action["t0"] == "shrink"
+    assert classify("The square gets SMALLER.") == "shrink"  # case and punctuation do not matter
+    assert classify("the circle grows") == "grow" and classify("a green square spins") == "spin"
+    ann["videos"][0].pop("action")
+    (tmp_path / "b.json").write_text(json.dumps(ann))
+    assert evaluate.action_classifier(tmp_path / "b.json") is None and evaluate.action_classifier(tmp_path / "none.json") is None
 
 
 def test_per_clip_cider_and_paired_drop():
