@@ -42,10 +42,16 @@ stamp=.venv/.setup-stamp
 want=$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "setup: installing Python packages into .venv (first run takes several minutes)" >&2
+    free_gb=$(df -Pk . | awk 'NR==2 {print int($4 / 1048576)}')
+    if [ "$free_gb" -lt 9 ]; then
+        echo "setup: warning: ${free_gb} GB free here; .venv takes about 7.5 GB (torch's CUDA wheels)" >&2
+    fi
     [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-    .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -r requirements.lock
-    .venv/bin/pip install -q --no-deps -e .
+    # --no-cache-dir: torch's CUDA wheels are several GB; a second copy in ~/.cache/pip once
+    # filled a CI machine's disk.
+    .venv/bin/pip install -q --no-cache-dir --upgrade pip
+    .venv/bin/pip install -q --no-cache-dir -r requirements.lock
+    .venv/bin/pip install -q --no-cache-dir --no-deps -e .
     echo "$want" > "$stamp"
 fi
 
