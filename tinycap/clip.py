@@ -106,7 +106,7 @@ def create(name, pretrained=None):
     model_cfg = open_clip.get_model_config(name) if ":" not in name else None
     if model_cfg is None:
         close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; see tinycap/model_configs/ or open_clip.list_models()"
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see tinycap/model_configs/ or open_clip.list_models()"
         raise TinyCapError("params.yaml: clip.model", f"unknown open_clip model {name!r}{hint}")
     tag = path = None
     if pretrained:

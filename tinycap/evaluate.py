@@ -268,6 +268,7 @@ def evaluate(emb_path, annotations_path, frames_path, guide_dir, microcap_dir, i
     actions = action_classifier(annotations_path)
     if actions is None:
         notes["action_named"] = f"{annotations_path} has no action per video (or no train captions): not scored"
+    classify, action = actions or (None, None)
     frames = torch.from_numpy(emb.frame_emb)
     memory = guide_mod.memory_input(emb)
 
@@ -298,10 +299,8 @@ def evaluate(emb_path, annotations_path, frames_path, guide_dir, microcap_dir, i
                 if sub:
                     entry["order_dependent"] = {**score({v: pred[v] for v in sub}, refs, notes=notes), "clips": len(sub)}
             if actions is not None:
-                classify, action = actions
                 entry["action_named"] = round(float(np.mean([classify(c) == action[v] for v, c in pred.items()])), 4)
         if actions is not None:
-            classify, action = actions
             named = [classify(r) == action[v] for v in refs for r in refs[v]]
             metrics.setdefault("action_named_references", {})[split] = round(float(np.mean(named)), 4)
         predictions[split] = {
