@@ -18,7 +18,7 @@ CFG = microcap.MicroCapConfig(vocab_size=30, dim=16, num_frames=5, pooling="atte
 
 def distill_params(**kw):
     p = dict(embed_dim=16, hidden=24, epochs=2, batch_size=16, lr=0.01, alpha=0.5, beta=0.5, tau=2.0, guide_captions=0, ablation=False,
-             temporal_filter=True, temporal_mlp=8)
+             temporal_filter=True, temporal_mlp=8, scst_epochs=0, scst_lr=0.001, scst_samples=3)
     p.update(kw)
     return microcap.MicroCapParams(**p)
 
@@ -146,21 +146,59 @@ def trained(tmp_path_factory):
     torch.manual_seed(0)
     torch.save(pooler_checkpoint(AttentionPool(32, 5)), d / "pooled" / "pooler.pt")
     m = microcap.distill(d / "clip.h5", d / "pooled", d / "guide", d / "microcap", d / "microcap.json",
-                         distill_params(ablation=True, guide_captions=1), pooling="attention", max_len=10, live_dir=d / "live")  # fmt: skip
+                         distill_params(ablation=True, guide_captions=1, scst_epochs=1), pooling="attention", max_len=10,
+                         live_dir=d / "live")  # fmt: skip
     return d, m
 
 
 def test_distill_writes_checkpoint_metrics_and_ablation(trained):
     d, m = trained
     assert json.loads((d / "microcap.json").read_text()) == m
-    assert set(m["ablation"]) == {"split", "no_kd", "kl", "kl_attn", "kl_attn_seq"} and m["ablation"]["split"] == "val"
+    assert set(m["ablation"]) == {"split", "no_kd", "kl", "kl_attn", "kl_attn_seq", "kl_attn_seq_scst"} and m["ablation"]["split"] == "val"
     assert (m["ablation"]["no_kd"]["alpha"], m["ablation"]["kl"]["beta"], m["ablation"]["kl_attn"]["guide_captions"]) == (0.0, 0.0, 0)
-    assert m["variant"] == "kl_attn_seq" and m["val"]["CIDEr"] == m["ablation"]["kl_attn_seq"]["CIDEr"]
+    assert m["variant"] == "kl_attn_seq_scst" and m["val"]["CIDEr"] == m["ablation"]["kl_attn_seq_scst"]["CIDEr"]
+    assert m["ablation"]["kl_attn_seq_scst"]["scst_epoch"] in (0, 1) and m["scst_epochs"] == 1
     assert all(0.0 <= m["ablation"][k]["CIDEr"] <= 10.0 for k in ("no_kd", "kl", "kl_attn"))
     model = microcap.load(d / "microcap" / "microcap.pt", Vocab.load(d / "guide" / "vocab.json"))
     assert model.num_params() == m["params_count"] and m["guide_params_count"] > 0
     assert model.cfg.pooling == "attention" and model.cfg.max_len == 10
     assert (d / "live" / "metrics.json").is_file()
+
+
+def test_sample_log_probs_match_teacher_forcing_and_stop_at_eos():
+    torch.manual_seed(0)
+    m = microcap.MicroCap(CFG).eval()
+    frames = torch.randn(3, 5, 16)
+    seqs, logp = microcap.sample(m, frames, 4, torch.Generator().manual_seed(0))
+    assert len(seqs) == 12 and all(EOS not in s and len(s) <= CFG.max_steps for s in seqs)
+    for j, s in enumerate(seqs):  # log p(caption, then <eos> unless it ran to max_steps) by teacher forcing
+        ended = len(s) < CFG.max_steps
+        inp = torch.tensor([[1] + s[: CFG.max_steps - 1]])
+        tgt = torch.tensor([s + [EOS]] if ended else [s])
+        logits, _ = m(frames[j // 4 : j // 4 + 1], inp[:, : tgt.shape[1]])
+        ref = torch.log_softmax(logits, -1).gather(2, tgt[..., None]).sum()
+        assert logp[j].item() == pytest.approx(ref.item(), abs=1e-4)
+
+
+def test_scst_raises_the_cider_of_greedy_captions():
+    """Self-critical training alone teaches a random student a handful of clips' captions."""
+    from tinycap.cider import CiderD
+
+    torch.manual_seed(0)
+    m = microcap.MicroCap(CFG)
+    frames = torch.randn(8, 5, 16)
+    refs = {i: [[4 + i, 20 + i % 4, 28], [4 + i, 20 + i % 4, 29]] for i in range(8)}
+    reward = CiderD(list(refs.values()))
+
+    def train_cider(model):  # the "val" CIDEr here is the greedy captions' CIDEr-D on the train clips
+        return sum(reward.score(c, refs[i]) for i, c in enumerate(model.greedy(frames))) / len(refs)
+
+    start = train_cider(m)
+    p = distill_params(scst_epochs=60, scst_lr=0.03, scst_samples=8, batch_size=8)
+    m, info = microcap.scst_finetune(m, p, frames, refs, train_cider, seed=0)
+    assert start < 1.0 and info["val_CIDEr"] > start + 2.0 and info["val_CIDEr"] == pytest.approx(train_cider(m))
+    with pytest.raises(TinyCapError, match="scst_samples: must be at least 2"):
+        microcap.scst_finetune(m, distill_params(scst_epochs=1, scst_samples=1), frames, refs, train_cider, seed=0)
 
 
 def test_distill_bad_inputs(trained, tmp_path):

@@ -21,6 +21,8 @@ GRU written out by hand (no nn.GRU) so the TensorFlow mirror in tinycap/quantize
 Distillation (`distill`, the distill_microcap stage): CE on the references + alpha * KL to the guide's
 soft targets + beta * alignment of the pooling weights to the guide's attention over frames
 (tinycap/losses.py); optionally the guide's own beam captions join the references (sequence-level KD).
+Then self-critical training (`scst_finetune`): the distilled student samples captions and is pushed
+toward those whose CIDEr-D beats its other samples' (the metric greedy captions are scored with).
 
 Greedy decoding starts from <bos>, stops at <eos>, and runs at most max_len - 1 steps
 (max_len counts BOS and EOS, like guide.max_len), so a caption has at most max_len - 2 words.
@@ -186,6 +188,9 @@ class MicroCapParams:
     beta: float  # weight of the attention alignment (pooling weights vs guide cross-attention)
     tau: float
     guide_captions: int  # copies of the guide's beam caption added to each train clip's references (0: off)
+    scst_epochs: int  # self-critical fine-tuning of the distilled student with a CIDEr-D reward (0: off)
+    scst_lr: float
+    scst_samples: int  # captions sampled per clip; each one's baseline is the mean reward of the others
     ablation: bool  # also train no_kd (alpha=beta=0), kl (beta=0), kl_attn (alpha, beta) and report each
 
 
@@ -255,6 +260,71 @@ def train_student(cfg, p, alpha, beta, data, subset, seed, pooled_dir, val_cider
             live.next_step()
         if best is None or val["val_CIDEr"] > best["val_CIDEr"]:
             best, best_state = {**val, "epoch": epoch + 1}, {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    return model.eval(), {**best, "train_seconds": round(time.time() - t0, 1)}
+
+
+def sample(model, frames, k, gen):
+    """k captions per clip sampled from the model's softmax: frames (B, T, D) -> B*k token-id lists
+    (clip-major, no <bos>, stop before <eos>) and their summed log-probabilities (B*k,), <eos> included."""
+    c, h, _ = model.encode(frames)
+    c, h = c.repeat_interleave(k, 0), h.repeat_interleave(k, 0)  # (B*k, D), (B*k, H)
+    tok = torch.full((len(c),), BOS, dtype=torch.long)
+    alive = torch.ones(len(c), dtype=torch.bool)
+    logp, seqs = torch.zeros(len(c)), [[] for _ in range(len(c))]
+    for _ in range(model.cfg.max_steps):
+        logits, h = model.step(tok, h, c)
+        log_probs = F.log_softmax(logits, dim=-1)  # (B*k, V)
+        tok = torch.multinomial(log_probs.exp(), 1, generator=gen).squeeze(1)  # (B*k,)
+        logp = logp + log_probs.gather(1, tok[:, None]).squeeze(1) * alive
+        for j in torch.nonzero(alive & (tok != EOS)).flatten().tolist():
+            seqs[j].append(int(tok[j]))
+        alive = alive & (tok != EOS)  # not in place: logp's graph holds the old mask
+        if not alive.any():
+            break
+    return seqs, logp
+
+
+def scst_finetune(model, p, frames, references, val_cider, seed, live=None):
+    """Self-critical sequence training (Rennie et al. 2017) of a trained student: for every train clip
+    (`references` {row: [token lists]}) it samples p.scst_samples captions, rewards each with its
+    CIDEr-D against the clip's references (document frequencies of the train references), baseline
+    = the mean reward of the clip's other samples, and follows the policy gradient of the summed
+    log-probabilities. Greedy decoding, the device's, then scores what CIDEr scores. Returns the
+    epoch with the best val_cider(model) (the start included) and its figures."""
+    from tinycap.cider import CiderD
+
+    if p.scst_samples < 2:
+        raise TinyCapError("params.yaml: microcap.scst_samples", f"must be at least 2 (the baseline of a sample is the others' mean), got {p.scst_samples}")
+    rows = torch.as_tensor(sorted(references))
+    reward = CiderD([references[int(r)] for r in rows])
+    opt = torch.optim.Adam(model.parameters(), lr=p.scst_lr)
+    gen = torch.Generator().manual_seed(seed)
+    k, t0 = p.scst_samples, time.time()
+    best = {"val_CIDEr": val_cider(model), "epoch": 0}
+    best_state = {n: v.clone() for n, v in model.state_dict().items()}
+    for epoch in range(p.scst_epochs):
+        model.train()
+        total = 0.0
+        for b in tqdm(list(batches(len(rows), p.batch_size, gen)), desc=f"microcap scst epoch {epoch + 1}/{p.scst_epochs}", leave=False):
+            clips = rows[b]
+            seqs, logp = sample(model, frames[clips], k, gen)
+            r = torch.tensor([reward.score(s, references[int(clips[j // k])]) for j, s in enumerate(seqs)]).view(-1, k)  # (B, k)
+            advantage = r - (r.sum(1, keepdim=True) - r) / (k - 1)  # (B, k)
+            loss = -(advantage.flatten() * logp).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            total += r.sum().item()
+        val = val_cider(model)
+        log.info("microcap scst epoch %d: sampled captions' CIDEr-D %.4f, val CIDEr %.4f", epoch + 1, total / (len(rows) * k), val)
+        if live is not None:
+            live.log_metric("scst/reward", total / (len(rows) * k))
+            live.log_metric("val/CIDEr", val)
+            live.next_step()
+        if val > best["val_CIDEr"]:
+            best, best_state = {"val_CIDEr": val, "epoch": epoch + 1}, {n: v.clone() for n, v in model.state_dict().items()}
     model.load_state_dict(best_state)
     return model.eval(), {**best, "train_seconds": round(time.time() - t0, 1)}
 
@@ -343,6 +413,17 @@ def distill(emb_path, pooled_dir, guide_dir, out_dir, metrics_path, p: MicroCapP
         log.info("microcap %s (alpha %.2f, beta %.2f, guide captions %s): val CIDEr %.4f", name, alpha, beta, seq, s["CIDEr"])
         if name == shipped:
             main = model
+    if p.scst_epochs:  # the shipped student, fine-tuned on CIDEr-D itself
+        train_refs = emb.references(train_rows)
+        train_refs = {int(r): [vocab.encode(c, max_len)[1:-1] for c in train_refs[emb.video_id[r]]] for r in train_rows}
+        main, info = scst_finetune(main, p, frames, train_refs, val_cider, seed, live=live)
+        caps = decode_rows(main, frames, val_rows, vocab)
+        s = score({emb.video_id[r]: c for r, c in caps.items()}, refs, metrics=("CIDEr", "BLEU-4"))
+        base = results[shipped]
+        shipped = f"{shipped}_scst"
+        results[shipped] = {**base, **s, "val_CE": _val_ce(main, data), "epoch": base["epoch"], "scst_epoch": info["epoch"],
+                            "train_seconds": round(base["train_seconds"] + info["train_seconds"], 1)}  # fmt: skip
+        log.info("microcap %s: val CIDEr %.4f (scst epoch %d)", shipped, s["CIDEr"], info["epoch"])
     if live is not None:
         live.end()
 
@@ -355,6 +436,7 @@ def distill(emb_path, pooled_dir, guide_dir, out_dir, metrics_path, p: MicroCapP
         "pooling": pooling,
         "variant": shipped,
         "alpha": p.alpha, "beta": p.beta, "tau": p.tau, "guide_captions": p.guide_captions,
+        "scst_epochs": p.scst_epochs, "scst_lr": p.scst_lr, "scst_samples": p.scst_samples,
         "val": {"CIDEr": results[shipped]["CIDEr"], "BLEU-4": results[shipped]["BLEU-4"], "CE": results[shipped]["val_CE"],
                 "epoch": results[shipped]["epoch"]},
         "guide_val": {**guide_val, "beam": guide.beam},
@@ -371,6 +453,6 @@ def distill(emb_path, pooled_dir, guide_dir, out_dir, metrics_path, p: MicroCapP
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         torch.save(checkpoint.checkpoint(main, vocab, variant=shipped, alpha=p.alpha, beta=p.beta, tau=p.tau, guide_captions=p.guide_captions,
-                              epochs=p.epochs), tmp / "microcap.pt")  # fmt: skip
+                              epochs=p.epochs, scst_epochs=p.scst_epochs), tmp / "microcap.pt")  # fmt: skip
     write_json(metrics_path, metrics)
     return metrics
