@@ -157,7 +157,7 @@ def test_distill_writes_checkpoint_metrics_and_ablation(trained):
     assert set(m["ablation"]) == {"split", "no_kd", "kl", "kl_attn", "kl_attn_seq", "kl_attn_seq_scst"} and m["ablation"]["split"] == "val"
     assert (m["ablation"]["no_kd"]["alpha"], m["ablation"]["kl"]["beta"], m["ablation"]["kl_attn"]["guide_captions"]) == (0.0, 0.0, 0)
     assert m["variant"] == "kl_attn_seq_scst" and m["val"]["CIDEr"] == m["ablation"]["kl_attn_seq_scst"]["CIDEr"]
-    assert m["ablation"]["kl_attn_seq_scst"]["scst_epoch"] in (0, 1) and m["scst_epochs"] == 1
+    assert m["ablation"]["kl_attn_seq_scst"]["scst_epochs"] == 1 == m["scst_epochs"]
     assert all(0.0 <= m["ablation"][k]["CIDEr"] <= 10.0 for k in ("no_kd", "kl", "kl_attn"))
     model = microcap.load(d / "microcap" / "microcap.pt", Vocab.load(d / "guide" / "vocab.json"))
     assert model.num_params() == m["params_count"] and m["guide_params_count"] > 0
@@ -196,7 +196,7 @@ def test_scst_raises_the_cider_of_greedy_captions():
     start = train_cider(m)
     p = distill_params(scst_epochs=60, scst_lr=0.03, scst_samples=8, batch_size=8)
     m, info = microcap.scst_finetune(m, p, frames, refs, train_cider, seed=0)
-    assert start < 1.0 and info["val_CIDEr"] > start + 2.0 and info["val_CIDEr"] == pytest.approx(train_cider(m))
+    assert start < 1.0 and info["val_CIDEr"] > start + 2.0 and info["val_CIDEr"] == train_cider(m)  # the last epoch's model
     with pytest.raises(TinyCapError, match="scst_samples: must be at least 2"):
         microcap.scst_finetune(m, distill_params(scst_epochs=1, scst_samples=1), frames, refs, train_cider, seed=0)
 
