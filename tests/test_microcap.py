@@ -211,6 +211,9 @@ def test_distill_bad_inputs(trained, tmp_path):
         microcap.distill(*args, pooling="attention", max_len=12)
     with pytest.raises(TinyCapError, match="pooling: 'max' is not one of mean, attention"):
         microcap.distill(*args, pooling="max", max_len=10)
+    bad = (*args[:5], distill_params(scst_epochs=1, scst_samples=1))
+    with pytest.raises(TinyCapError, match="microcap.scst_samples: must be at least 2"):
+        microcap.distill(*bad, pooling="attention", max_len=10)
     with pytest.raises(TinyCapError, match="pooler.pt: file not found"):
         microcap.distill(d / "clip.h5", tmp_path, *args[2:], pooling="attention", max_len=10)
     assert not (tmp_path / "mc").exists() and not (tmp_path / "mc.json").exists()

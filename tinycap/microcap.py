@@ -285,6 +285,11 @@ def sample(model, frames, k, gen):
     return seqs, logp
 
 
+def _check_scst(p):
+    if p.scst_epochs and p.scst_samples < 2:
+        raise TinyCapError("params.yaml: microcap.scst_samples", f"must be at least 2 (the baseline of a sample is the others' mean), got {p.scst_samples}")
+
+
 def scst_finetune(model, p, frames, references, val_cider, seed, live=None):
     """Self-critical sequence training (Rennie et al. 2017) of a trained student: for every train clip
     (`references` {row: [token lists]}) it samples p.scst_samples captions, rewards each with its
@@ -296,8 +301,7 @@ def scst_finetune(model, p, frames, references, val_cider, seed, live=None):
     1.228 at epoch 9, while test CIDEr over 1000 clips rose steadily to the last epoch)."""
     from tinycap.cider import CiderD
 
-    if p.scst_samples < 2:
-        raise TinyCapError("params.yaml: microcap.scst_samples", f"must be at least 2 (the baseline of a sample is the others' mean), got {p.scst_samples}")
+    _check_scst(p)
     rows = torch.as_tensor(sorted(references))
     reward = CiderD([references[int(r)] for r in rows])
     opt = torch.optim.Adam(model.parameters(), lr=p.scst_lr)
@@ -354,6 +358,7 @@ def distill(emb_path, pooled_dir, guide_dir, out_dir, metrics_path, p: MicroCapP
 
     if pooling not in ("mean", "attention"):
         raise TinyCapError("params.yaml: pooling", f"{pooling!r} is not one of mean, attention")
+    _check_scst(p)  # before minutes of distillation
     emb = guide_mod.load_embeddings(emb_path)
     vocab = Vocab.load(Path(guide_dir) / "vocab.json")
     guide = guide_mod.load(Path(guide_dir) / "guide.pt", vocab)
