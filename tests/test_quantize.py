@@ -175,6 +175,27 @@ def test_outputs_and_op_set(int8):
     assert set(json.loads((out / "captions_tflm.json").read_text())) == {"test", "novel"}
 
 
+def test_cider_drop_per_split_and_over_both(int8):
+    """Each split's drop is 1 - int8 / fp32 of its mean CIDEr; test+novel pools both splits' clips."""
+    _, m = int8
+    c = m["cider"]
+    assert set(c) == {"test", "novel", "test+novel"}
+    for split in ("test", "novel"):
+        assert c[split]["rel_drop"] == pytest.approx(1 - c[split]["int8_tflm"] / c[split]["fp32"])
+        low, high = c[split]["rel_drop_ci95"]
+        assert low <= round(c[split]["rel_drop"], 4) <= high
+    n = m["clips"]
+    both = {k: (c["test"][k] * n["test"] + c["novel"][k] * n["novel"]) / (n["test"] + n["novel"]) for k in ("fp32", "int8_tflm")}
+    assert c["test+novel"]["fp32"] == pytest.approx(both["fp32"])
+    assert c["test+novel"]["rel_drop"] == pytest.approx(1 - both["int8_tflm"] / both["fp32"])
+    assert m["cider_rel_drop"] == c["test"]["rel_drop"]
+
+
+def test_drop_is_undefined_when_fp32_scores_zero():
+    assert quantize._drop({"fp32": {"a": 1.0, "b": 0.5}, "int8_tflm": {"a": 0.9, "b": 0.5}})["rel_drop"] == pytest.approx(0.1 / 1.5)
+    assert quantize._drop({"fp32": {"a": 0.0}, "int8_tflm": {"a": 0.2}}) == {"fp32": 0.0, "int8_tflm": 0.2, "rel_drop": None}
+
+
 def test_unsupported_op_is_one_line():
     with pytest.raises(TinyCapError, match=r"^m.tflite: op\(s\) SELECT not supported by TFLM$"):
         quantize.check_tflm_ops(["GATHER", "SELECT"], "m.tflite")

@@ -764,19 +764,17 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
     for i in tqdm(all_eval, desc="greedy decoding (TFLM, tf.lite)", file=sys.stderr):
         for k, r in runners.items():
             caps[k][int(i)] = r.caption(frames[i])
-    captions_tflm, cider = {}, {}
+    captions_tflm, cider, per_clip = {}, {}, {}
     for split, idx in eval_idx.items():
         ref = {vids[i]: refs.get(vids[i], []) for i in idx}
         fp32 = {vids[i]: vocab.decode(torch_caps[i]) for i in idx}
         int8 = {vids[i]: vocab.decode(caps["tflm_int8"][i]) for i in idx}
         captions_tflm[split] = int8
-        per_clip = {k: evaluate.cider_per_clip(p, ref) for k, p in (("fp32", fp32), ("int8_tflm", int8))}
-        cider[split] = {k: float(np.mean(list(v.values()))) for k, v in per_clip.items()}
+        per_clip[split] = {k: evaluate.cider_per_clip(p, ref) for k, p in (("fp32", fp32), ("int8_tflm", int8))}
+        cider[split] = _drop(per_clip[split])
         cider[split]["captions_changed"] = sum(fp32[v] != int8[v] for v in fp32)
-        if cider[split]["fp32"] > 0:  # the drop is undefined at 0
-            cider[split]["rel_drop"], cider[split]["rel_drop_ci95"] = evaluate.paired_drop(per_clip["fp32"], per_clip["int8_tflm"])
-        else:
-            cider[split]["rel_drop"] = None
+    if len(per_clip) > 1:  # every evaluated clip at once: the tightest interval (each split keeps its own CIDEr IDF)
+        cider["+".join(per_clip)] = _drop({k: {v: c for s in per_clip.values() for v, c in s[k].items()} for k in ("fp32", "int8_tflm")})
     write_json(out_dir / "captions_tflm.json", captions_tflm)
 
     order = all_eval.tolist()
@@ -804,7 +802,8 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
         "clips": {s: len(i) for s, i in eval_idx.items()},
         "method": "CIDEr (pycocoevalcap scale, raw, mean of per-clip CIDEr-D = score()'s CIDEr) of greedy captions on "
         "the cider_split clips: fp32 = PyTorch MicroCap, int8 = data/int8 graphs in tflite_micro.runtime (TFLM "
-        "kernels); rel_drop_ci95 = 95 % paired-bootstrap interval of the drop over clips (2000 resamples). "
+        "kernels); rel_drop_ci95 = 95 % paired-bootstrap interval of the drop over clips (2000 resamples); "
+        "test+novel = both splits' clips together (per-clip CIDEr-D with each split's IDF). "
         "token_agreement = equal tokens / positions of the longer decoding (<eos> counted), over "
         "test+novel. arena_bytes = pooler_int8 + decoder_int8 arenas (both interpreters resident), each the "
         "smallest arena TFLM runs the model with (host build; see quant.json arena_method)",
@@ -819,6 +818,18 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
         "captions_identical": caption_sensitivity(mirror, representative, frames[all_eval], model.cfg.max_steps),
     }
     return metrics
+
+
+def _drop(per_clip):
+    """{"fp32": {clip: CIDEr}, "int8_tflm": {...}} -> mean CIDEr of each, the relative drop and its
+    95 % paired-bootstrap interval (None where fp32 scores 0: the drop is undefined)."""
+    from tinycap import evaluate
+
+    out = {k: float(np.mean(list(v.values()))) for k, v in per_clip.items()}
+    out["rel_drop"] = None
+    if out["fp32"] > 0:
+        out["rel_drop"], out["rel_drop_ci95"] = evaluate.paired_drop(per_clip["fp32"], per_clip["int8_tflm"])
+    return out
 
 
 def same_quantisation(a, b):
