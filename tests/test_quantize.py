@@ -262,11 +262,13 @@ def test_caption_sensitivity_finds_a_lossy_tensor(artifacts):
     seqs = [[1, 5, 2]] * len(train)
     mirror, rep = quantize.calibrate(model, frames[train], seqs, frames[train], quantize.QuantizeParams())
     good = quantize.caption_sensitivity(mirror, rep, frames[-12:], model.cfg.max_steps)
-    assert {"frames", "context", "h_new", "logits", "r*gh_n", "all"} <= set(good)
+    assert {"frames", "context", "h_new", "logits", "r*gh_n", "all pooler", "all decoder", "all"} <= set(good)
     assert good["h_new"] >= 0.9 and good["all"] <= 1.0
     mirror.ranges["logits"] = (50.0, 60.0)
     bad = quantize.caption_sensitivity(mirror, rep, frames[-12:], model.cfg.max_steps)
-    assert bad["logits"] == 0.0 and list(bad)[0] in ("logits", "all") and bad["h_new"] == good["h_new"]
+    assert bad["logits"] == bad["all decoder"] == bad["all"] == 0.0
+    assert list(bad)[0] in ("logits", "all decoder", "all")
+    assert bad["h_new"] == good["h_new"] and bad["all pooler"] == good["all pooler"]  # logits: a decoder tensor
 
 
 def test_golden_round_trip_through_tflm(int8, artifacts):

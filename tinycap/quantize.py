@@ -814,7 +814,8 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
     metrics["caption_sensitivity"] = {
         "method": "greedy captions of the test+novel clips by the float mirror with one named activation rounded to "
         "int8 over its calibrated or pinned range (fake quant), as a share of clips whose caption stays identical; "
-        "all = every activation rounded; weights stay float (tinycap.quantize.caption_sensitivity)",
+        "all pooler / all decoder / all = every activation of that graph / of both rounded; weights stay float "
+        "(tinycap.quantize.caption_sensitivity)",
         "captions_identical": caption_sensitivity(mirror, representative, frames[all_eval], model.cfg.max_steps),
     }
     return metrics
@@ -863,7 +864,8 @@ def caption_sensitivity(mirror, representative, frames, max_steps):
     """Which int8 tensor costs captions: greedy float captions of `frames` with one named tensor at a
     time rounded to int8 over its range (fake quant; calibrated min/max on the representative data, or
     the pinned range) -> {tensor: share of clips whose caption stays identical to float}, worst first,
-    and "all" with every tensor rounded. Activations only: weights stay float."""
+    and every tensor of the pooler, of the decoder, and of both ("all") rounded at once. Activations
+    only: weights stay float."""
     import tensorflow as tf
 
     seen = {}
@@ -876,8 +878,11 @@ def caption_sensitivity(mirror, representative, frames, max_steps):
 
     mirror.tap = record
     mirror.pooler(np.concatenate([r["frames"] for r in representative[POOLER]]))
+    groups = {f"all {POOLER}": set(seen)}
     batch = {k: np.concatenate([r[k] for r in representative[DECODER]]) for k in ("token", "h", "context")}
     mirror.step(batch["token"], batch["h"], batch["context"])
+    groups[f"all {DECODER}"] = set(seen) - groups[f"all {POOLER}"]
+    groups["all"] = set(seen)
     ranges = {**seen, **{k: v for k, v in mirror.ranges.items() if k in seen}}
 
     def rounding(names):
@@ -895,8 +900,8 @@ def caption_sensitivity(mirror, representative, frames, max_steps):
         mirror.tap = None
         ref = mirror.greedy(frames, max_steps)
         out = {}
-        for name in [*ranges, "all"]:
-            mirror.tap = rounding(set(ranges) if name == "all" else {name})
+        for name in [*ranges, *groups]:
+            mirror.tap = rounding(groups.get(name, {name}))
             got = mirror.greedy(frames, max_steps)
             out[name] = round(float(np.mean([a == b for a, b in zip(ref, got)])), 4)
     finally:
