@@ -292,3 +292,19 @@ def test_qemu_captions_of_the_tiny_model_match_tflm_and_host(tmp_path):
     assert r["captions"] == [" ".join(words[t] for t in toks) for toks in r["tokens"]]
     per_caption = [m7.segment_by_symbol(r["segments"][2 * i + 1], r["blocks"], r["symbols"]) for i in range(len(clips))]
     assert all(c["tc_k_fully_connected"] > 0 and c["tc_caption"] > 0 for c in per_caption)
+
+
+@needs_toolchain
+def test_elfs_do_not_depend_on_where_they_are_built(fixture_fw, tmp_path):
+    """build_tflm builds in a randomly named temporary folder: neither the ELFs (debug info) nor the link
+    maps may record it, so the same sources give the same bytes."""
+    root, _ = fixture_fw
+    other = tmp_path / "elsewhere"
+    for d in ("gen", "runtime"):
+        shutil.copytree(root / d, other / d)
+    m7.build_elfs(other / "gen", other / "runtime", other / "fw", sample_clip=np.arange(24, dtype=np.int8).reshape(3, 8))
+    for name in (m7.QEMU_ELF, m7.STM32_ELF, m7.QEMU_ELF + ".map", m7.STM32_ELF + ".map"):
+        a, b = (root / "fw" / name).read_bytes(), (other / "fw" / name).read_bytes()
+        assert str(root).encode() not in a and str(other).encode() not in b
+        assert a == b, name
+    assert sorted(p.name for p in (other / "fw").iterdir() if p.is_dir()) == []  # the objects are gone
