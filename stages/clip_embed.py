@@ -11,7 +11,7 @@ from tinycap import clip, params, stage
 
 def main():
     p = params.load()
-    cfg = params.section(p, "clip", clip.ClipConfig)
+    cfg = params.section(p, "clip", clip.ClipParams)
     clip.embed("data/clip", "data/frames/frames.h5", "data/videos/annotations.json", "data/embeddings/clip.h5",
                grid=cfg.grid, batch_size=cfg.embed_batch_size)  # fmt: skip
 

@@ -12,7 +12,7 @@ from tinycap.io import write_json
 
 def main():
     p = params.load()
-    cfg = params.section(p, "clip", clip.ClipConfig)
+    cfg = params.section(p, "clip", clip.ClipParams)
     metrics = clip.train("data/frames/frames.h5", "data/videos/annotations.json", "data/clip", cfg,
                          seed=p["seed"], live_dir="dvclive/clip_train",
                          resume_path="data/.resume/clip_train.pt")  # fmt: skip

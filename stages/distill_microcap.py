@@ -6,15 +6,17 @@ attention pooler's initial weights), data/guide; writes data/microcap/microcap.p
 """
 
 from tinycap import guide, microcap, params, stage
+from tinycap.io import write_json
 
 
 def main():
     p = params.load()
     cfg = params.section(p, "microcap", microcap.MicroCapParams)
     max_len = params.section(p, "guide", guide.GuideParams).max_len
-    microcap.distill("data/embeddings/clip.h5", "data/pooled", "data/guide", "data/microcap", "metrics/microcap.json", cfg,
-                     pooling=p["pooling"], max_len=max_len, seed=p["seed"],
-                     live_dir="dvclive/distill_microcap")  # fmt: skip
+    metrics = microcap.distill("data/embeddings/clip.h5", "data/pooled", "data/guide", "data/microcap", cfg,
+                               pooling=p["pooling"], max_len=max_len, seed=p["seed"],
+                               live_dir="dvclive/distill_microcap")  # fmt: skip
+    write_json("metrics/microcap.json", metrics)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from tinycap.io import write_json
 
 def main():
     p = params.load()
-    cfg = params.section(p, "pool", pool.PoolConfig)
+    cfg = params.section(p, "pool", pool.PoolParams)
     metrics = pool.run("data/embeddings/clip.h5", "data/pooled", p["pooling"], cfg,
                        seed=p["seed"], live_dir="dvclive/pool")  # fmt: skip
     write_json("metrics/pool.json", metrics)

@@ -11,7 +11,7 @@ OUT_DIR = "data/frames"
 
 def main():
     p = params.load()
-    cfg = params.section(p, "frames", frames.FramesConfig)
+    cfg = params.section(p, "frames", frames.FramesParams)
     frames.sample_frames(ANNOTATIONS, OUT_DIR, p["num_frames"], cfg.size, cfg.max_failure_ratio, cfg.workers)
 
 

@@ -14,7 +14,7 @@ OUT_DIR = "data/videos"
 
 def main():
     p = params.load()
-    cfg = params.section(p, "data", data.DataConfig)
+    cfg = params.section(p, "data", data.DataParams)
     start = time.perf_counter()
     index = data.build_dataset(cfg, p["seed"], OUT_DIR, workers=min(2, os.cpu_count() or 1))
     logging.getLogger("synth_videos").info(

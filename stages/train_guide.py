@@ -6,13 +6,15 @@ data/.resume/train_guide.pt when params and data are unchanged.
 """
 
 from tinycap import guide, params, stage
+from tinycap.io import write_json
 
 
 def main():
     p = params.load()
     cfg = params.section(p, "guide", guide.GuideParams)
-    guide.train("data/embeddings/clip.h5", "data/guide", "metrics/guide.json", cfg, seed=p["seed"],
-                live_dir="dvclive/train_guide", resume_path="data/.resume/train_guide.pt")  # fmt: skip
+    metrics = guide.train("data/embeddings/clip.h5", "data/guide", cfg, seed=p["seed"],
+                          live_dir="dvclive/train_guide", resume_path="data/.resume/train_guide.pt")  # fmt: skip
+    write_json("metrics/guide.json", metrics)
 
 
 if __name__ == "__main__":

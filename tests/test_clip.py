@@ -46,7 +46,7 @@ def make_clips(root, size=64, n=(8, 4, 2), seed=0):
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("clips")
     frames, ann = make_clips(root)
-    metrics = clip.train(frames, ann, root / "clip", clip.ClipConfig(**TINY), seed=0)
+    metrics = clip.train(frames, ann, root / "clip", clip.ClipParams(**TINY), seed=0)
     clip.embed(root / "clip", frames, ann, root / "emb" / "clip.h5", grid=True, batch_size=8)
     return root, frames, ann, metrics
 
@@ -92,7 +92,7 @@ def test_public_api_matches_the_stage(trained):
 
 def test_same_seed_same_weights(trained, tmp_path):
     root, frames, ann, _ = trained
-    clip.train(frames, ann, tmp_path / "clip", clip.ClipConfig(**TINY), seed=0)
+    clip.train(frames, ann, tmp_path / "clip", clip.ClipParams(**TINY), seed=0)
     a = torch.load(root / "clip" / "model.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "clip" / "model.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -100,7 +100,7 @@ def test_same_seed_same_weights(trained, tmp_path):
 
 def test_resume_after_interruption_gives_the_same_weights(trained, tmp_path, monkeypatch):
     _, frames, ann, _ = trained
-    cfg = clip.ClipConfig(**{**TINY, "epochs": 2})
+    cfg = clip.ClipParams(**{**TINY, "epochs": 2})
     clip.train(frames, ann, tmp_path / "full", cfg, seed=0, resume_path=tmp_path / "full.resume.pt")
     assert not (tmp_path / "full.resume.pt").exists()
 
@@ -129,7 +129,7 @@ def test_checkpoint_path_route_and_export(trained, tmp_path):
     model, _, _ = clip.create("tinyclip-vit-64")
     for name, obj in [("plain.pt", {"model": model.state_dict(), "step": 0}), ("open_clip.pt", model.state_dict())]:
         torch.save(obj, tmp_path / name)
-        cfg = clip.ClipConfig(**{**TINY, "epochs": 0, "pretrained": str(tmp_path / name)})
+        cfg = clip.ClipParams(**{**TINY, "epochs": 0, "pretrained": str(tmp_path / name)})
         metrics = clip.train(frames, ann, tmp_path / f"out_{name}", cfg, seed=0)
         assert metrics["train_seconds"] == 0
         loaded = clip.load_model(tmp_path / f"out_{name}").model.state_dict()
@@ -150,7 +150,7 @@ def test_bad_model_and_pretrained_give_one_line(trained, tmp_path):
         clip.create("tinyclip-vit-64", str(tmp_path / "corrupt.pt"))
     torch.save({"model": {"visual.proj": torch.zeros(3, 3)}}, tmp_path / "wrong.pt")
     with pytest.raises(TinyCapError, match="wrong.pt: weights do not fit model tinyclip-vit-64"):
-        clip.train(frames, ann, tmp_path / "out", clip.ClipConfig(**{**TINY, "pretrained": str(tmp_path / "wrong.pt")}))
+        clip.train(frames, ann, tmp_path / "out", clip.ClipParams(**{**TINY, "pretrained": str(tmp_path / "wrong.pt")}))
     assert not (tmp_path / "out").exists()
 
 
@@ -171,7 +171,7 @@ def test_frames_of_another_size_are_refused(trained, tmp_path):
     root = trained[0]
     frames, ann = make_clips(tmp_path / "small", size=32)
     with pytest.raises(TinyCapError, match=r"frames\.h5: frames are 32x32 px but the CLIP model expects 64x64"):
-        clip.train(frames, ann, tmp_path / "clip", clip.ClipConfig(**TINY))
+        clip.train(frames, ann, tmp_path / "clip", clip.ClipParams(**TINY))
     with pytest.raises(TinyCapError, match=r"frames\.h5: frames are 32x32 px but the CLIP model in .* expects 64x64"):
         clip.embed(root / "clip", frames, ann, tmp_path / "emb" / "clip.h5")
     assert not (tmp_path / "clip").exists() and not (tmp_path / "emb" / "clip.h5").exists()

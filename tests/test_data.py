@@ -20,7 +20,7 @@ def synth_cfg(**kw):
     base = dict(source="synth", annotations=None, videos_dir=None,
                 videos_per_split={"train": 6, "val": 2, "test": 2, "novel": 4},
                 size=64, fps=5, duration_s=1.0, captions_per_video=5)
-    return data.DataConfig(**{**base, **kw})
+    return data.DataParams(**{**base, **kw})
 
 
 def real_cfg(source, annotations, videos_dir):
@@ -154,10 +154,10 @@ def test_motion_spans_the_frame_at_five_sampled_frames():
 
 def test_params_data_sections_parse():
     p = params.load(ROOT / "params.yaml")
-    cfg = params.section(p, "data", data.DataConfig)
+    cfg = params.section(p, "data", data.DataParams)
     assert cfg.source == "synth" and cfg.captions_per_video >= 5 and cfg.size % 2 == 0
     tiny = params.merge(p, yaml.safe_load((ROOT / "tests" / "params_tiny.yaml").read_text()))
-    params.section(tiny, "data", data.DataConfig)
+    params.section(tiny, "data", data.DataParams)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinycap import guide
+from tinycap import embeddings, guide
 from tinycap.errors import TinyCapError
 from tinycap.vocab import EOS, Vocab
 
@@ -110,9 +110,9 @@ def test_guide_overfits_a_handful_of_clips(tmp_path):
         cap, cv = f["caption"][()], f["caption_video"][()]
         del f["caption"], f["caption_video"]
         f["caption"], f["caption_video"] = np.concatenate([cap, cap]), np.concatenate([cv, cv + 6]).astype(np.int32)
-    m = guide.train(tmp_path / "clip.h5", tmp_path / "guide", tmp_path / "guide.json", small_params(epochs=60, batch_size=6, lr=0.005, label_smoothing=0.0))
+    m = guide.train(tmp_path / "clip.h5", tmp_path / "guide", small_params(epochs=60, batch_size=6, lr=0.005, label_smoothing=0.0))
     assert m["val"]["greedy"]["CIDEr"] > 9.0, m["val"]  # perfect captions score 10 on this set
-    assert (tmp_path / "guide" / "vocab.json").is_file() and (tmp_path / "guide.json").is_file()
+    assert (tmp_path / "guide" / "vocab.json").is_file()
     model = guide.load(tmp_path / "guide" / "guide.pt", Vocab.load(tmp_path / "guide" / "vocab.json"))
     assert model.num_params() == m["params_count"]
 
@@ -131,27 +131,27 @@ def test_training_resumes_after_interruption(tmp_path, monkeypatch):
 
     monkeypatch.setattr(guide, "evaluate_loss", interrupt_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
-        guide.train(tmp_path / "clip.h5", tmp_path / "guide", tmp_path / "g.json", small_params(), resume_path=resume)
+        guide.train(tmp_path / "clip.h5", tmp_path / "guide", small_params(), resume_path=resume)
     assert resume.is_file() and not (tmp_path / "guide").exists()
     assert torch.load(resume, weights_only=False)["state"]["epoch"] == 1
     monkeypatch.setattr(guide, "evaluate_loss", real)
-    m = guide.train(tmp_path / "clip.h5", tmp_path / "guide", tmp_path / "g.json", small_params(), resume_path=resume)
+    m = guide.train(tmp_path / "clip.h5", tmp_path / "guide", small_params(), resume_path=resume)
     assert m["epochs"] == 2 and not resume.exists()
     assert (tmp_path / "guide" / "guide.pt").is_file()
 
 
 def test_bad_inputs_give_one_line(tmp_path):
     with pytest.raises(TinyCapError, match="file not found"):
-        guide.load_embeddings(tmp_path / "missing.h5")
+        embeddings.load_embeddings(tmp_path / "missing.h5")
     make_embeddings(tmp_path / "clip.h5", {"train": 6, "test": 3})
     with pytest.raises(TinyCapError, match="empty split 'val'"):
-        guide.train(tmp_path / "clip.h5", tmp_path / "g", tmp_path / "g.json", small_params())
-    emb = guide.load_embeddings(tmp_path / "clip.h5")
+        guide.train(tmp_path / "clip.h5", tmp_path / "g", small_params())
+    emb = embeddings.load_embeddings(tmp_path / "clip.h5")
     with pytest.raises(TinyCapError, match="no usable captions"):
-        guide.caption_rows(emb, emb.videos("test"), Vocab(["<pad>", "<bos>", "<eos>", "<unk>", "zebra"]), "clip.h5")
+        embeddings.caption_rows(emb, emb.videos("test"), Vocab(["<pad>", "<bos>", "<eos>", "<unk>", "zebra"]), "clip.h5")
     with h5py.File(tmp_path / "clip.h5", "a") as f:
         del f["caption"]
     with pytest.raises(TinyCapError, match="missing dataset.*caption") as e:
-        guide.load_embeddings(tmp_path / "clip.h5")
+        embeddings.load_embeddings(tmp_path / "clip.h5")
     assert "\n" not in str(e.value)
-    assert not (tmp_path / "g").exists() and not (tmp_path / "g.json").exists()
+    assert not (tmp_path / "g").exists()

@@ -94,6 +94,7 @@ def synthetic_embeddings(path, T=5, D=12, per_split=(60, 21, 21), seed=0):
         f["frame_emb"] = np.array(frame_emb, np.float32)
         f["text_emb"] = np.array(text_emb, np.float32)
         f["caption_video"] = np.array(cv, np.int32)
+        f["caption"] = np.array([f"caption {c}" for c in range(len(cv))], dtype="S")
         f["video_id"] = np.array([f"v{i}" for i in range(len(split))], dtype="S")
         f["split"] = np.array(split, dtype="S")
         f["action"] = np.array(action, dtype="S")
@@ -104,7 +105,7 @@ def synthetic_embeddings(path, T=5, D=12, per_split=(60, 21, 21), seed=0):
 
 def test_pool_stage_attention_beats_mean_on_order_dependent(tmp_path):
     emb = synthetic_embeddings(tmp_path / "clip.h5")
-    metrics = pool.run(emb, tmp_path / "pooled", "attention", pool.PoolConfig(epochs=40, batch_size=32, lr=0.05))
+    metrics = pool.run(emb, tmp_path / "pooled", "attention", pool.PoolParams(epochs=40, batch_size=32, lr=0.05))
     assert {"pooling", "val", "test", "order_dependent", "per_action", "mean_baseline"} <= set(metrics)
     assert metrics["pooling"] == "attention"
     od, od_mean = metrics["order_dependent"]["t2v_R@1"], metrics["mean_baseline"]["order_dependent"]["t2v_R@1"]
@@ -119,7 +120,7 @@ def test_pool_stage_attention_beats_mean_on_order_dependent(tmp_path):
 
 def test_pool_stage_mean(tmp_path):
     emb = synthetic_embeddings(tmp_path / "clip.h5", per_split=(9, 6, 6))
-    metrics = pool.run(emb, tmp_path / "pooled", "mean", pool.PoolConfig())
+    metrics = pool.run(emb, tmp_path / "pooled", "mean", pool.PoolParams())
     assert metrics["pooling"] == "mean" and "mean_baseline" not in metrics
     assert metrics["pooler_params"] == 0
     assert isinstance(pool.load_pooler(tmp_path / "pooled" / "pooler.pt"), pool.MeanPool)
@@ -131,14 +132,15 @@ def test_bad_embeddings_name_the_file_and_write_nothing(tmp_path):
         f["frame_emb"] = np.zeros((4, 5, 8), np.float32)
         f["text_emb"] = np.zeros((3, 6), np.float32)  # D mismatch
         f["caption_video"] = np.zeros(3, np.int32)
+        f["caption"] = np.array([b"x", b"y", b"z"])
         f["video_id"] = np.array([b"a", b"b", b"c", b"d"])
         f["split"] = np.array([b"train"] * 4)
     with pytest.raises(TinyCapError, match=r"clip\.h5: frame_emb .* must be \[V,T,D\] and \[C,D\]"):
-        pool.run(bad, tmp_path / "pooled", "attention", pool.PoolConfig())
+        pool.run(bad, tmp_path / "pooled", "attention", pool.PoolParams())
     assert not (tmp_path / "pooled").exists()
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     with pytest.raises(TinyCapError, match="junk.h5: not a readable HDF5 file"):
-        pool.run(tmp_path / "junk.h5", tmp_path / "pooled", "mean", pool.PoolConfig())
+        pool.run(tmp_path / "junk.h5", tmp_path / "pooled", "mean", pool.PoolParams())
     torch.save({"config": {"kind": "attention", "dim": 4, "num_frames": 5}, "model": {}}, tmp_path / "p.pt")
     with pytest.raises(TinyCapError, match="p.pt: not a pooler checkpoint"):
         pool.load_pooler(tmp_path / "p.pt")

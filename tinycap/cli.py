@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tinycap.errors import TinyCapError
 
-log = logging.getLogger("tinycap")
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------

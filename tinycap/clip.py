@@ -51,7 +51,7 @@ from tinycap import retrieval  # noqa: E402
 from tinycap.errors import TinyCapError  # noqa: E402
 from tinycap.io import atomic_path, read_json  # noqa: E402
 
-log = logging.getLogger("clip")
+log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 CONFIG_FILE = "open_clip_config.json"
@@ -60,7 +60,7 @@ open_clip.add_model_config(CONFIG_DIR)
 
 
 @dataclass
-class ClipConfig:  # params.yaml `clip:` (clip_train reads the first six, clip_embed the last two)
+class ClipParams:  # params.yaml `clip:` (clip_train reads the first six, clip_embed the last two)
     model: str = "tinyclip-vit-64"  # open_clip config name: tinycap/model_configs/*.json or any open_clip model
     pretrained: Optional[str] = None  # open_clip pretrained tag (local cache only) or a checkpoint path; null = random init
     epochs: int = 14  # contrastive passes over the train clips; 0 = export the weights as they are
@@ -401,7 +401,7 @@ def _fingerprint(cfg, seed, clips):
     return h.hexdigest()
 
 
-def train(frames_path, annotations_path, out_dir, cfg: ClipConfig, seed=0, live_dir=None, resume_path=None):
+def train(frames_path, annotations_path, out_dir, cfg: ClipParams, seed=0, live_dir=None, resume_path=None):
     """The `clip_train` stage: build/load the model, train it contrastively on the train clips, write
     out_dir (open_clip config + model.pt) atomically; return the metrics. After each epoch the full
     training state goes to `resume_path`; a rerun with the same params and data resumes from it."""
@@ -421,7 +421,7 @@ def train(frames_path, annotations_path, out_dir, cfg: ClipConfig, seed=0, live_
         raise TinyCapError(frames_path, "no train clips with captions")
 
     step, epoch0, train_seconds, cpu_seconds = 0, 0, 0.0, 0.0
-    fingerprint = _fingerprint(ClipConfig(**{**asdict(cfg), "grid": False, "embed_batch_size": 0}), seed, clips)
+    fingerprint = _fingerprint(ClipParams(**{**asdict(cfg), "grid": False, "embed_batch_size": 0}), seed, clips)
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],

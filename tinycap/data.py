@@ -43,14 +43,14 @@ from tqdm import tqdm
 from tinycap.errors import TinyCapError
 from tinycap.io import atomic_path, read_json
 
-log = logging.getLogger("tinycap.data")
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test", "novel")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".gif", ".m4v")
 
 
 @dataclasses.dataclass
-class DataConfig:
+class DataParams:
     source: Literal["synth", "msrvtt", "vatex"]  # synth renders clips; msrvtt/vatex index real ones
     annotations: Any  # real data: one JSON path, or {split: path}; ignored (null) for synth
     videos_dir: Optional[str]  # real data: folder with <video_id>.<ext> files

@@ -32,7 +32,7 @@ from tinycap import frames as frames_mod
 from tinycap.errors import TinyCapError
 from tinycap.io import atomic_path, read_json, write_json
 
-log = logging.getLogger("tinycap.embed")
+log = logging.getLogger(__name__)
 
 FORMATS = ("h5", "npy", "json")
 VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".wmv", ".flv", ".3gp", ".gif"}

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from tinycap.errors import TinyCapError
 from tinycap.io import atomic_path, read_json, write_json
 
-log = logging.getLogger("tinycap.frames")
+log = logging.getLogger(__name__)
 
 SEEK_GAP_S = 2  # without a keyframe index, seek only when the next wanted frame is this far ahead
 THREADED_PIXELS = 640 * 360  # frames this large are decoded with ffmpeg's own threads
@@ -47,7 +47,7 @@ _SIGNATURES = [  # (offset, bytes, name): containers we recognise, to tell "trun
 
 
 @dataclass
-class FramesConfig:
+class FramesParams:
     size: int = 64  # shorter side resized to this, centre-cropped to size x size (224 for real CLIP)
     max_failure_ratio: float = 0.05  # the stage fails when more than this share of the videos fail
     workers: int = 0  # decoding processes; 0 = one per CPU core (the output does not depend on it)

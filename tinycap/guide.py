@@ -13,7 +13,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 import torch.nn as nn
@@ -21,11 +20,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from tinycap import checkpoint
+from tinycap.embeddings import batches, caption_rows, encode_captions, load_embeddings
 from tinycap.errors import TinyCapError
-from tinycap.io import atomic_path, write_json
-from tinycap.vocab import BOS, EOS, PAD, Vocab, words
+from tinycap.io import atomic_path
+from tinycap.metrics import score
+from tinycap.vocab import BOS, EOS, PAD, Vocab
 
-log = logging.getLogger("train_guide")
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -45,82 +46,6 @@ class GuideParams:
     lr: float
     label_smoothing: float
     beam: int  # beam width used by `evaluate` for the guide (1 = greedy)
-
-
-# ----------------------------------------------------------------------------------------------
-# data: data/embeddings/clip.h5
-
-
-@dataclass
-class Embeddings:
-    frame_emb: np.ndarray  # (V, T, D) float32, L2-normalised
-    grid_emb: np.ndarray | None  # (V, T, G, D) or None
-    video_id: list  # (V,) str
-    split: np.ndarray  # (V,) str
-    caption: list  # (C,) str
-    caption_video: np.ndarray  # (C,) int, row into V
-
-    def videos(self, split, where="clip.h5"):
-        """Row indices of the videos of `split`; an empty split is an error."""
-        rows = np.flatnonzero(self.split == split)
-        if len(rows) == 0:
-            raise TinyCapError(where, f"empty split '{split}' (splits present: {', '.join(sorted(set(self.split)))})")
-        return rows
-
-    def references(self, rows):
-        """{video_id: [captions]} for the given video rows."""
-        refs = {self.video_id[r]: [] for r in rows}
-        for text, v in zip(self.caption, self.caption_video):
-            vid = self.video_id[v]
-            if vid in refs:
-                refs[vid].append(text)
-        return refs
-
-
-def _strings(ds):
-    return [s.decode() if isinstance(s, bytes) else str(s) for s in ds[()]]
-
-
-def load_embeddings(path):
-    path = Path(path)
-    if not path.is_file():
-        raise TinyCapError(path, "file not found (run clip_embed first)")
-    with h5py.File(path, "r") as f:
-        missing = [k for k in ("frame_emb", "video_id", "split", "caption", "caption_video") if k not in f]
-        if missing:
-            raise TinyCapError(path, f"missing dataset(s) {', '.join(missing)}")
-        emb = Embeddings(
-            frame_emb=f["frame_emb"][()].astype(np.float32),
-            grid_emb=f["grid_emb"][()].astype(np.float32) if "grid_emb" in f else None,
-            video_id=_strings(f["video_id"]),
-            split=np.array(_strings(f["split"])),
-            caption=_strings(f["caption"]),
-            caption_video=f["caption_video"][()].astype(np.int64),
-        )
-    V = emb.frame_emb.shape[0]
-    if emb.frame_emb.ndim != 3 or len(emb.video_id) != V or len(emb.split) != V:
-        raise TinyCapError(path, f"frame_emb must be [V,T,D] with video_id/split of length V, got {emb.frame_emb.shape}")
-    if len(emb.caption) != len(emb.caption_video) or (len(emb.caption_video) and (emb.caption_video.min() < 0 or emb.caption_video.max() >= V)):
-        raise TinyCapError(path, "caption/caption_video lengths differ or caption_video points outside [0, V)")
-    return emb
-
-
-def encode_captions(vocab, captions, max_len):
-    """list of str -> (C, max_len) int64 token ids padded with <pad>."""
-    out = np.full((len(captions), max_len), PAD, dtype=np.int64)
-    for i, c in enumerate(captions):
-        ids = vocab.encode(c, max_len)
-        out[i, : len(ids)] = ids
-    return out
-
-
-def caption_rows(emb, rows, vocab, where):
-    """Caption indices whose video is in `rows` and that contain at least one known word."""
-    keep = np.isin(emb.caption_video, rows)
-    idx = [i for i in np.flatnonzero(keep) if any(w in vocab.index for w in words(emb.caption[i]))]
-    if not idx:
-        raise TinyCapError(where, "no usable captions for these videos (none with a word in the vocabulary)")
-    return np.array(idx)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,12 +251,6 @@ def load(path, vocab=None):
 # training
 
 
-def batches(n, batch_size, gen):
-    perm = torch.randperm(n, generator=gen)
-    for i in range(0, n, batch_size):
-        yield perm[i : i + batch_size]
-
-
 def teacher_forcing(tokens):
     """(N, max_len) padded ids -> inputs (N, max_len-1), targets (N, max_len-1)."""
     inp = tokens[:, :-1].clone()
@@ -356,10 +275,8 @@ def memory_input(emb):
     return torch.from_numpy(emb.grid_emb if emb.grid_emb is not None else emb.frame_emb)
 
 
-def train(emb_path, out_dir, metrics_path, p: GuideParams, seed=0, live_dir=None, resume_path=None):
-    """Build the vocabulary, train the guide, write out_dir/{vocab.json,guide.pt} and metrics."""
-    from tinycap.evaluate import score
-
+def train(emb_path, out_dir, p: GuideParams, seed=0, live_dir=None, resume_path=None):
+    """Build the vocabulary, train the guide, write out_dir/{vocab.json,guide.pt}; return the metrics."""
     torch.manual_seed(seed)
     emb = load_embeddings(emb_path)
     train_rows, val_rows = emb.videos("train", emb_path), emb.videos("val", emb_path)
@@ -457,7 +374,6 @@ def train(emb_path, out_dir, metrics_path, p: GuideParams, seed=0, live_dir=None
         vocab.save(tmp / "vocab.json")
         torch.save(checkpoint.checkpoint(model, vocab, beam=p.beam, step=state["epoch"] * steps_per_epoch, epochs=state["epoch"]),
                    tmp / "guide.pt")  # fmt: skip
-    write_json(metrics_path, metrics)
     if resume_path is not None and Path(resume_path).is_file():
         Path(resume_path).unlink()
     return metrics

@@ -40,14 +40,17 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from tinycap import checkpoint
+from tinycap import guide as guide_mod
+from tinycap.cider import CiderD
+from tinycap.embeddings import batches, caption_rows, encode_captions, load_embeddings
 from tinycap.errors import TinyCapError
-from tinycap.guide import batches
-from tinycap.io import atomic_path, write_json
+from tinycap.io import atomic_path
 from tinycap.losses import attention_alignment, kd_kl
+from tinycap.metrics import score
 from tinycap.pool import AttentionPool, build_pooler, load_pooler
 from tinycap.vocab import BOS, EOS, PAD, Vocab
 
-log = logging.getLogger("distill_microcap")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -299,8 +302,6 @@ def scst_finetune(model, p, frames, references, val_cider, seed, live=None):
     p.scst_epochs and returns the last: val_cider(model) is logged each epoch, not used to pick one
     (150 val clips measure CIDEr to about +-0.04; picking the best epoch picked that noise: val
     1.228 at epoch 9, while test CIDEr over 1000 clips rose steadily to the last epoch)."""
-    from tinycap.cider import CiderD
-
     _check_scst(p)
     rows = torch.as_tensor(sorted(references))
     reward = CiderD([references[int(r)] for r in rows])
@@ -351,27 +352,24 @@ def decode_rows(model, frames, rows, vocab, batch_size=256):
     return out
 
 
-def distill(emb_path, pooled_dir, guide_dir, out_dir, metrics_path, p: MicroCapParams, pooling, max_len, seed=0, live_dir=None):
-    """Train MicroCap from the guide; write out_dir/microcap.pt and metrics (val CIDEr, ablation)."""
-    from tinycap import guide as guide_mod
-    from tinycap.evaluate import score
-
+def distill(emb_path, pooled_dir, guide_dir, out_dir, p: MicroCapParams, pooling, max_len, seed=0, live_dir=None):
+    """Train MicroCap from the guide; write out_dir/microcap.pt; return the metrics (val CIDEr, ablation)."""
     if pooling not in ("mean", "attention"):
         raise TinyCapError("params.yaml: pooling", f"{pooling!r} is not one of mean, attention")
     _check_scst(p)  # before minutes of distillation
-    emb = guide_mod.load_embeddings(emb_path)
+    emb = load_embeddings(emb_path)
     vocab = Vocab.load(Path(guide_dir) / "vocab.json")
     guide = guide_mod.load(Path(guide_dir) / "guide.pt", vocab)
     if guide.cfg.max_len != max_len:
         raise TinyCapError(Path(guide_dir) / "guide.pt", f"trained with max_len {guide.cfg.max_len}, params.yaml guide.max_len is {max_len}; rerun train_guide")
     train_rows, val_rows = emb.videos("train", emb_path), emb.videos("val", emb_path)
-    tokens = torch.from_numpy(guide_mod.encode_captions(vocab, emb.caption, max_len))
+    tokens = torch.from_numpy(encode_captions(vocab, emb.caption, max_len))
     cap_video = torch.from_numpy(emb.caption_video)
     frames = torch.from_numpy(emb.frame_emb)  # (V, T, D)
     memory = guide_mod.memory_input(emb)
     data = {"frames": frames}
     for split, rows, prefix in (("train", train_rows, ""), ("val", val_rows, "val_")):
-        caps = torch.from_numpy(guide_mod.caption_rows(emb, rows, vocab, f"{emb_path} ({split} split)"))
+        caps = torch.from_numpy(caption_rows(emb, rows, vocab, f"{emb_path} ({split} split)"))
         inp, tgt = guide_mod.teacher_forcing(tokens[caps])
         data[f"{prefix}inputs"], data[f"{prefix}targets"], data[f"{prefix}video"] = inp, tgt, cap_video[caps]
     n_refs = len(data["inputs"])
@@ -379,7 +377,7 @@ def distill(emb_path, pooled_dir, guide_dir, out_dir, metrics_path, p: MicroCapP
         log.info("guide beam captions for %d train clips", len(train_rows))
         beam = guide_mod.decode_rows(guide, memory, train_rows, vocab, beam=guide.beam)
         rows = [r for r in train_rows if beam[int(r)]] * p.guide_captions
-        inp, tgt = guide_mod.teacher_forcing(torch.from_numpy(guide_mod.encode_captions(vocab, [beam[int(r)] for r in rows], max_len)))
+        inp, tgt = guide_mod.teacher_forcing(torch.from_numpy(encode_captions(vocab, [beam[int(r)] for r in rows], max_len)))
         data["inputs"], data["targets"] = torch.cat([data["inputs"], inp]), torch.cat([data["targets"], tgt])
         data["video"] = torch.cat([data["video"], torch.as_tensor(rows, dtype=torch.long)])
     log.info("guide soft targets for %d train captions", len(data["inputs"]))
@@ -456,5 +454,4 @@ def distill(emb_path, pooled_dir, guide_dir, out_dir, metrics_path, p: MicroCapP
         tmp.mkdir()
         torch.save(checkpoint.checkpoint(main, vocab, variant=shipped, alpha=p.alpha, beta=p.beta, tau=p.tau, guide_captions=p.guide_captions,
                               epochs=p.epochs, scst_epochs=p.scst_epochs), tmp / "microcap.pt")  # fmt: skip
-    write_json(metrics_path, metrics)
     return metrics

@@ -27,16 +27,17 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from tinycap import retrieval
+from tinycap.embeddings import load_embeddings
 from tinycap.errors import TinyCapError
 from tinycap.io import atomic_path
 
-log = logging.getLogger("pool")
+log = logging.getLogger(__name__)
 
 POOLINGS = ("mean", "attention")
 
 
 @dataclass
-class PoolConfig:  # params.yaml `pool:` (the pooling kind is the top-level `pooling` key)
+class PoolParams:  # params.yaml `pool:` (the pooling kind is the top-level `pooling` key)
     epochs: int = 30  # passes over the train videos (attention only; mean has nothing to learn)
     batch_size: int = 64  # videos per contrastive batch (one random caption each)
     lr: float = 0.03  # AdamW learning rate of the pooler and the logit scale
@@ -100,49 +101,13 @@ def load_pooler(path):
 # ----------------------------------------------------------------------------- the `pool` stage
 
 
-def read_embeddings(path):
-    """Read what the pooler needs from data/embeddings/clip.h5, checking shapes."""
-    path = Path(path)
-    if not path.is_file():
-        raise TinyCapError(path, "file not found")
-    try:
-        with h5py.File(path, "r") as f:
-            need = ["frame_emb", "video_id", "split", "text_emb", "caption_video"]
-            missing = [k for k in need if k not in f]
-            if missing:
-                raise TinyCapError(path, f"missing dataset(s) {', '.join(missing)}")
-            emb = {
-                "frame_emb": f["frame_emb"][:].astype(np.float32),
-                "video_id": f["video_id"][:].astype(str),
-                "split": f["split"][:].astype(str),
-                "text_emb": f["text_emb"][:].astype(np.float32),
-                "caption_video": f["caption_video"][:].astype(np.int64),
-                "action": f["action"][:].astype(str) if "action" in f else None,
-                "order_dependent": f["order_dependent"][:].astype(bool) if "order_dependent" in f else None,
-                "logit_scale": float(f.attrs.get("logit_scale", 1 / 0.07)),
-            }
-    except OSError as e:
-        raise TinyCapError(path, f"not a readable HDF5 file ({e})") from None
-    fe, te, cv = emb["frame_emb"], emb["text_emb"], emb["caption_video"]
-    if fe.ndim != 3 or te.ndim != 2 or fe.shape[2] != te.shape[1]:
-        raise TinyCapError(path, f"frame_emb {fe.shape} and text_emb {te.shape} must be [V,T,D] and [C,D]")
-    V = fe.shape[0]
-    if len(emb["video_id"]) != V or len(emb["split"]) != V or len(cv) != len(te):
-        raise TinyCapError(path, "video_id/split must have V rows and caption_video C rows")
-    if len(cv) and (cv.min() < 0 or cv.max() >= V):
-        raise TinyCapError(path, f"caption_video indexes outside [0, {V})")
-    if not np.isfinite(fe).all() or not np.isfinite(te).all():
-        raise TinyCapError(path, "embeddings contain NaN or inf")
-    return emb
-
-
-def run(emb_path, out_dir, pooling, cfg: PoolConfig, seed=0, live_dir=None):
+def run(emb_path, out_dir, pooling, cfg: PoolParams, seed=0, live_dir=None):
     """The `pool` stage: pool every video, write out_dir/{pooled.h5, pooler.pt}; return the metrics."""
     if pooling not in POOLINGS:
         raise TinyCapError("params.yaml: pooling", f"{pooling!r} is not one of {', '.join(POOLINGS)}")
-    emb = read_embeddings(emb_path)
-    V, T, D = emb["frame_emb"].shape
-    if not (emb["split"] == "train").any():
+    emb = load_embeddings(emb_path, need_text=True)
+    V, T, D = emb.frame_emb.shape
+    if not (emb.split == "train").any():
         raise TinyCapError(emb_path, "no train videos to fit the pooler on")
     torch.manual_seed(seed)
     pooler = build_pooler(pooling, D, T)
@@ -150,15 +115,15 @@ def run(emb_path, out_dir, pooling, cfg: PoolConfig, seed=0, live_dir=None):
     if pooling == "attention":
         train_pooler(pooler, emb, cfg, seed, live_dir)
     train_seconds = time.time() - t0
-    video_emb, weights = pool_all(pooler, emb["frame_emb"])
-    backwards_emb, _ = pool_all(pooler, emb["frame_emb"][:, ::-1].copy())
+    video_emb, weights = pool_all(pooler, emb.frame_emb)
+    backwards_emb, _ = pool_all(pooler, emb.frame_emb[:, ::-1].copy())
 
     metrics = {"pooling": pooling, **evaluate(video_emb, emb, backwards_emb)}
     metrics["mean_weights_per_frame"] = [round(float(w), 4) for w in weights.mean(0)]
     metrics["pooler_params"] = sum(p.numel() for p in pooler.parameters())
     metrics["train_seconds"] = round(train_seconds, 1)
     if pooling != "mean":  # the training-free baseline on the same embeddings, for comparison
-        mean_emb, _ = pool_all(MeanPool(D, T), emb["frame_emb"])
+        mean_emb, _ = pool_all(MeanPool(D, T), emb.frame_emb)
         metrics["mean_baseline"] = evaluate(mean_emb, emb, mean_emb)
     metrics["method"] = (
         "text->video (t2v) and video->text (v2t) retrieval within each split: cosine similarity of "
@@ -174,8 +139,8 @@ def run(emb_path, out_dir, pooling, cfg: PoolConfig, seed=0, live_dir=None):
         with h5py.File(tmp / "pooled.h5", "w") as f:
             f["video_emb"] = video_emb  # (V, D) unnormalised, as the pooler returns it
             f["weights"] = weights  # (V, T)
-            f["video_id"] = emb["video_id"].astype("S")
-            f["split"] = emb["split"].astype("S")
+            f["video_id"] = np.array(emb.video_id).astype("S")
+            f["split"] = emb.split.astype("S")
             f.attrs["pooling"] = pooling
         torch.save(pooler_checkpoint(pooler, seed=seed), tmp / "pooler.pt")
     log.info("pooling=%s val t2v R@1 %.1f test t2v R@1 %.1f", pooling, metrics["val"]["t2v_R@1"], metrics["test"]["t2v_R@1"])
@@ -189,22 +154,22 @@ def pool_all(pooler, frame_emb):
     return pooled.numpy().astype(np.float32), weights.numpy().astype(np.float32)
 
 
-def train_pooler(pooler, emb, cfg: PoolConfig, seed, live_dir=None):
+def train_pooler(pooler, emb, cfg: PoolParams, seed, live_dir=None):
     """CLIP4Clip-style: symmetric InfoNCE (open_clip ClipLoss) between pooled train videos and one
     random caption per video, the caption embeddings frozen; learned logit scale. When the data
     marks videos `order_dependent`, the same clip played backwards is also a hard negative for their
     captions (cross-entropy over [clip, reversed clip]), as in clip_train."""
     from open_clip.loss import ClipLoss
 
-    train = np.flatnonzero(emb["split"] == "train")
-    frames = torch.from_numpy(emb["frame_emb"])  # (V, T, D)
-    text = torch.from_numpy(emb["text_emb"])  # (C, D)
+    train = np.flatnonzero(emb.split == "train")
+    frames = torch.from_numpy(emb.frame_emb)  # (V, T, D)
+    text = torch.from_numpy(emb.text_emb)  # (C, D)
     caps = [[] for _ in range(len(frames))]
-    for c, v in enumerate(emb["caption_video"]):
+    for c, v in enumerate(emb.caption_video):
         caps[v].append(c)
     train = np.array([v for v in train if caps[v]])
-    order_dep = torch.from_numpy(emb["order_dependent"]) if emb["order_dependent"] is not None else None
-    logit_scale = nn.Parameter(torch.tensor(math.log(emb["logit_scale"])))
+    order_dep = torch.from_numpy(emb.order_dependent) if emb.order_dependent is not None else None
+    logit_scale = nn.Parameter(torch.tensor(math.log(emb.logit_scale)))
     opt = torch.optim.AdamW([*pooler.parameters(), logit_scale], lr=cfg.lr, weight_decay=0.0)
     loss_fn = ClipLoss()
     gen = torch.Generator().manual_seed(seed)
@@ -232,7 +197,7 @@ def train_pooler(pooler, emb, cfg: PoolConfig, seed, live_dir=None):
                 live.log_metric("train/loss", float(loss))
                 live.next_step()
         if live:
-            video_emb, _ = pool_all(pooler, emb["frame_emb"])
+            video_emb, _ = pool_all(pooler, emb.frame_emb)
             pooler.train()
             val = _split_retrieval(video_emb, emb, "val")
             if val:
@@ -250,10 +215,10 @@ def _live(live_dir):
 
 
 def _split_retrieval(video_emb, emb, split, caption_mask=None):
-    vids = np.flatnonzero(emb["split"] == split)
+    vids = np.flatnonzero(emb.split == split)
     if not len(vids):
         return None
-    return retrieval.split_metrics(video_emb, emb["text_emb"], emb["caption_video"], vids, caption_mask)
+    return retrieval.split_metrics(video_emb, emb.text_emb, emb.caption_video, vids, caption_mask)
 
 
 def forward_preference(video_emb, backwards_emb, text_emb, caption_video, captions):
@@ -272,15 +237,15 @@ def evaluate(video_emb, emb, backwards_emb):
     """Retrieval on val, test (and novel), and per action category (test) when the data has them.
     backwards_emb: the pooled embeddings of the clips played backwards (frame order reversed)."""
     out = {split: _split_retrieval(video_emb, emb, split) for split in ("val", "test")}
-    if (emb["split"] == "novel").any():  # unseen attribute combinations (embedded data)
+    if (emb.split == "novel").any():  # unseen attribute combinations (embedded data)
         out["novel"] = _split_retrieval(video_emb, emb, "novel")
-    action, order_dep, cv = emb["action"], emb["order_dependent"], emb["caption_video"]
+    action, order_dep, cv = emb.action, emb.order_dependent, emb.caption_video
     if order_dep is not None:
         od = order_dep[cv]
         out["order_dependent"] = _split_retrieval(video_emb, emb, "test", od)
-        test_od = np.flatnonzero(od & (emb["split"][cv] == "test"))
+        test_od = np.flatnonzero(od & (emb.split[cv] == "test"))
         out["order_dependent"]["forward_over_backwards_%"] = forward_preference(
-            video_emb, backwards_emb, emb["text_emb"], cv, test_od)
+            video_emb, backwards_emb, emb.text_emb, cv, test_od)
         out["order_independent"] = _split_retrieval(video_emb, emb, "test", ~od)
     else:  # real data: no attributes to break down by
         out["order_dependent"] = {"t2v_R@1": None}
@@ -290,7 +255,7 @@ def evaluate(video_emb, emb, backwards_emb):
             m = _split_retrieval(video_emb, emb, "test", action[cv] == a)
             if m and m["n_captions"]:
                 m["order_dependent"] = bool(order_dep[action == a][0]) if order_dep is not None else None
-                caps = np.flatnonzero((action[cv] == a) & (emb["split"][cv] == "test"))
-                m["forward_over_backwards_%"] = forward_preference(video_emb, backwards_emb, emb["text_emb"], cv, caps)
+                caps = np.flatnonzero((action[cv] == a) & (emb.split[cv] == "test"))
+                m["forward_over_backwards_%"] = forward_preference(video_emb, backwards_emb, emb.text_emb, cv, caps)
                 out["per_action"][a] = m
     return out

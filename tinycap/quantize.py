@@ -468,7 +468,7 @@ def measure_arena(model_path, n_inputs, step=16):
 
 def load_embeddings(path):
     """clip.h5 -> frame_emb (V, T, D), video_id [V], split [V], references {video_id: [captions]}."""
-    from tinycap.guide import load_embeddings as read  # the one reader of the clip.h5 schema
+    from tinycap.embeddings import load_embeddings as read  # the one reader of the clip.h5 schema
 
     emb = read(path)
     refs = {}
@@ -676,7 +676,7 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
     caller publishes atomically) and returns the metrics dict (metrics/quantize.json).
     `expect`: the architecture params say the checkpoint has (pooling, num_frames, embed_dim,
     hidden, max_len, temporal_filter, temporal_mlp)."""
-    from tinycap import evaluate, microcap
+    from tinycap import metrics, microcap
     from tinycap.vocab import load as load_vocab
 
     out_dir = Path(out_dir)
@@ -770,7 +770,7 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
         fp32 = {vids[i]: vocab.decode(torch_caps[i]) for i in idx}
         int8 = {vids[i]: vocab.decode(caps["tflm_int8"][i]) for i in idx}
         captions_tflm[split] = int8
-        per_clip[split] = {k: evaluate.cider_per_clip(p, ref) for k, p in (("fp32", fp32), ("int8_tflm", int8))}
+        per_clip[split] = {k: metrics.cider_per_clip(p, ref) for k, p in (("fp32", fp32), ("int8_tflm", int8))}
         cider[split] = _drop(per_clip[split])
         cider[split]["captions_changed"] = sum(fp32[v] != int8[v] for v in fp32)
     if len(per_clip) > 1:  # every evaluated clip at once: the tightest interval (each split keeps its own CIDEr IDF)
@@ -824,12 +824,12 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
 def _drop(per_clip):
     """{"fp32": {clip: CIDEr}, "int8_tflm": {...}} -> mean CIDEr of each, the relative drop and its
     95 % paired-bootstrap interval (None where fp32 scores 0: the drop is undefined)."""
-    from tinycap import evaluate
+    from tinycap import metrics
 
     out = {k: float(np.mean(list(v.values()))) for k, v in per_clip.items()}
     out["rel_drop"] = None
     if out["fp32"] > 0:
-        out["rel_drop"], out["rel_drop_ci95"] = evaluate.paired_drop(per_clip["fp32"], per_clip["int8_tflm"])
+        out["rel_drop"], out["rel_drop_ci95"] = metrics.paired_drop(per_clip["fp32"], per_clip["int8_tflm"])
     return out
 
 
