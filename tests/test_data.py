@@ -99,6 +99,23 @@ def test_novel_split_combinations_never_in_train():
     assert {v["action"] for v in index["videos"] if v["split"] == "novel"} == set(data.ACTIONS)
 
 
+
+def test_no_test_clip_repeats_a_train_attribute_set():
+    cfg = synth_cfg(videos_per_split={"train": 1500, "val": 100, "test": 400, "novel": 50})
+    index, _ = data.synth_annotations(cfg, 0)
+    sets = {s: [data.attribute_set(v) for v in index["videos"] if v["split"] == s] for s in data.SPLITS}
+    assert not set(sets["test"]) & set(sets["train"])
+    assert set(sets["val"]) & set(sets["train"])  # val is drawn freely: 1500 train clips do cover some of it
+    # train and val are drawn before test: the same records whatever test asks for
+    fewer, _ = data.synth_annotations(synth_cfg(videos_per_split={"train": 1500, "val": 100, "test": 0, "novel": 0}), 0)
+    assert fewer["videos"] == index["videos"][:1600]
+    summary = data.summary(index)
+    assert summary["splits"]["test"] == {"clips": 400, "captions": 2000, "attribute_sets": len(set(sets["test"])),
+                                         "attribute_sets_in_train": 0}
+    assert summary["splits"]["val"]["attribute_sets_in_train"] == len(set(sets["val"]) & set(sets["train"])) > 0
+    assert data.attribute_set({"action": "grow", "background": "plain", "objects": [
+        {"colour": "red", "shape": "star", "size": "small"}]}) == ("grow", "plain", ("red", "", "star", "small"))
+
 def grammar_vocabulary():
     phrases = [w for ws in data.SHAPE_WORDS.values() for w in ws] + [w for ws in data.SIZE_WORDS.values() for w in ws]
     phrases += [w for ws in data.BACKGROUND_WORDS.values() for w in ws] + [w for ws in data.DIRECTIONS.values() for w in ws]
@@ -186,7 +203,7 @@ def test_msrvtt_fixture(tmp_path):
     ann = {"train": str(FIXTURES / "msrvtt_train_val_videodatainfo.json")}
     cfg = real_cfg("msrvtt", str(FIXTURES / "msrvtt_train_val_videodatainfo.json"), videos)
     out = tmp_path / "out"
-    index = data.build_dataset(cfg, 0, out)
+    index, _ = data.build_dataset(cfg, 0, out)
     assert index == json.loads((out / "annotations.json").read_text())
     assert [(v["video_id"], v["split"]) for v in index["videos"]] == [("video0", "train"), ("video1", "train"), ("video2", "val")]
     assert all(Path(v["path"]).is_absolute() and Path(v["path"]).is_file() for v in index["videos"])
@@ -196,7 +213,7 @@ def test_msrvtt_fixture(tmp_path):
     assert [m["video_id"] for m in missing] == ["video3"]
     # the test file as its own split through the {split: path} mapping
     ann["test"] = str(FIXTURES / "msrvtt_test_videodatainfo.json")
-    index = data.build_dataset(real_cfg("msrvtt", ann, videos), 0, out)
+    index, _ = data.build_dataset(real_cfg("msrvtt", ann, videos), 0, out)
     assert [(v["video_id"], v["split"]) for v in index["videos"]] == [
         ("video0", "train"), ("video1", "train"), ("video2", "train"), ("video7010", "test")]  # the mapping's split wins
 
@@ -206,12 +223,12 @@ def test_vatex_fixture(tmp_path):
     videos = video_files(tmp_path / "vids", [f"{ids[0]}.mp4", f"{ids[1]}.webm"])
     video_files(videos / "sub", [f"{ids[2]}.mkv"])
     files = [str(FIXTURES / "vatex_training_v1.0.json"), str(FIXTURES / "vatex_validation_v1.0.json")]
-    index = data.build_dataset(real_cfg("vatex", {"train": files[0], "val": files[1]}, videos), 0, tmp_path / "a")
+    index, _ = data.build_dataset(real_cfg("vatex", {"train": files[0], "val": files[1]}, videos), 0, tmp_path / "a")
     assert [(v["video_id"], v["split"]) for v in index["videos"]] == [(ids[0], "train"), (ids[1], "train"), (ids[2], "val")]
     assert index["videos"][2]["path"].endswith(f"sub/{ids[2]}.mkv")
     assert len(index["sentences"]) == 6 and index["sentences"][0]["caption"] == "A man is playing a guitar on a stage."
     # one file: the split comes from its name
-    index = data.build_dataset(real_cfg("vatex", files[1], videos), 0, tmp_path / "b")
+    index, _ = data.build_dataset(real_cfg("vatex", files[1], videos), 0, tmp_path / "b")
     assert [(v["video_id"], v["split"]) for v in index["videos"]] == [(ids[2], "val")]
 
 

@@ -18,7 +18,7 @@ CFG = microcap.MicroCapConfig(vocab_size=30, dim=16, num_frames=5, pooling="atte
 
 def distill_params(**kw):
     p = dict(embed_dim=16, hidden=24, epochs=2, batch_size=16, lr=0.01, alpha=0.5, beta=0.5, tau=2.0, guide_captions=0, ablation=False,
-             temporal_filter=True, temporal_mlp=8, scst_epochs=0, scst_lr=0.001, scst_samples=3)
+             temporal_filter=True, temporal_mlp=8, scst_epochs=0, scst_lr=0.001, scst_samples=3, scst_val_window=1)
     p.update(kw)
     return microcap.MicroCapParams(**p)
 
@@ -195,9 +195,32 @@ def test_scst_raises_the_cider_of_greedy_captions():
     start = train_cider(m)
     p = distill_params(scst_epochs=60, scst_lr=0.03, scst_samples=8, batch_size=8)
     m, info = microcap.scst_finetune(m, p, frames, refs, train_cider, seed=0)
-    assert start < 1.0 and info["val_CIDEr"] > start + 2.0 and info["val_CIDEr"] == train_cider(m)  # the last epoch's model
+    assert start < 1.0 and info["val_CIDEr"] > start + 2.0 and info["val_CIDEr"] == train_cider(m)  # the kept epoch's model
     with pytest.raises(TinyCapError, match="scst_samples: must be at least 2"):
         microcap.scst_finetune(m, distill_params(scst_epochs=1, scst_samples=1), frames, refs, train_cider, seed=0)
+    with pytest.raises(TinyCapError, match="scst_val_window: must be at least 1, got 0"):
+        microcap.scst_finetune(m, distill_params(scst_epochs=1, scst_val_window=0), frames, refs, train_cider, seed=0)
+
+
+@pytest.mark.parametrize("window, kept", [(1, 2), (3, 6), (8, 7)])
+def test_scst_keeps_the_epoch_ending_the_best_val_window(window, kept):
+    """val CIDEr by epoch 0.1 0.9 0.1 0.6 0.6 0.6 0.2: the best single epoch is 2; the best 3-epoch mean
+    ends at 6 (0.6); a window longer than the run is the whole run, ending at its last epoch."""
+    torch.manual_seed(0)
+    m = microcap.MicroCap(CFG)
+    frames = torch.randn(4, 5, 16)
+    refs = {i: [[4 + i, 20, 28]] for i in range(4)}
+    curve, states = iter([0.1, 0.9, 0.1, 0.6, 0.6, 0.6, 0.2]), []
+
+    def val_cider(model):
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(curve)
+
+    p = distill_params(scst_epochs=7, scst_lr=0.01, scst_samples=2, batch_size=4, scst_val_window=window)
+    m, info = microcap.scst_finetune(m, p, frames, refs, val_cider, seed=0)
+    assert info["epoch"] == kept and info["val_CIDEr_history"] == [0.1, 0.9, 0.1, 0.6, 0.6, 0.6, 0.2]
+    assert all(torch.equal(v, states[kept - 1][k]) for k, v in m.state_dict().items())
+    assert not all(torch.equal(v, states[-1 if kept < 7 else 0][k]) for k, v in m.state_dict().items())
 
 
 def test_distill_bad_inputs(trained, tmp_path):

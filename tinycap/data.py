@@ -25,6 +25,7 @@ Everything is a function of `seed`: scenes and captions are drawn in order from 
 each clip's pixels (texture, noise) from its own generator, so worker scheduling cannot change a byte.
 """
 
+import collections
 import dataclasses
 import json
 import logging
@@ -100,6 +101,12 @@ def is_novel(colour, shape, action):
     """True for the (colour, shape, action) triples held out of train/val/test for the novel split."""
     i = list(COLOURS).index(colour) + SHAPES.index(shape) + list(ACTIONS).index(action)
     return i % NOVEL_MODULUS == 0
+
+
+def attribute_set(scene):
+    """A scene's full attribute set: action, background, and each object's colour (end colour), shape, size."""
+    objects = sorted((o["colour"], o.get("end_colour", ""), o["shape"], o["size"]) for o in scene["objects"])
+    return (scene["action"], scene["background"], *objects)
 
 
 def object_triples(video):
@@ -510,9 +517,14 @@ def synth_annotations(cfg, seed):
     rng = np.random.default_rng(seed)
     videos, sentences, pixel_seeds = [], [], []
     n = 0
+    train_sets = set()  # train is drawn first: no test clip repeats a train clip's full attribute set
     for split in SPLITS:
         for _ in range(int(cfg.videos_per_split.get(split, 0))):
             scene = sample_scene(rng, split)
+            while split == "test" and attribute_set(scene) in train_sets:
+                scene = sample_scene(rng, split)
+            if split == "train":
+                train_sets.add(attribute_set(scene))
             video_id = f"synth{n:05d}"
             videos.append({
                 "video_id": video_id,
@@ -697,11 +709,35 @@ def _write_index(path, index):
 
 
 def build_dataset(cfg, seed, out_dir, workers=2):
-    """The `synth_videos` stage: render (synth) or index (msrvtt/vatex) into `out_dir`, atomically."""
+    """The `synth_videos` stage: render (synth) or index (msrvtt/vatex) into `out_dir`, atomically.
+    Returns the index and its summary (metrics/data.json)."""
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         if cfg.source == "synth":
             index = render_synth(cfg, seed, tmp, workers)
         else:
             index = index_real(cfg, tmp)
-    return index
+    return index, summary(index)
+
+
+def summary(index):
+    """Clips and captions per split; on the embedded data also the distinct full attribute sets per
+    split and how many of them also occur in train (test: 0 by construction)."""
+    captions = collections.Counter(s["video_id"] for s in index["sentences"])
+    out = {"source_clips": len(index["videos"]), "splits": {}}
+    synthetic = all("action" in v and "objects" in v for v in index["videos"])
+    sets = {}
+    for v in index["videos"]:
+        split = out["splits"].setdefault(v["split"], {"clips": 0, "captions": 0})
+        split["clips"] += 1
+        split["captions"] += captions[v["video_id"]]
+        if synthetic:
+            sets.setdefault(v["split"], set()).add(attribute_set(v))
+    for name, split_sets in sets.items():
+        out["splits"][name]["attribute_sets"] = len(split_sets)
+        if name != "train":
+            out["splits"][name]["attribute_sets_in_train"] = len(split_sets & sets.get("train", set()))
+    if synthetic:
+        out["method"] = ("attribute set = action, background and each object's colour, end colour, shape and size; "
+                         "test clips are redrawn until their set is not a train clip's")
+    return out
