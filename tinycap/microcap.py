@@ -30,6 +30,7 @@ Greedy decoding starts from <bos>, stops at <eos>, and runs at most max_len - 1 
 
 import logging
 import math
+import multiprocessing
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -366,6 +367,41 @@ def decode_rows(model, frames, rows, vocab, batch_size=256):
     return out
 
 
+class _ForkedResult:
+    def __init__(self, process, pipe):
+        self.process, self.pipe = process, pipe
+
+    def result(self):
+        """Wait for the forked function's return value; its exception is raised here as one line."""
+        try:
+            status, value = self.pipe.recv()
+        except EOFError:
+            self.process.join()
+            status, value = "error", f"the process died (exit code {self.process.exitcode})"
+        self.process.join()
+        if status == "error":
+            raise TinyCapError("distill_microcap", f"ablation variants failed: {value}")
+        return value
+
+
+def in_forked_process(fn):
+    """Start fn() in a forked child (it shares the parent's tensors copy-on-write: nothing is pickled
+    but the result) and return a handle whose result() waits for the value fn returns."""
+    ctx = multiprocessing.get_context("fork")
+    receiver, sender = ctx.Pipe(duplex=False)
+
+    def run():
+        try:
+            sender.send(("ok", fn()))
+        except Exception as e:  # sent as text: an exception may not unpickle in the parent
+            sender.send(("error", f"{type(e).__name__}: {e}"))
+
+    process = ctx.Process(target=run, daemon=True)
+    process.start()
+    sender.close()
+    return _ForkedResult(process, receiver)
+
+
 def distill(emb_path, pooled_dir, guide_dir, out_dir, p: MicroCapParams, pooling, max_len, seed=0, live_dir=None):
     """Train MicroCap from the guide; write out_dir/microcap.pt; return the metrics (val CIDEr, ablation)."""
     if pooling not in ("mean", "attention"):
@@ -411,22 +447,27 @@ def distill(emb_path, pooled_dir, guide_dir, out_dir, p: MicroCapParams, pooling
         from dvclive import Live
 
         live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None)
-    results, main = {}, None
+    results = {}
 
     def val_cider(model):
         caps = decode_rows(model.eval(), frames, val_rows, vocab)
         return score({emb.video_id[r]: c for r, c in caps.items()}, refs, metrics=("CIDEr",))["CIDEr"]
 
-    for name, (alpha, beta, seq) in variants.items():
+    def train_variant(name):
+        alpha, beta, seq = variants[name]
         subset = torch.arange(len(data["inputs"]) if seq else n_refs)
         model, info = train_student(cfg, p, alpha, beta, data, subset, seed, pooled_dir, val_cider,
                                     live=live if name == shipped else None, desc=f"microcap {name}")  # fmt: skip
         caps = decode_rows(model, frames, val_rows, vocab)
         s = score({emb.video_id[r]: c for r, c in caps.items()}, refs, metrics=("CIDEr", "BLEU-4"))
-        results[name] = {"alpha": alpha, "beta": beta, "guide_captions": p.guide_captions if seq else 0, **s, **info}
         log.info("microcap %s (alpha %.2f, beta %.2f, guide captions %s): val CIDEr %.4f", name, alpha, beta, seq, s["CIDEr"])
-        if name == shipped:
-            main = model
+        return model, {"alpha": alpha, "beta": beta, "guide_captions": p.guide_captions if seq else 0, **s, **info}
+
+    # the ablation variants train in a forked process on the other core while the shipped one trains
+    # here; every variant seeds its own RNGs, so each model is the same as trained one after another
+    others = [name for name in variants if name != shipped]
+    ablation = in_forked_process(lambda: {name: train_variant(name)[1] for name in others}) if others else None
+    main, results[shipped] = train_variant(shipped)
     if p.scst_epochs:  # the shipped student, fine-tuned on CIDEr-D itself
         train_refs = emb.references(train_rows)
         train_refs = {int(r): [vocab.encode(c, max_len)[1:-1] for c in train_refs[emb.video_id[r]]] for r in train_rows}
@@ -441,6 +482,9 @@ def distill(emb_path, pooled_dir, guide_dir, out_dir, p: MicroCapParams, pooling
         log.info("microcap %s: val CIDEr %.4f, scst epoch %d of %d kept", shipped, s["CIDEr"], info["epoch"], p.scst_epochs)
     if live is not None:
         live.end()
+    if ablation is not None:
+        ablated = ablation.result()
+        results = {name: ablated[name] if name in ablated else results[name] for name in variants} | results
 
     guide_caps = guide_mod.decode_rows(guide, memory, val_rows, vocab, beam=guide.beam)
     guide_val = score({emb.video_id[r]: c for r, c in guide_caps.items()}, refs, metrics=("CIDEr", "BLEU-4"))
