@@ -7,6 +7,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from tinycap.errors import TinyCapError
+
 
 @contextlib.contextmanager
 def atomic_path(path, suffix=None):
@@ -39,8 +41,7 @@ def write_json(path, obj):
 
 
 def read_json(path):
-    from tinycap.errors import TinyCapError
-
+    """Parse a JSON file; a missing or malformed file is one line naming it."""
     path = Path(path)
     if not path.is_file():
         raise TinyCapError(path, "file not found")
