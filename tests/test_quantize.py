@@ -28,13 +28,15 @@ def tiny_artifacts(root, seed=0, steps=100):
     normalised), vocab.json and a MicroCap trained `steps` Adam steps on it: a fixed-seed tiny model
     whose greedy captions are confident enough to be meaningful."""
     rng = np.random.default_rng(seed)
+    val_rng = np.random.default_rng(seed + 1)  # val clips draw their own numbers: the other clips and the model stay as they were
     torch.manual_seed(seed)
     protos = rng.normal(size=(len(SUBJECTS) + len(ACTIONS), D))
     rows, caps, cap_video, vids, splits = [], [], [], [], []
-    for split, n in [("train", 48), ("test", 12), ("novel", 12)]:
+    for split, n in [("train", 48), ("val", 12), ("test", 12), ("novel", 12)]:
+        r = val_rng if split == "val" else rng
         for i in range(n):
-            s, a = rng.integers(len(SUBJECTS)), rng.integers(len(ACTIONS))
-            x = protos[s] + protos[len(SUBJECTS) + a] + 0.6 * rng.normal(size=(T, D))
+            s, a = r.integers(len(SUBJECTS)), r.integers(len(ACTIONS))
+            x = protos[s] + protos[len(SUBJECTS) + a] + 0.6 * r.normal(size=(T, D))
             rows.append(x / np.linalg.norm(x, axis=-1, keepdims=True))
             vids.append(f"{split}{i}")
             splits.append(split)
@@ -194,6 +196,14 @@ def interpreter_io(data):
     return {"inputs": [describe(d) for d in it.get_input_details()], "outputs": [describe(d) for d in it.get_output_details()]}
 
 
+def test_quantisation_choices_are_checked_on_val_only(int8):
+    """The float-parity / logits-window check and caption_sensitivity read val clips, never test/novel."""
+    _, m = int8
+    assert m["float_parity"]["split"] == "val" and m["float_parity"]["clips"] == 12
+    assert m["float_parity"]["tokens_identical"] == 12
+    assert m["caption_sensitivity"]["clips"] == 12 and "val clips" in m["caption_sensitivity"]["method"]
+
+
 def test_cider_drop_per_split_and_over_both(int8):
     """Each split's drop is 1 - int8 / fp32 of its mean CIDEr; test+novel pools both splits' clips."""
     _, m = int8
@@ -322,7 +332,7 @@ def test_bad_inputs(artifacts, tmp_path):
         quantize.quantize(*args, quantize.QuantizeParams(16), dict(ARCH, hidden=32))
     with pytest.raises(TinyCapError, match="no calibration clips"):
         quantize.quantize(*args, quantize.QuantizeParams(0), ARCH)
-    with pytest.raises(TinyCapError, match=r"quantize.logits_margin: a winning logit of the test/novel captions .* is below the int8 logits window"):
+    with pytest.raises(TinyCapError, match=r"quantize.logits_margin: a winning logit of the val captions .* is below the int8 logits window"):
         quantize.quantize(*args, quantize.QuantizeParams(16, logits_margin=-100.0), ARCH)
     assert not list(tmp_path.glob("int8/*.tflite"))
     model = microcap.load(artifacts / "microcap.pt")

@@ -25,7 +25,8 @@ it separately and inserts QUANTIZE/DEQUANTIZE, which the export refuses.)
 The float mirror is checked against PyTorch on real inputs; the int8 graphs are calibrated on real
 training clips and on real decoder states (teacher-forced reference captions and the float model's
 own greedy decoding), then decoded greedily in the TFLM runtime (the kernels the device runs;
-tinycap.int8).
+tinycap.int8). Every quantisation choice (pinned ranges, logits window, context band, MLP clip) is
+made and checked on train and val clips only; test and novel clips give the CIDEr drop of record.
 """
 
 import dataclasses
@@ -502,19 +503,24 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
     mirror, representative = calibrate(model, frames[cal], seqs, frames[splits == "train"], params)
     log.info("calibration: %d clips, %d decoder states, pinned ranges %s", len(cal), len(representative[DECODER]), mirror.ranges)
 
+    # the quantisation choices are checked on val clips: test and novel are only scored, below
+    val = np.flatnonzero(splits == "val")
+    if len(val) == 0:
+        raise TinyCapError(embeddings_path, "no val clips to check the float mirror and the int8 logits window on")
+    parity, _ = float_parity(model, mirror, frames[val])
+    log.info("float parity PyTorch vs TF mirror on %d val clips: %s", len(val), parity)
+    if parity["tokens_identical"] < parity["clips"]:
+        raise TinyCapError(microcap_path, f"TF mirror differs from PyTorch: {parity}")
+    if parity["lowest_winning_logit"] <= mirror.ranges["logits"][0]:  # that step's int8 argmax would be token 0
+        raise TinyCapError("params.yaml: quantize.logits_margin", f"a winning logit of the val captions "
+                           f"({parity['lowest_winning_logit']:.3f}) is below the int8 logits window ({mirror.ranges['logits'][0]:.3f}); "
+                           f"raise it above {params.logits_margin}")  # fmt: skip
+
     eval_idx = {s: np.flatnonzero(splits == s) for s in ("test", "novel") if (splits == s).any()}
     if not eval_idx:
         raise TinyCapError(embeddings_path, "no test or novel clips to evaluate on")
     all_eval = np.concatenate(list(eval_idx.values()))
-    parity, torch_caps = float_parity(model, mirror, frames[all_eval])
-    log.info("float parity PyTorch vs TF mirror: %s", parity)
-    if parity["tokens_identical"] < parity["clips"]:
-        raise TinyCapError(microcap_path, f"TF mirror differs from PyTorch: {parity}")
-    if parity["lowest_winning_logit"] <= mirror.ranges["logits"][0]:  # that step's int8 argmax would be token 0
-        raise TinyCapError("params.yaml: quantize.logits_margin", f"a winning logit of the test/novel captions "
-                           f"({parity['lowest_winning_logit']:.3f}) is below the int8 logits window ({mirror.ranges['logits'][0]:.3f}); "
-                           f"raise it above {params.logits_margin}")  # fmt: skip
-    torch_caps = dict(zip(all_eval.tolist(), torch_caps))
+    torch_caps = dict(zip(all_eval.tolist(), float_greedy(model, frames[all_eval])))
 
     quant = {
         "max_steps": model.cfg.max_steps,
@@ -607,7 +613,7 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
         "token_agreement_tflm_vs_fp32": token_agreement(seq["tflm_int8"], torch_seq),
         "captions_identical_tflm_vs_fp32": sum(a == b for a, b in zip(seq["tflm_int8"], torch_seq)) / len(order),
         "captions_identical_fp32_tflite_vs_torch": sum(a == b for a, b in zip(seq["tflite_fp32"], torch_seq)) / len(order),
-        "float_parity": parity,
+        "float_parity": {**parity, "split": "val"},
         "calibration": {"clips": len(cal), "decoder_states": len(representative[DECODER]), "pinned_ranges": mirror.ranges},
         "clips": {s: len(i) for s, i in eval_idx.items()},
         "method": "CIDEr (pycocoevalcap scale, raw, mean of per-clip CIDEr-D = score()'s CIDEr) of greedy captions on "
@@ -615,18 +621,20 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
         "kernels); rel_drop_ci95 = 95 % paired-bootstrap interval of the drop over clips (2000 resamples); "
         "test+novel = both splits' clips together (per-clip CIDEr-D with each split's IDF). "
         "token_agreement = equal tokens / positions of the longer decoding (<eos> counted), over "
-        "test+novel. arena_bytes = pooler_int8 + decoder_int8 arenas (both interpreters resident), each the "
-        "smallest arena TFLM runs the model with (host build; see quant.json arena_method)",
+        "test+novel. float_parity = PyTorch vs the TF mirror on the val clips, where the int8 logits window is "
+        "also checked (quantisation choices are made on train+val only). arena_bytes = pooler_int8 + decoder_int8 "
+        "arenas (both interpreters resident), each the smallest arena TFLM runs the model with (host build; see quant.json arena_method)",
     }
     if metrics["cider_rel_drop"] is None:
         metrics["notes"] = [f"fp32 CIDEr on {head} is 0: the relative drop is undefined"]
     log.info("caption sensitivity to int8 rounding, tensor by tensor (float mirror)")
     metrics["caption_sensitivity"] = {
-        "method": "greedy captions of the test+novel clips by the float mirror with one named activation rounded to "
-        "int8 over its calibrated or pinned range (fake quant), as a share of clips whose caption stays identical; "
-        "all pooler / all decoder / all = every activation of that graph / of both rounded; weights stay float "
-        "(tinycap.quantize.caption_sensitivity)",
-        "captions_identical": caption_sensitivity(mirror, representative, frames[all_eval], model.cfg.max_steps),
+        "method": "greedy captions of the val clips (a diagnostic for quantisation choices: never test/novel) by "
+        "the float mirror with one named activation rounded to int8 over its calibrated or pinned range (fake "
+        "quant), as a share of clips whose caption stays identical; all pooler / all decoder / all = every "
+        "activation of that graph / of both rounded; weights stay float (tinycap.quantize.caption_sensitivity)",
+        "clips": len(val),
+        "captions_identical": caption_sensitivity(mirror, representative, frames[val], model.cfg.max_steps),
     }
     return metrics
 
