@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tinycap import microcap, quantize  # noqa: E402
+from tinycap.int8 import DECODER, POOLER, check_shared_quant, measure_arena  # noqa: E402
 from tinycap.io import write_json  # noqa: E402
+from tinycap.tflite import io_details, model_ops  # noqa: E402
 from tinycap.vocab import SPECIALS, Vocab  # noqa: E402
 
 
@@ -53,15 +55,15 @@ def make(pooling, out_dir, seed=0):
     out_dir.mkdir(parents=True, exist_ok=True)
     quant = {"max_steps": cfg.max_steps, "bos": 1, "eos": 2, "h_quant": {"scale": quantize.H_QUANT[0], "zero_point": 0},
              "logits_window": {"float_range": list(mirror.ranges["logits"])}, "models": {}}
-    for name in (quantize.POOLER, quantize.DECODER):
+    for name in (POOLER, DECODER):
         data = quantize.convert(mirror, name, rep[name])
         path = out_dir / quantize.model_file(name, "int8")
         path.write_bytes(data)
-        arena, report = quantize.measure_arena(path, 1 if name == quantize.POOLER else 3)
-        quant["models"][f"{name}_int8"] = {"file": path.name, "bytes": len(data), "ops": quantize.model_ops(data),
-                                           "arena_bytes": arena, **quantize.io_details(data), "allocation_report": report}
+        arena, report = measure_arena(path, 1 if name == POOLER else 3)
+        quant["models"][f"{name}_int8"] = {"file": path.name, "bytes": len(data), "ops": model_ops(data),
+                                           "arena_bytes": arena, **io_details(data), "allocation_report": report}
         print(name, pooling, quant["models"][f"{name}_int8"]["ops"], arena)
-    quantize._check_shared_quant(quant, out_dir)  # the loop copies h and the context unchanged
+    check_shared_quant(quant, out_dir)  # the loop copies h and the context unchanged
     write_json(out_dir / "quant.json", quant)
     vocab.save(out_dir / "vocab.json")
     np.save(out_dir / "clips.npy", frames[32:])

@@ -20,6 +20,7 @@ from PIL import Image
 
 import cli_fixtures
 from tinycap import embed, srt
+from tinycap.int8 import beam_search
 from tinycap.vocab import Vocab
 from video_fixtures import write_video
 
@@ -236,7 +237,7 @@ def test_int8_logits_below_the_window_are_ranked_last():
     assert np.isneginf(logits[[0, 2]]).all() and np.allclose(logits[[1, 3]], [6.75, 11.4])
     assert np.isfinite(captioner._window_logits(np.full(4, -128, np.int8), io)).all()
     step = lambda tok, state: (logits, state)  # noqa: E731
-    assert captioner.beam_search(step, None, beam=3, max_steps=2) == [3, 3]
+    assert beam_search(step, None, beam=3, max_steps=2) == [3, 3]
 
 
 def test_search_ranks_frames(data, media, tmp_path):

@@ -15,8 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tinycap import codegen, fixedpoint, m7, tflite, toolchain
 from tinycap import firmware as F
+from tinycap.embeddings import load_embeddings
 from tinycap.errors import TinyCapError
+from tinycap.int8 import quantize_frames, tflm_run
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "firmware"
@@ -38,7 +41,7 @@ def _cases(seed=0):
     cases = {}
 
     def case(name, tensors, ops, ins, outs):
-        cases[name] = (F.build_model(tensors, ops, ins, outs), [tensors[i] for i in ins], len(outs))
+        cases[name] = (tflite.build_model(tensors, ops, ins, outs), [tensors[i] for i in ins], len(outs))
 
     for i in range(8):  # FULLY_CONNECTED: per-tensor and per-channel, every fused activation, batches
         k, n, b = int(R.integers(1, 90)), int(R.integers(1, 45)), int(R.integers(1, 4))
@@ -49,30 +52,30 @@ def _cases(seed=0):
              dict(shape=(n,), dtype="int32", data=R.integers(-5000, 5000, n).astype(np.int32), scale=s_in * np.asarray(ws), zp=np.zeros(np.size(ws), int)),
              qt((b, n), scale=float(R.uniform(0.05, 1.0)))]
         bias = [0, 1, 2] if i != 6 else [0, 1, -1]  # one without bias
-        opts = F.options("FullyConnectedOptions", fusedActivationFunction=[0, 1, 3, 2][i % 4])
+        opts = tflite.options("FullyConnectedOptions", fusedActivationFunction=[0, 1, 3, 2][i % 4])
         case(f"fully_connected_{i}", t, [("FULLY_CONNECTED", bias, [3], opts)], [0], [3])
     shapes = [((1, 37), (1, 37)), ((2, 5, 7), (2, 5, 7)), ((1, 5, 8), (5, 8)), ((3, 4), (1, 4)), ((1, 6), (1, 1)),
               ((1, 200), (1, 200)), ((2, 96), (2, 96))]  # the last two: long, table path (ADD_TABLE_MIN)
     for i, (sa, sb) in enumerate(shapes):  # elementwise with broadcasting and fused activations
         for op, kind in (("ADD", "AddOptions"), ("SUB", "SubOptions"), ("MUL", "MulOptions")):
             out = tuple(np.broadcast_shapes(sa, sb))
-            opts = F.options(kind, fusedActivationFunction=[0, 1, 0, 3, 0, 0, 1][i])
+            opts = tflite.options(kind, fusedActivationFunction=[0, 1, 0, 3, 0, 0, 1][i])
             case(f"{op.lower()}_{i}", [qt(sa), qt(sb), qt(out)], [(op, [0, 1], [2], opts)], [0, 1], [2])
     for i, shape in enumerate([(1, 40), (2, 5), (1, 4)]):
         t = [qt(shape, scale=float(R.uniform(0.01, 0.4))), qt(shape, scale=1 / 256, zp=-128)]
-        case(f"softmax_{i}", t, [("SOFTMAX", [0], [1], F.options("SoftmaxOptions", beta=1.0))], [0], [1])
+        case(f"softmax_{i}", t, [("SOFTMAX", [0], [1], tflite.options("SoftmaxOptions", beta=1.0))], [0], [1])
     for i, (B, M, K, N, ax, ay) in enumerate([(1, 1, 4, 24, 0, 0), (2, 3, 5, 4, 1, 0), (1, 1, 7, 9, 0, 1), (1, 2, 3, 2, 1, 1)]):
         la, lb = ((B, K, M) if ax else (B, M, K)), ((B, N, K) if ay else (B, K, N))
         t = [qt(la), qt(lb), qt((B, M, N), scale=float(R.uniform(0.01, 0.5)))]
-        opts = F.options("BatchMatMulOptions", adjX=bool(ax), adjY=bool(ay))
+        opts = tflite.options("BatchMatMulOptions", adjX=bool(ax), adjY=bool(ay))
         case(f"batch_matmul_{i}", t, [("BATCH_MATMUL", [0, 1], [2], opts)], [0, 1], [2])
     for i in range(3):
         s_in, z_in = float(R.uniform(0.01, 0.1)), int(R.integers(-20, 20))
         out = qt((1, 16), scale=s_in, zp=z_in) if i == 0 else qt((1, 16))
         t = [qt((1, 5, 16), scale=s_in, zp=z_in), dict(shape=(1,), dtype="int32", data=np.array([1], np.int32)), out]
-        case(f"mean_{i}", t, [("MEAN", [0, 1], [2], F.options("ReducerOptions", keepDims=False))], [0], [2])
+        case(f"mean_{i}", t, [("MEAN", [0, 1], [2], tflite.options("ReducerOptions", keepDims=False))], [0], [2])
         t = [qt((1, 5, 16)), dict(shape=(1,), dtype="int32", data=np.array([1], np.int32)), qt((1, 16), scale=float(R.uniform(0.05, 0.5)))]
-        case(f"sum_{i}", t, [("SUM", [0, 1], [2], F.options("ReducerOptions", keepDims=False))], [0], [2])
+        case(f"sum_{i}", t, [("SUM", [0, 1], [2], tflite.options("ReducerOptions", keepDims=False))], [0], [2])
     for op, scale, zp in (("LOGISTIC", 1 / 256, -128), ("TANH", 1 / 128, 0)):
         t = [qt((1, 300), scale=float(R.uniform(0.01, 0.1))), qt((1, 300), scale=scale, zp=zp)]
         case(op.lower(), t, [(op, [0], [1], None)], [0], [1])
@@ -81,15 +84,15 @@ def _cases(seed=0):
     case("dequantize_quantize", t, [("DEQUANTIZE", [0], [1], None), ("QUANTIZE", [1], [2], None)], [0], [2])
     table = R.integers(-128, 128, (10, 6)).astype(np.int8)
     t = [dict(shape=(10, 6), dtype="int8", data=table, scale=0.1, zp=3), dict(shape=(1,), dtype="int32", rows=10), qt((1, 6), 0.1, 3)]
-    case("gather", t, [("GATHER", [0, 1], [2], F.options("GatherOptions", axis=0))], [1], [2])
+    case("gather", t, [("GATHER", [0, 1], [2], tflite.options("GatherOptions", axis=0))], [1], [2])
     t = [qt((1, 5), 0.05, 2), qt((1, 7), 0.05, 2), qt((1, 12), 0.05, 2)]
-    case("concatenation", t, [("CONCATENATION", [0, 1], [2], F.options("ConcatenationOptions", axis=1))], [0, 1], [2])
+    case("concatenation", t, [("CONCATENATION", [0, 1], [2], tflite.options("ConcatenationOptions", axis=1))], [0, 1], [2])
     t = [qt((1, 12), 0.05, 2), dict(shape=(), dtype="int32", data=np.array(1, np.int32))] + [qt((1, 4), 0.05, 2) for _ in range(3)]
-    case("split", t, [("SPLIT", [1, 0], [2, 3, 4], F.options("SplitOptions", numSplits=3))], [0], [2, 3, 4])
+    case("split", t, [("SPLIT", [1, 0], [2, 3, 4], tflite.options("SplitOptions", numSplits=3))], [0], [2, 3, 4])
     t = [qt((1, 2, 12), 0.05, 2), dict(shape=(3,), dtype="int32", data=np.array([0, 0, 4], np.int32)),
          dict(shape=(3,), dtype="int32", data=np.array([1, 2, 9], np.int32)), dict(shape=(3,), dtype="int32", data=np.ones(3, np.int32)),
          qt((1, 2, 5), 0.05, 2)]
-    case("strided_slice", t, [("STRIDED_SLICE", [0, 1, 2, 3], [4], F.options("StridedSliceOptions"))], [0], [4])
+    case("strided_slice", t, [("STRIDED_SLICE", [0, 1, 2, 3], [4], tflite.options("StridedSliceOptions"))], [0], [4])
     return cases
 
 
@@ -98,11 +101,11 @@ def kernel_build(tmp_path_factory):
     """All kernel cases in one generated source and one host binary."""
     tmp = tmp_path_factory.mktemp("kernels")
     cases = _cases()
-    cg = F.Codegen()
+    cg = codegen.Codegen()
     for name, (model, _, _) in cases.items():
         cg.add(name, model, name)
     cg.write(tmp / "gen")
-    exe = F.build_host(tmp / "gen", tmp / "tc_graph", main="graph_main.c")
+    exe = toolchain.build_host(tmp / "gen", tmp / "tc_graph", main="graph_main.c")
     return cases, exe
 
 
@@ -119,16 +122,16 @@ def test_kernel_bit_exact_with_tflm(kernel_build, family):
         for _ in range(4):
             xs = [R.integers(0, t.get("rows", 10), t["shape"]).astype(np.int32) if t["dtype"] == "int32"
                   else R.integers(-128, 128, t["shape"]).astype(np.int8) for t in ins]
-            ref = np.concatenate([r.astype(np.int8).ravel() for r in F.tflm_run(model, xs, n_outputs=n_out)])
+            ref = np.concatenate([r.astype(np.int8).ravel() for r in tflm_run(model, xs, n_outputs=n_out)])
             out = subprocess.run([str(exe), name], input=b"".join(x.tobytes() for x in xs), capture_output=True, check=True).stdout
             np.testing.assert_array_equal(np.frombuffer(out, np.int8), ref, err_msg=name)
 
 
 def test_quantize_multiplier_matches_tflm_rules():
-    assert F.quantize_multiplier(0.5) == (1 << 30, 0)
-    assert F.quantize_multiplier(1.0) == (1 << 30, 1)
-    assert F.quantize_multiplier(0.0) == (0, 0)
-    m, s = F.quantize_multiplier(0.1234)
+    assert fixedpoint.quantize_multiplier(0.5) == (1 << 30, 0)
+    assert fixedpoint.quantize_multiplier(1.0) == (1 << 30, 1)
+    assert fixedpoint.quantize_multiplier(0.0) == (0, 0)
+    m, s = fixedpoint.quantize_multiplier(0.1234)
     assert abs(m * 2.0 ** (s - 31) - 0.1234) < 1e-9
 
 
@@ -137,11 +140,11 @@ def test_quantize_multiplier_matches_tflm_rules():
 
 def test_unsupported_op_fails_at_build_naming_it(tmp_path):
     t = [dict(shape=(1, 4), dtype="int8", scale=0.1, zp=0), dict(shape=(1, 4), dtype="int8", scale=0.1, zp=0)]
-    model = F.build_model(t, [("EXP", [0], [1], None)], [0], [1])
+    model = tflite.build_model(t, [("EXP", [0], [1], None)], [0], [1])
     with pytest.raises(TinyCapError, match=r"op EXP .*not supported by the firmware runtime"):
-        F.Codegen().add("g", model, "bad.tflite")
+        codegen.Codegen().add("g", model, "bad.tflite")
     with pytest.raises(TinyCapError, match="not a .tflite"):
-        F.load_graph(b"not a flatbuffer at all", "junk.tflite")
+        tflite.load_graph(b"not a flatbuffer at all", "junk.tflite")
 
 
 def test_mismatched_loop_quantisation_is_rejected(tmp_path):
@@ -165,7 +168,7 @@ def fixture_build(request, tmp_path_factory):
     src = FIXTURES / request.param
     out = tmp_path_factory.mktemp(f"fw_{request.param}")
     info = F.generate(src, src / "vocab.json", out / "gen")
-    exe = F.build_host(out / "gen", out / "tc_host")
+    exe = toolchain.build_host(out / "gen", out / "tc_host")
     return src, info, exe
 
 
@@ -183,10 +186,8 @@ def test_max_length_and_out_of_range_ids_are_defined(fixture_build):
     max_len = info["shapes"]["max_len"]
     quant = json.loads((src / "quant.json").read_text())
     frames = quant["models"]["pooler_int8"]["inputs"][0]
-    from tinycap.quantize import quantize_frames
-
     clips = quantize_frames(np.load(src / "clips.npy"), frames["scale"], frames["zero_point"])
-    tokens, _ = F.run_host(exe, clips)
+    tokens, _ = toolchain.run_host(exe, clips)
     assert max(len(t) for t in tokens) == max_len  # stops at max_len, never beyond
     assert all(2 not in t for t in tokens)  # <eos> is not written
     vocab = json.loads((src / "vocab.json").read_text())["tokens"]
@@ -226,12 +227,11 @@ def test_tflm_app_export(tmp_path):
 
 
 def test_host_build_matches_tflm_on_real_clips(pipeline_data, tmp_path):
-    from tinycap.quantize import load_embeddings
-
     data = pipeline_data
     info = F.generate(data / "int8", data / "guide" / "vocab.json", tmp_path / "gen")
-    exe = F.build_host(tmp_path / "gen", tmp_path / "tc_host")
-    frames, _, splits, _ = load_embeddings(data / "embeddings" / "clip.h5")
+    exe = toolchain.build_host(tmp_path / "gen", tmp_path / "tc_host")
+    emb = load_embeddings(data / "embeddings" / "clip.h5")
+    frames, splits = emb.frame_emb, emb.split
     picked = np.flatnonzero(np.isin(splits, ["test", "novel"]))[:40]
     report = F.parity(exe, data / "int8", frames[picked])
     assert report["token_sequences_identical"] == report["clips"], report
@@ -272,15 +272,12 @@ def test_stage_build_metrics(stage_build):
 
 def test_cortex_m7_build_matches_host_build_under_qemu(stage_build):
     """The DSP path (SXTB16/SMLAD inner loop, SSAT) only runs on the M7: same tokens as the host build."""
-    from tinycap import m7
-    from tinycap.quantize import quantize_frames
-
     if shutil.which("qemu-system-arm") is None:
         pytest.skip("qemu-system-arm not installed (Debian package qemu-system-arm)")
     src, out, metrics, clips = stage_build
     frames = json.loads((src / "quant.json").read_text())["models"]["pooler_int8"]["inputs"][0]
     q = quantize_frames(clips, frames["scale"], frames["zero_point"])
-    plugin = m7.build_plugin(out.parent / "plugin")
+    plugin = toolchain.build_plugin(out.parent / "plugin")
     res = m7.run_qemu(out / "elf" / "tinycap_qemu.elf", q.reshape(len(q), -1), out.parent / "qemu", plugin)
-    host, _ = F.run_host(out / "host" / "tc_host", q)
+    host, _ = toolchain.run_host(out / "host" / "tc_host", q)
     assert res["tokens"] == host

@@ -7,8 +7,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from tinycap import m7
+from tinycap import firmware, m7, tflite, toolchain
 from tinycap.errors import TinyCapError
+from tinycap.int8 import TflmDecoder, quantize_frames
 
 needs_toolchain = pytest.mark.skipif(
     any(shutil.which(t) is None for t in ("arm-none-eabi-gcc", "qemu-system-arm", "llvm-mca")),
@@ -58,9 +59,9 @@ Total             34706
 
 
 def test_size_parsing():
-    sections = m7.parse_size_sysv(SIZE_A)
+    sections = toolchain.parse_size_sysv(SIZE_A)
     assert sections[".text"] == 12000 and ".debug_info" in sections and "Total" not in sections
-    s = m7.sizes_from_sections(sections)
+    s = toolchain.sizes_from_sections(sections)
     assert s["text"] == 12064 and s["rodata"] == 300008 and s["data"] == 16 and s["bss"] == 9000
     assert s["flash_bytes"] == 12064 + 300008 + 16
     assert s["static_ram_bytes"] == 16 + 9000 and s["stack_reserved"] == 16384
@@ -69,8 +70,8 @@ def test_size_parsing():
 @needs_toolchain
 def test_elf_sizes_agree_with_berkeley_size(calib):
     _, out = calib
-    elf = out / m7.CALIB_ELF
-    s = m7.elf_sizes(elf)
+    elf = out / toolchain.CALIB_ELF
+    s = toolchain.elf_sizes(elf)
     text, data, bss = map(int, subprocess.run(["arm-none-eabi-size", str(elf)], capture_output=True, text=True,
                                               check=True).stdout.splitlines()[1].split()[:3])
     assert s["flash_bytes"] == text + data
@@ -114,10 +115,10 @@ def fixture_fw(tmp_path_factory):
     gen.mkdir()
     rt.mkdir()
     (gen / "tc_model.h").write_text(FIXTURE_H)
-    (rt / "tinycap.h").write_text((m7.FIRMWARE_DIR / "runtime" / "tinycap.h").read_text())
+    (rt / "tinycap.h").write_text((toolchain.FIRMWARE_DIR / "runtime" / "tinycap.h").read_text())
     (rt / "fixture.c").write_text(FIXTURE_C)
     sample = np.arange(24, dtype=np.int8).reshape(3, 8)
-    sizes = m7.build_elfs(gen, rt, root / "fw", sample_clip=sample)
+    sizes = toolchain.build_elfs(gen, rt, root / "fw", sample_clip=sample)
     return root, sizes
 
 
@@ -128,8 +129,8 @@ def test_qemu_run_prints_tokens_captions_and_counts(fixture_fw):
     rng = np.random.default_rng(0)
     clips = rng.integers(-128, 128, (5, 24)).astype(np.int8)
     clips[0, 1] = 0  # an empty caption
-    plugin = m7.build_plugin(root / "plugin")
-    r = m7.run_qemu(root / "fw" / m7.QEMU_ELF, clips, root / "run", plugin, timeout_s=60)
+    plugin = toolchain.build_plugin(root / "plugin")
+    r = m7.run_qemu(root / "fw" / toolchain.QEMU_ELF, clips, root / "run", plugin, timeout_s=60)
     assert r["exit_status"] == 0 and r["dwt_unavailable"]
     words = "abcdefgh"
     for i, clip in enumerate(clips.view(np.uint8)):
@@ -145,10 +146,10 @@ def test_qemu_run_prints_tokens_captions_and_counts(fixture_fw):
 @needs_toolchain
 def test_qemu_bad_input_and_timeout_are_one_line(fixture_fw, tmp_path):
     root, _ = fixture_fw
-    plugin = m7.build_plugin(root / "plugin")
+    plugin = toolchain.build_plugin(root / "plugin")
     with pytest.raises(TinyCapError, match=r"exited with status 3: error: clip file size"):
-        m7.run_qemu(root / "fw" / m7.QEMU_ELF, np.zeros((1, 23), np.int8), tmp_path, plugin, timeout_s=60)
-    elf = m7.build_calib(tmp_path / "spin", calib_n=2_000_000_000)
+        m7.run_qemu(root / "fw" / toolchain.QEMU_ELF, np.zeros((1, 23), np.int8), tmp_path, plugin, timeout_s=60)
+    elf = toolchain.build_calib(tmp_path / "spin", calib_n=2_000_000_000)
     with pytest.raises(TinyCapError, match=r"^qemu-system-arm: timed out after 1 s") as e:
         m7._qemu(elf, tmp_path, plugin, timeout_s=1)
     assert "\n" not in str(e.value)
@@ -157,9 +158,9 @@ def test_qemu_bad_input_and_timeout_are_one_line(fixture_fw, tmp_path):
 def test_missing_tool_names_the_apt_package(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(TinyCapError, match="^qemu-system-arm: not found; install the Debian package qemu-system-arm$"):
-        m7.require_tools("qemu-system-arm")
+        toolchain.require_tools("qemu-system-arm")
     with pytest.raises(TinyCapError, match="gcc-arm-none-eabi$"):
-        m7.build_elfs("gen", "runtime", "out")
+        toolchain.build_elfs("gen", "runtime", "out")
 
 
 def test_mca_instructions_flatten_it_blocks():
@@ -182,7 +183,7 @@ def test_mca_instructions_flatten_it_blocks():
 @needs_toolchain
 def test_llvm_mca_cycles_for_the_calibration_loop(calib):
     _, out = calib
-    elf = out / m7.CALIB_ELF
+    elf = out / toolchain.CALIB_ELF
     loop = m7.SymbolMap(m7.symbols(elf)).address("tc_calib_loop")
     cycles = m7.block_cycles(elf, [(loop, loop + 2)])
     assert 1.0 <= cycles[(loop, loop + 2)] <= 4.0  # subs + bne: LLVM models 3 cycles (flag dependency)
@@ -208,9 +209,9 @@ def _step_graph(path, V=7, H=5, E=3):
 
 def test_macs_and_vocab_rows_from_tflite_shapes(tmp_path):
     path = _step_graph(tmp_path / "step.tflite")
-    assert m7.graph_macs(path) == {"FULLY_CONNECTED": 8 * 5 + 5 * 7}
+    assert tflite.graph_macs(path) == {"FULLY_CONNECTED": 8 * 5 + 5 * 7}
     # per vocabulary entry: 5 MACs; float32 weight row (5 x 4 B) + bias (4 B) + embedding row (3 x 4 B)
-    assert m7.vocab_rows(path, 7) == {"macs": 5, "const_bytes": 20 + 4 + 12, "act_bytes": 4}
+    assert tflite.vocab_rows(path, 7) == {"macs": 5, "const_bytes": 20 + 4 + 12, "act_bytes": 4}
 
 
 def test_scale_to_vocab_is_linear_in_the_added_rows():
@@ -240,7 +241,7 @@ def test_measure_writes_every_figure_with_its_method(fixture_fw, tmp_path):
     truth = [[4 + u[i, t * 8] % 8 for t in range(u[i, 1] % 4)] for i in range(3)]
     wrong = [truth[0], truth[1], truth[2][:-1]]
     params = m7.M7Params(timeout_s=60)
-    metrics, rows = m7.measure(root / "fw" / m7.QEMU_ELF, root / "fw" / m7.STM32_ELF, clips,
+    metrics, rows = m7.measure(root / "fw" / toolchain.QEMU_ELF, root / "fw" / toolchain.STM32_ELF, clips,
                                macs_pooler={"FULLY_CONNECTED": 100}, macs_step={"FULLY_CONNECTED": 50},
                                max_steps=4, params=params, workdir=tmp_path, reference_tokens={"tflm": wrong})
     for key, method in [("instructions", "emulated-exact"), ("cycles", "modelled"), ("latency_ms", "modelled"),
@@ -253,7 +254,7 @@ def test_measure_writes_every_figure_with_its_method(fixture_fw, tmp_path):
     assert metrics["parity_mismatches"] == 1 and metrics["parity"]["tflm"]["first"][0]["clip"] == 2
     assert metrics["latency_ms"]["value"] == pytest.approx(metrics["cycles"]["value"] / 480e3)
     assert metrics["energy_mj"]["value"] == pytest.approx(metrics["latency_ms"]["value"] * 0.148 * 3.3)
-    sizes = m7.elf_sizes(root / "fw" / m7.STM32_ELF)
+    sizes = toolchain.elf_sizes(root / "fw" / toolchain.STM32_ELF)
     assert metrics["ram_bytes"]["value"] == sizes["static_ram_bytes"] + metrics["stack_peak_bytes"]
 
 
@@ -263,10 +264,10 @@ def test_build_error_is_one_line(tmp_path):
     gen.mkdir()
     rt.mkdir()
     (gen / "tc_model.h").write_text(FIXTURE_H)
-    (rt / "tinycap.h").write_text((m7.FIRMWARE_DIR / "runtime" / "tinycap.h").read_text())
+    (rt / "tinycap.h").write_text((toolchain.FIRMWARE_DIR / "runtime" / "tinycap.h").read_text())
     (rt / "broken.c").write_text("int tc_caption(void) { return undefined_name; }\n")
     with pytest.raises(TinyCapError, match=r"^firmware build \(QEMU mps2-an500\): exit status 2: .*broken.c:1:.*error") as e:
-        m7.build_elfs(gen, rt, tmp_path / "fw")
+        toolchain.build_elfs(gen, rt, tmp_path / "fw")
     assert "\n" not in str(e.value)
 
 
@@ -274,18 +275,16 @@ def test_build_error_is_one_line(tmp_path):
 def test_qemu_captions_of_the_tiny_model_match_tflm_and_host(tmp_path):
     """The real runtime + generated sources of the firmware fixture (tests/fixtures/firmware) on the
     emulated M7: same tokens as the TFLM runtime and the host build, exit status 0."""
-    from tinycap import firmware, quantize
-
-    src = m7.FIRMWARE_DIR.parent / "tests" / "fixtures" / "firmware" / "attention"
+    src = toolchain.FIRMWARE_DIR.parent / "tests" / "fixtures" / "firmware" / "attention"
     frames = np.load(src / "clips.npy")
     firmware.generate(src, src / "vocab.json", tmp_path / "gen")
-    sizes = m7.build_elfs(tmp_path / "gen", m7.FIRMWARE_DIR / "runtime", tmp_path / "fw")
+    sizes = toolchain.build_elfs(tmp_path / "gen", toolchain.FIRMWARE_DIR / "runtime", tmp_path / "fw")
     assert 0 < sizes["stm32h743"]["flash_bytes"] < 64 * 1024
-    tflm = quantize.TflmCaptioner(src)
-    clips = quantize.quantize_frames(frames, tflm.frame_scale, tflm.frame_zero_point)
-    host = firmware.run_host(firmware.build_host(tmp_path / "gen", tmp_path / "host"), clips)[0]
-    r = m7.run_qemu(tmp_path / "fw" / m7.QEMU_ELF, clips.reshape(len(clips), -1), tmp_path / "run",
-                    m7.build_plugin(tmp_path / "plugin"), timeout_s=60)
+    tflm = TflmDecoder(src)
+    clips = quantize_frames(frames, tflm.frame_scale, tflm.frame_zero_point)
+    host = toolchain.run_host(toolchain.build_host(tmp_path / "gen", tmp_path / "host"), clips)[0]
+    r = m7.run_qemu(tmp_path / "fw" / toolchain.QEMU_ELF, clips.reshape(len(clips), -1), tmp_path / "run",
+                    toolchain.build_plugin(tmp_path / "plugin"), timeout_s=60)
     assert r["exit_status"] == 0
     assert r["tokens"] == [tflm.caption(f) for f in frames] == host
     words = json.loads((src / "vocab.json").read_text())["tokens"]
@@ -302,8 +301,8 @@ def test_elfs_do_not_depend_on_where_they_are_built(fixture_fw, tmp_path):
     other = tmp_path / "elsewhere"
     for d in ("gen", "runtime"):
         shutil.copytree(root / d, other / d)
-    m7.build_elfs(other / "gen", other / "runtime", other / "fw", sample_clip=np.arange(24, dtype=np.int8).reshape(3, 8))
-    for name in (m7.QEMU_ELF, m7.STM32_ELF, m7.QEMU_ELF + ".map", m7.STM32_ELF + ".map"):
+    toolchain.build_elfs(other / "gen", other / "runtime", other / "fw", sample_clip=np.arange(24, dtype=np.int8).reshape(3, 8))
+    for name in (toolchain.QEMU_ELF, toolchain.STM32_ELF, toolchain.QEMU_ELF + ".map", toolchain.STM32_ELF + ".map"):
         a, b = (root / "fw" / name).read_bytes(), (other / "fw" / name).read_bytes()
         assert str(root).encode() not in a and str(other).encode() not in b
         assert a == b, name

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from tinycap import checkpoint, microcap, quantize
+from tinycap import checkpoint, microcap, quantize, tflite
 from tinycap.errors import TinyCapError
+from tinycap.int8 import DECODER, POOLER, TflmDecoder, same_quantisation, tflite_interpreter
 from tinycap.vocab import Vocab
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -27,13 +28,15 @@ def tiny_artifacts(root, seed=0, steps=100):
     normalised), vocab.json and a MicroCap trained `steps` Adam steps on it: a fixed-seed tiny model
     whose greedy captions are confident enough to be meaningful."""
     rng = np.random.default_rng(seed)
+    val_rng = np.random.default_rng(seed + 1)  # val clips draw their own numbers: the other clips and the model stay as they were
     torch.manual_seed(seed)
     protos = rng.normal(size=(len(SUBJECTS) + len(ACTIONS), D))
     rows, caps, cap_video, vids, splits = [], [], [], [], []
-    for split, n in [("train", 48), ("test", 12), ("novel", 12)]:
+    for split, n in [("train", 48), ("val", 12), ("test", 12), ("novel", 12)]:
+        r = val_rng if split == "val" else rng
         for i in range(n):
-            s, a = rng.integers(len(SUBJECTS)), rng.integers(len(ACTIONS))
-            x = protos[s] + protos[len(SUBJECTS) + a] + 0.6 * rng.normal(size=(T, D))
+            s, a = r.integers(len(SUBJECTS)), r.integers(len(ACTIONS))
+            x = protos[s] + protos[len(SUBJECTS) + a] + 0.6 * r.normal(size=(T, D))
             rows.append(x / np.linalg.norm(x, axis=-1, keepdims=True))
             vids.append(f"{split}{i}")
             splits.append(split)
@@ -96,7 +99,7 @@ def int8(artifacts):
 
 def test_weight_transfer_parity(artifacts):
     model = microcap.load(artifacts / "microcap.pt")
-    frames, *_ = quantize.load_embeddings(artifacts / "clip.h5")
+    frames, *_ = quantize.load_clips(artifacts / "clip.h5")
     parity, _ = quantize.float_parity(model, quantize.TFMicroCap(model), frames)
     assert parity["tokens_identical"] == parity["clips"]
     assert max(parity["max_abs_diff"].values()) < 1e-4, parity
@@ -106,15 +109,15 @@ def test_mean_pooling_mirror(artifacts):
     """pooling: mean without a temporal filter has nothing learned in the pooler and no weights output:
     parity and an int8 pooler graph with MEAN."""
     torch.manual_seed(1)
-    frames, *_ = quantize.load_embeddings(artifacts / "clip.h5")
+    frames, *_ = quantize.load_clips(artifacts / "clip.h5")
     cfg = microcap.MicroCapConfig(vocab_size=16, dim=D, **dict(ARCH, pooling="mean", temporal_filter=False, temporal_mlp=0))
     model = microcap.MicroCap(cfg).eval()
     mirror = quantize.TFMicroCap(model, {"context": (-1.0, 1.0)})
     parity, _ = quantize.float_parity(model, mirror, frames[:8])
     assert parity["tokens_identical"] == parity["clips"] and "weights" not in parity["max_abs_diff"]
-    data = quantize.convert(mirror, quantize.POOLER, [{"frames": frames[i : i + 1]} for i in range(8)])
-    assert "MEAN" in quantize.model_ops(data) and set(quantize.model_ops(data)) <= quantize.TFLM_OPS
-    assert sorted(d["name"] for d in quantize.io_details(data)["outputs"]) == ["context", "h0"]
+    data = quantize.convert(mirror, POOLER, [{"frames": frames[i : i + 1]} for i in range(8)])
+    assert "MEAN" in tflite.model_ops(data) and set(tflite.model_ops(data)) <= quantize.TFLM_OPS
+    assert sorted(d["name"] for d in tflite.io_details(data)["outputs"]) == ["context", "h0"]
 
 
 @pytest.mark.parametrize("pooling, temporal_mlp", [("attention", 0), ("mean", 0), ("attention", 8), ("mean", 8)])
@@ -123,7 +126,7 @@ def test_temporal_filter_and_mlp_mirror(artifacts, pooling, temporal_mlp):
     TANH + FC + ADD: float parity with PyTorch, and an int8 pooler graph of TFLM ops whose context
     differs from the float one by a few int8 steps."""
     torch.manual_seed(2)
-    frames, *_ = quantize.load_embeddings(artifacts / "clip.h5")
+    frames, *_ = quantize.load_clips(artifacts / "clip.h5")
     cfg = microcap.MicroCapConfig(vocab_size=16, dim=D, **dict(ARCH, pooling=pooling, temporal_filter=True, temporal_mlp=temporal_mlp))
     model = microcap.MicroCap(cfg).eval()
     with torch.no_grad():
@@ -136,14 +139,14 @@ def test_temporal_filter_and_mlp_mirror(artifacts, pooling, temporal_mlp):
     mirror = quantize.TFMicroCap(model, {"context": (-2.0, 2.0)})
     parity, _ = quantize.float_parity(model, mirror, frames[:8])
     assert parity["tokens_identical"] == parity["clips"] and max(parity["max_abs_diff"].values()) < 1e-4, parity
-    data = quantize.convert(mirror, quantize.POOLER, [{"frames": frames[i : i + 1]} for i in range(8)])
-    ops = quantize.model_ops(data)
+    data = quantize.convert(mirror, POOLER, [{"frames": frames[i : i + 1]} for i in range(8)])
+    ops = tflite.model_ops(data)
     assert set(ops) <= quantize.TFLM_OPS and "MEAN" not in ops and {"MUL", "SUM"} <= set(ops), ops
-    fcs = [op for op in quantize._interpreter(data)._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]
+    fcs = [op for op in tflite.load_graph(data, "pooler").ops if op.name == "FULLY_CONNECTED"]
     assert len(fcs) == 2 + (pooling == "attention") + 2 * bool(temporal_mlp)  # init_h, context, [scores], [MLP in, out]
-    it = quantize._interpreter(data)
+    it = tflite_interpreter(data)
     it.allocate_tensors()
-    (inp,), outs = it.get_input_details(), {d["name"]: d for d in quantize.io_details(data)["outputs"]}
+    (inp,), outs = it.get_input_details(), {d["name"]: d for d in tflite.io_details(data)["outputs"]}
     ctx_out = next(d for d in it.get_output_details() if d["shape"][-1] == 3 * ARCH["hidden"])
     s_in, z_in = inp["quantization"]
     x = np.clip(np.round(frames[:1] / s_in) + z_in, -128, 127).astype(np.int8)
@@ -173,6 +176,32 @@ def test_outputs_and_op_set(int8):
     assert all((d["scale"], d["zero_point"]) == quantize.H_QUANT for d in h)
     assert metrics["int8_bytes"] < metrics["fp32_bytes"]
     assert set(json.loads((out / "captions_tflm.json").read_text())) == {"test", "novel"}
+    for key, model in quant["models"].items():  # the flatbuffer reader gives what tf.lite's interpreter reads
+        data = (out / model["file"]).read_bytes()
+        assert tflite.io_details(data) == interpreter_io(data) == {k: model[k] for k in ("inputs", "outputs")}, key
+        assert tflite.model_ops(data) == sorted({op["op_name"] for op in tflite_interpreter(data)._get_ops_details()}), key
+
+
+def interpreter_io(data):
+    """Graph inputs/outputs as tf.lite.Interpreter reports them, in io_details()'s schema."""
+    it = tflite_interpreter(data)
+    sig = it._get_full_signature_list()["serving_default"]
+    names = {idx: n for kind in ("inputs", "outputs") for n, idx in sig[kind].items()}
+
+    def describe(d):
+        scale, zp = d["quantization"]
+        return {"name": names[d["index"]], "shape": [int(s) for s in d["shape"]], "dtype": np.dtype(d["dtype"]).name,
+                "scale": float(scale), "zero_point": int(zp)}
+
+    return {"inputs": [describe(d) for d in it.get_input_details()], "outputs": [describe(d) for d in it.get_output_details()]}
+
+
+def test_quantisation_choices_are_checked_on_val_only(int8):
+    """The float-parity / logits-window check and caption_sensitivity read val clips, never test/novel."""
+    _, m = int8
+    assert m["float_parity"]["split"] == "val" and m["float_parity"]["clips"] == 12
+    assert m["float_parity"]["tokens_identical"] == 12
+    assert m["caption_sensitivity"]["clips"] == 12 and "val clips" in m["caption_sensitivity"]["method"]
 
 
 def test_cider_drop_per_split_and_over_both(int8):
@@ -220,7 +249,7 @@ def test_logits_window_keeps_greedy_and_refines_the_int8_step(int8, artifacts):
     logits = next(d for d in quant["models"]["decoder_int8"]["outputs"] if d["name"] == "logits")
     assert logits["zero_point"] == -128 and logits["scale"] == pytest.approx((hi - lo) / 255, rel=1e-3)
     model = microcap.load(artifacts / "microcap.pt")
-    frames, *_ = quantize.load_embeddings(artifacts / "clip.h5")
+    frames, *_ = quantize.load_clips(artifacts / "clip.h5")
     with torch.no_grad():
         c, h, _ = model.encode(torch.as_tensor(frames))
         full = model.step(torch.full((len(frames),), 1), h, c)[0]
@@ -233,22 +262,22 @@ def test_calibration_pins_a_context_band_and_the_mlp_saturation(artifacts):
     to it, so both graphs still give the context one quantisation; mlp_pre: clipped where int8 TANH
     saturates. A percentile outside (50, 100] is one line."""
     model = microcap.load(artifacts / "microcap.pt")
-    frames, vids, splits, refs = quantize.load_embeddings(artifacts / "clip.h5")
+    frames, vids, splits, refs = quantize.load_clips(artifacts / "clip.h5")
     train = np.flatnonzero(splits == "train")[:16]
     seqs = [[1, 5, 2]] * len(train)
     full, rep_full = quantize.calibrate(model, frames[train], seqs, frames[train], quantize.QuantizeParams(context_percentile=100.0))
     band, rep = quantize.calibrate(model, frames[train], seqs, frames[train], quantize.QuantizeParams(context_percentile=99.0))
-    raw = np.concatenate([s["context"] for s in rep_full[quantize.DECODER]])
+    raw = np.concatenate([s["context"] for s in rep_full[DECODER]])
     assert full.ranges["context"] == (raw.min(), raw.max())
     lo, hi = band.ranges["context"]
     assert raw.min() < lo < 0 < hi < raw.max()
-    clipped = np.concatenate([s["context"] for s in rep[quantize.DECODER]])
+    clipped = np.concatenate([s["context"] for s in rep[DECODER]])
     assert (clipped.min(), clipped.max()) == (lo, hi)
     assert -3.2 <= band.ranges["mlp_pre"][0] < 0 < band.ranges["mlp_pre"][1] <= 3.2
-    io = {name: quantize.io_details(quantize.convert(band, name, rep[name])) for name in (quantize.POOLER, quantize.DECODER)}
-    ctx_out = next(d for d in io[quantize.POOLER]["outputs"] if d["name"] == "context")
-    ctx_in = next(d for d in io[quantize.DECODER]["inputs"] if d["name"] == "context")
-    assert quantize.same_quantisation(ctx_out, ctx_in) and ctx_out["scale"] == pytest.approx((hi - lo) / 255, rel=1e-3)
+    io = {name: tflite.io_details(quantize.convert(band, name, rep[name])) for name in (POOLER, DECODER)}
+    ctx_out = next(d for d in io[POOLER]["outputs"] if d["name"] == "context")
+    ctx_in = next(d for d in io[DECODER]["inputs"] if d["name"] == "context")
+    assert same_quantisation(ctx_out, ctx_in) and ctx_out["scale"] == pytest.approx((hi - lo) / 255, rel=1e-3)
     with pytest.raises(TinyCapError, match=r"^params.yaml: quantize.context_percentile: must be in \(50, 100\], got 40.0$"):
         quantize.calibrate(model, frames[train], seqs, frames[train], quantize.QuantizeParams(context_percentile=40.0))
 
@@ -257,7 +286,7 @@ def test_caption_sensitivity_finds_a_lossy_tensor(artifacts):
     """One tensor rounded at a time: harmless ranges keep the float captions; a logits window above
     every logit (all clip to its floor, argmax = token 0) is found as the tensor that breaks them."""
     model = microcap.load(artifacts / "microcap.pt")
-    frames, vids, splits, refs = quantize.load_embeddings(artifacts / "clip.h5")
+    frames, vids, splits, refs = quantize.load_clips(artifacts / "clip.h5")
     train = np.flatnonzero(splits == "train")[:8]
     seqs = [[1, 5, 2]] * len(train)
     mirror, rep = quantize.calibrate(model, frames[train], seqs, frames[train], quantize.QuantizeParams())
@@ -283,8 +312,8 @@ def test_golden_round_trip_through_tflm(int8, artifacts):
 
 
 def golden_outputs(int8_dir, artifacts, clips=3):
-    frames, *_ = quantize.load_embeddings(artifacts / "clip.h5")
-    cap = quantize.TflmCaptioner(int8_dir)
+    frames, *_ = quantize.load_clips(artifacts / "clip.h5")
+    cap = TflmDecoder(int8_dir)
     out = {"tokens": [], "h0": [], "context": [], "logits": [], "h_new": []}
     for x in frames[-clips:]:
         enc = cap.encode(x)
@@ -303,12 +332,12 @@ def test_bad_inputs(artifacts, tmp_path):
         quantize.quantize(*args, quantize.QuantizeParams(16), dict(ARCH, hidden=32))
     with pytest.raises(TinyCapError, match="no calibration clips"):
         quantize.quantize(*args, quantize.QuantizeParams(0), ARCH)
-    with pytest.raises(TinyCapError, match=r"quantize.logits_margin: a winning logit of the test/novel captions .* is below the int8 logits window"):
+    with pytest.raises(TinyCapError, match=r"quantize.logits_margin: a winning logit of the val captions .* is below the int8 logits window"):
         quantize.quantize(*args, quantize.QuantizeParams(16, logits_margin=-100.0), ARCH)
     assert not list(tmp_path.glob("int8/*.tflite"))
     model = microcap.load(artifacts / "microcap.pt")
     with pytest.raises(TinyCapError, match="representative dataset is empty"):
-        quantize.convert(quantize.TFMicroCap(model, {"context": (-1.0, 1.0)}), quantize.DECODER, [])
+        quantize.convert(quantize.TFMicroCap(model, {"context": (-1.0, 1.0)}), DECODER, [])
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import numpy as np
 from tinycap import frames as frames_mod
 from tinycap import srt
 from tinycap.errors import TinyCapError
+from tinycap.int8 import TflmDecoder, beam_search
 from tinycap.vocab import BOS, EOS, PAD, Vocab
 
 MODELS = ("guide", "microcap", "int8")
@@ -221,10 +222,8 @@ class Captioner:
         raise TinyCapError("--pooling", f"{path} was trained with {cfg.pooling} pooling; retrain with pooling={pooling} for it")
 
     def _load_int8(self, data_dir, pooling):
-        from tinycap.quantize import TflmCaptioner
-
         int8_dir = data_dir / "int8"
-        self.model = TflmCaptioner(int8_dir)
+        self.model = TflmDecoder(int8_dir)
         decoder = self.model.graphs["decoder"]
         vocab_size = decoder.io["outputs"][decoder.out_pos["logits"]]["shape"][-1]
         if vocab_size != len(self.vocab):
@@ -395,34 +394,6 @@ class Captioner:
                 tokens.append(tok)
             return tokens
         return beam_search(step, state, opts.beam, max_steps)
-
-
-def beam_search(step, state, beam, max_steps):
-    """Keep the `beam` best partial captions by total log-probability; the winner is the best
-    finished caption by log-probability per token (<eos> counted), as the guide's beam search ranks."""
-    live = [(0.0, [], state)]  # (log-prob, tokens, state)
-    finished = []
-    for _ in range(max_steps):
-        cands = []
-        for score, tokens, st in live:
-            logits, new_st = step(tokens[-1] if tokens else BOS, st)
-            logp = _log_softmax(logits.astype(np.float64))
-            for tok in np.argsort(-logp, kind="stable")[:beam]:
-                cands.append((score + logp[tok], tokens + [int(tok)], new_st))
-        cands.sort(key=lambda c: -c[0])
-        live = []
-        for score, tokens, st in cands[:beam]:
-            (finished if tokens[-1] == EOS else live).append((score, tokens, st))
-        if not live:
-            break
-    finished += live  # ran out of steps: unfinished hypotheses compete too
-    score, tokens, _ = max(finished, key=lambda c: c[0] / len(c[1]))
-    return [t for t in tokens if t != EOS]
-
-
-def _log_softmax(x):
-    x = x - x.max()
-    return x - np.log(np.exp(x).sum())
 
 
 def _softmax(x):

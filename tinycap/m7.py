@@ -1,7 +1,7 @@
-"""The Cortex-M7 side: firmware images, emulated runs, exact instruction counts, cycle/energy model.
+"""The Cortex-M7 side: emulated runs, exact instruction counts, cycle/energy model.
 
-build_elfs()   firmware/m7 + the portable runtime + the generated model -> two ELFs from one source:
-               tinycap_qemu.elf (QEMU mps2-an500) and tinycap_stm32h743.elf (size report, real boards).
+The two ELFs from one source (tinycap_qemu.elf for QEMU mps2-an500, tinycap_stm32h743.elf for the
+size report and real boards) are built by tinycap.toolchain.build_elfs() in build_tflm.
 run_qemu()     captions int8 clips on the emulated M7 with the instruction-counting plugin
                (firmware/qemu_plugin) and returns tokens, captions, stack high-water mark and the
                executed-instruction counts of every caption, by address.
@@ -16,7 +16,6 @@ benchmark()    metrics/m7.json: every figure with its method:
 import bisect
 import logging
 import re
-import shutil
 import subprocess
 import tempfile
 from collections import Counter
@@ -26,32 +25,20 @@ from typing import Literal, Optional
 
 import numpy as np
 
+from tinycap import vocab
+from tinycap.embeddings import load_embeddings
 from tinycap.errors import TinyCapError
+from tinycap.int8 import TflmDecoder, quantize_frames
+from tinycap.io import read_json
+from tinycap.tflite import graph_macs, vocab_rows
+from tinycap.toolchain import (QEMU_ELF, STM32_ELF, build_calib, build_host, build_plugin, elf_sizes, require_tools,
+                               run_host, run_tool)
 
 log = logging.getLogger(__name__)
-
-FIRMWARE_DIR = Path(__file__).resolve().parent.parent / "firmware"
-M7_DIR = FIRMWARE_DIR / "m7"
-PLUGIN_DIR = FIRMWARE_DIR / "qemu_plugin"
-QEMU_ELF = "tinycap_qemu.elf"
-STM32_ELF = "tinycap_stm32h743.elf"
-CALIB_ELF = "calib_qemu.elf"
 
 # Functions of firmware/m7/main.c and marker.c that run between two tc_mark() calls: the call
 # into tc_caption() and back. They are the harness, not the inference, so they are not counted.
 HARNESS_SYMBOLS = frozenset({"main", "run", "caption_clip", "tc_mark"})
-
-# Debian packages that provide each tool (the one line a user sees when one is missing).
-TOOLS = {
-    "arm-none-eabi-gcc": "gcc-arm-none-eabi",
-    "arm-none-eabi-size": "binutils-arm-none-eabi",
-    "arm-none-eabi-nm": "binutils-arm-none-eabi",
-    "qemu-system-arm": "qemu-system-arm",
-    "make": "make",
-    "gcc": "gcc",
-    "llvm-mca": "llvm",
-    "llvm-objdump": "llvm",
-}
 
 
 @dataclass
@@ -66,149 +53,14 @@ class M7Params:
     scale_vocab_size: Optional[int] = 5000  # also model a MicroCap with this vocabulary (MSR-VTT sized); null: off
 
 
-# ---------------------------------------------------------------------------------------- tools
-
-
-def require_tools(*names):
-    for name in names:
-        if shutil.which(name) is None:
-            raise TinyCapError(name, f"not found; install the Debian package {TOOLS[name]}")
-    if "arm-none-eabi-gcc" in names:
-        specs = _run(["arm-none-eabi-gcc", "-print-file-name=nano.specs"], "arm-none-eabi-gcc").strip()
-        if not Path(specs).is_absolute():
-            raise TinyCapError("arm-none-eabi-gcc", "newlib-nano not found; install the Debian package libnewlib-arm-none-eabi")
-
-
-def _run(cmd, where, timeout=None, **kw):
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-    except subprocess.TimeoutExpired:
-        raise TinyCapError(where, f"timed out after {timeout} s: {' '.join(map(str, cmd))}") from None
-    if p.returncode != 0:
-        lines = (p.stderr or p.stdout).strip().splitlines()
-        errors = [ln for ln in lines if re.search(r"\berror\b:", ln, re.I)] or lines or ["no output"]
-        raise TinyCapError(where, f"exit status {p.returncode}: {errors[0].strip()}")
-    return p.stdout
-
-
-# ---------------------------------------------------------------------------------------- build
-
-
-def model_constants(*dirs):
-    """`#define TC_NAME <int>` constants from the headers in `dirs` (generated model + runtime)."""
-    consts = {}
-    for d in dirs:
-        for h in sorted(Path(d).glob("*.h")):
-            for m in re.finditer(r"^\s*#define\s+(TC_[A-Z0-9_]+)\s+\(?(-?\d+)[uUlL]*\)?\s*(?:/[*/].*)?$", h.read_text(), re.M):
-                consts[m.group(1)] = int(m.group(2))
-    return consts
-
-
-def _make(directory, target, where, **variables):
-    """Always a full rebuild (-B): the sources are few, and headers are not make prerequisites."""
-    require_tools("make")
-    cmd = ["make", "-B", "--no-print-directory", "-C", str(directory), *([target] if target else [])]
-    _run(cmd + [f"{k}={v}" for k, v in variables.items()], where)
-
-
-def build_plugin(out_dir):
-    """firmware/qemu_plugin -> out_dir/libinsncount.so (host gcc)."""
-    require_tools("gcc", "make")
-    out_dir = Path(out_dir).resolve()
-    _make(PLUGIN_DIR, None, PLUGIN_DIR / "insncount.c", OUT=out_dir)
-    return out_dir / "libinsncount.so"
-
-
-def build_calib(out_dir, calib_n=1000):
-    """The calibration image (firmware/m7/calib.c): a loop of exactly 2 * calib_n + 1 instructions."""
-    require_tools("arm-none-eabi-gcc", "make")
-    out_dir = Path(out_dir).resolve()
-    _make(M7_DIR, "calib", M7_DIR / "calib.c", OUT=out_dir, CALIB_N=calib_n)
-    return out_dir / CALIB_ELF
-
-
-def build_elfs(gen_dir, runtime_dir, out_dir, sample_clip=None):
-    """Compile firmware/m7 + runtime_dir/*.c + gen_dir/*.c for both link maps into out_dir.
-
-    sample_clip: the clip the STM32H743 image captions on a board, int8 (TC_NUM_FRAMES, TC_DIM)
-    quantised like the firmware's input; None embeds a clip of zeros (the image still builds and
-    runs, the caption is then that of an all-zero embedding).
-    Writes out_dir/tinycap_qemu.elf, out_dir/tinycap_stm32h743.elf (+ .map link maps) and
-    out_dir/sample_clip.c. Returns {"qemu": sizes, "stm32h743": sizes} (see elf_sizes()).
-    """
-    require_tools("arm-none-eabi-gcc", "arm-none-eabi-size", "make")
-    gen_dir, runtime_dir, out_dir = (Path(p).resolve() for p in (gen_dir, runtime_dir, out_dir))
-    for d in (gen_dir, runtime_dir):
-        if not d.is_dir():
-            raise TinyCapError(d, "folder not found")
-    consts = model_constants(runtime_dir, gen_dir)
-    missing = [k for k in ("TC_NUM_FRAMES", "TC_DIM") if k not in consts]
-    if missing:
-        raise TinyCapError(gen_dir, f"no integer #define for {', '.join(missing)} in the headers")
-    shape = (consts["TC_NUM_FRAMES"], consts["TC_DIM"])
-    if sample_clip is None:
-        sample_clip = np.zeros(shape, np.int8)
-    sample_clip = np.asarray(sample_clip)
-    if sample_clip.shape != shape or sample_clip.dtype != np.int8:
-        raise TinyCapError("sample_clip", f"expected int8 {shape}, got {sample_clip.dtype} {sample_clip.shape}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sample_c = out_dir / "sample_clip.c"
-    sample_c.write_text(_c_array("tc_sample_clip", sample_clip.ravel()))
-    common = dict(OUT=out_dir, RUNTIME_DIR=runtime_dir, GEN_DIR=gen_dir)
-    _make(M7_DIR, "qemu", "firmware build (QEMU mps2-an500)", **common)
-    _make(M7_DIR, "stm32", "firmware build (STM32H743)", SAMPLE_CLIP_C=sample_c, **common)
-    return {"qemu": elf_sizes(out_dir / QEMU_ELF), "stm32h743": elf_sizes(out_dir / STM32_ELF)}
-
-
-def _c_array(name, values):
-    rows = [", ".join(str(int(v)) for v in values[i : i + 16]) for i in range(0, len(values), 16)]
-    body = ",\n    ".join(rows)
-    return (
-        "/* Generated by tinycap/m7.py (build_elfs): the STM32H743 image's built-in sample clip. */\n"
-        "#include <stdint.h>\n\n#include \"tinycap.h\"\n\n"
-        f"const int8_t {name}[TC_NUM_FRAMES * TC_DIM] = {{\n    {body}\n}};\n"
-    )
-
-
-# ---------------------------------------------------------------------------------------- sizes
-
-
-def parse_size_sysv(text):
-    """`arm-none-eabi-size -A` output -> {section: size}."""
-    sections = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0].startswith(".") and parts[1].isdigit():
-            sections[parts[0]] = int(parts[1])
-    return sections
-
-
-def sizes_from_sections(sections):
-    """Flash = text + rodata + data (the .data load image lives in flash); static RAM = data + bss."""
-    text = sections.get(".isr_vector", 0) + sections.get(".text", 0)
-    rodata = sections.get(".rodata", 0) + sections.get(".ARM.exidx", 0)
-    data, bss = sections.get(".data", 0), sections.get(".bss", 0)
-    return {
-        "text": text,
-        "rodata": rodata,
-        "data": data,
-        "bss": bss,
-        "stack_reserved": sections.get(".stack", 0),
-        "flash_bytes": text + rodata + data,
-        "static_ram_bytes": data + bss,
-    }
-
-
-def elf_sizes(elf):
-    require_tools("arm-none-eabi-size")
-    return sizes_from_sections(parse_size_sysv(_run(["arm-none-eabi-size", "-A", str(elf)], elf)))
+# ---------------------------------------------------------------------------------------- symbols
 
 
 def symbols(elf):
     """Function symbols of an ELF: sorted list of (start, end, name), Thumb bit cleared."""
     require_tools("arm-none-eabi-nm")
     out = []
-    for line in _run(["arm-none-eabi-nm", "-S", "-n", str(elf)], elf).splitlines():
+    for line in run_tool(["arm-none-eabi-nm", "-S", "-n", str(elf)], elf).splitlines():
         parts = line.split()
         if len(parts) == 4 and parts[2] in "TtWw":
             start = int(parts[0], 16) & ~1
@@ -372,7 +224,7 @@ def block_cycles(elf, block_addrs):
     scheduling model: llvm-mca's steady-state cycles per iteration of the block (100 iterations),
     i.e. a fully pipelined core with zero-wait-state memory (TCM / cache hits), no branch penalty."""
     require_tools("llvm-objdump", "llvm-mca")
-    text = _run(["llvm-objdump", "-d", "--no-show-raw-insn", "--triple=thumbv7em-none-eabihf",
+    text = run_tool(["llvm-objdump", "-d", "--no-show-raw-insn", "--triple=thumbv7em-none-eabihf",
                  "--mcpu=cortex-m7", str(elf)], elf)
     dis = mca_instructions(text)
     blocks = sorted(set(block_addrs))
@@ -384,7 +236,7 @@ def block_cycles(elf, block_addrs):
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "blocks.s"
         src.write_text("\n".join(lines) + "\n")
-        out = _run(["llvm-mca", "-mtriple=thumbv7em-none-eabihf", "-mcpu=cortex-m7", "-iterations=100",
+        out = run_tool(["llvm-mca", "-mtriple=thumbv7em-none-eabihf", "-mcpu=cortex-m7", "-iterations=100",
                     "-timeline=false", "-resource-pressure=false", "-instruction-info=false", str(src)], "llvm-mca")
     cycles = {}
     for m in re.finditer(r"Code Region - b(\d+)\s+Iterations:\s+(\d+)\s+Instructions:\s+\d+\s+Total Cycles:\s+(\d+)", out):
@@ -394,51 +246,7 @@ def block_cycles(elf, block_addrs):
     return cycles
 
 
-# ---------------------------------------------------------------------------------------- MACs
-
-
-def graph_macs(tflite_path):
-    """Multiply-accumulates of one invocation of a .tflite graph, by op type
-    (FULLY_CONNECTED / BATCH_MATMUL: output elements x reduction depth)."""
-    import tensorflow as tf
-
-    interp = tf.lite.Interpreter(model_path=str(tflite_path))
-    tensors = {t["index"]: t for t in interp.get_tensor_details()}
-    macs = Counter()
-    for op in interp._get_ops_details():
-        name = op["op_name"]
-        if name == "FULLY_CONNECTED":
-            w = tensors[op["inputs"][1]]["shape"]
-            out = tensors[op["outputs"][0]]["shape"]
-            macs[name] += int(np.prod(out)) * int(w[-1])
-        elif name == "BATCH_MATMUL":
-            a = tensors[op["inputs"][0]]["shape"]
-            out = tensors[op["outputs"][0]]["shape"]
-            macs[name] += int(np.prod(out)) * int(a[-1])
-    return dict(macs)
-
-
-def vocab_rows(tflite_path, vocab_size):
-    """What one more vocabulary entry costs in a decoder-step graph: MACs per step, constant bytes
-    (flash) and activation bytes (RAM), from the FULLY_CONNECTED ops with vocab_size outputs
-    (weights row + int32 bias + output element) and the GATHER over a vocab_size-row table."""
-    import tensorflow as tf
-
-    interp = tf.lite.Interpreter(model_path=str(tflite_path))
-    t = {d["index"]: d for d in interp.get_tensor_details()}
-    size = lambda i: int(np.prod(t[i]["shape"])) * np.dtype(t[i]["dtype"]).itemsize  # noqa: E731
-    rows = {"macs": 0, "const_bytes": 0, "act_bytes": 0}
-    for op in interp._get_ops_details():
-        if op["op_name"] == "FULLY_CONNECTED" and t[op["outputs"][0]]["shape"][-1] == vocab_size:
-            w = op["inputs"][1]
-            rows["macs"] += int(t[w]["shape"][-1])
-            rows["const_bytes"] += size(w) // vocab_size
-            if len(op["inputs"]) > 2 and op["inputs"][2] >= 0:
-                rows["const_bytes"] += size(op["inputs"][2]) // vocab_size
-            rows["act_bytes"] += size(op["outputs"][0]) // vocab_size
-        elif op["op_name"] == "GATHER" and t[op["inputs"][0]]["shape"][0] == vocab_size:
-            rows["const_bytes"] += size(op["inputs"][0]) // vocab_size
-    return rows
+# ---------------------------------------------------------------------------------------- vocabulary scaling
 
 
 def scale_to_vocab(metrics, rows, vocab_size, new_vocab_size, word_bytes, argmax_instr_per_entry=0.0):
@@ -493,22 +301,20 @@ def benchmark(firmware_dir, int8_dir, embeddings_path, vocab_path, params, workd
     """The benchmark_m7 stage: caption every clip of params.splits on the emulated M7, compare the
     tokens with the TFLM runtime and with the host build of the same C sources, and return
     (metrics for metrics/m7.json, per-op plot rows for metrics/plots/m7_ops.json)."""
-    from tinycap import firmware, quantize, vocab
-    from tinycap.io import read_json
-
     int8_dir = Path(int8_dir)
     elf_qemu, elf_stm32 = find_file(firmware_dir, QEMU_ELF), find_file(firmware_dir, STM32_ELF)
     quant = read_json(int8_dir / "quant.json")
-    frames, vids, splits, _ = quantize.load_embeddings(embeddings_path)
+    emb = load_embeddings(embeddings_path)
+    frames, vids, splits = emb.frame_emb, emb.video_id, emb.split
     idx = np.flatnonzero(np.isin(splits, params.splits))
     if len(idx) == 0:
         raise TinyCapError(embeddings_path, f"no clips in splits {', '.join(params.splits)}")
-    tflm = quantize.TflmCaptioner(int8_dir)
-    clips = quantize.quantize_frames(frames[idx], tflm.frame_scale, tflm.frame_zero_point)  # (N, T, D)
+    tflm = TflmDecoder(int8_dir)
+    clips = quantize_frames(frames[idx], tflm.frame_scale, tflm.frame_zero_point)  # (N, T, D)
     log.info("reference captions for %d clips: TFLM runtime and the host build of the same C sources", len(idx))
     reference = {"tflm": [tflm.caption(frames[i]) for i in idx]}
-    host_bin = firmware.build_host(find_dir(firmware_dir, "tc_model.h"), Path(workdir) / "host" / "tinycap_host")
-    reference["host"] = firmware.run_host(host_bin, clips)[0]
+    host_bin = build_host(find_dir(firmware_dir, "tc_model.h"), Path(workdir) / "host" / "tinycap_host")
+    reference["host"] = run_host(host_bin, clips)[0]
     clips = clips.reshape(len(idx), -1)
     macs_pooler = graph_macs(int8_dir / quant["models"]["pooler_int8"]["file"])
     decoder = int8_dir / quant["models"]["decoder_int8"]["file"]

@@ -1,0 +1,261 @@
+"""The int8 runtime on the host: the data/int8 graphs run the way the firmware runs them.
+
+  quantize_frames()   float frame embeddings -> int8, bit-exact with the firmware's input step
+  quant.json          same_quantisation() / check_shared_quant(): the tensors the device loop copies
+                      between graphs carry one quantisation
+  GraphRunner         one .tflite graph in tflite_micro.runtime (TFLM, the device's kernels) or
+                      tf.lite, inputs and outputs by name
+  Int8Decoder         greedy decoding of the pooler + decoder graphs, the firmware's loop
+                      (TflmDecoder: int8 in TFLM, what quantize, build_tflm and benchmark_m7 compare with)
+  beam_search()       the one beam search over a step function (tinycap.captioner uses it)
+  tflm_run()          one TFLM invocation of a small graph (the code generator's lookup tables)
+  measure_arena()     the smallest TFLM arena a graph runs with, bisected in subprocesses
+
+TensorFlow and tflite_micro are imported where a graph is run, so importing this module is cheap.
+"""
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from tinycap.errors import TinyCapError
+from tinycap.io import read_json
+from tinycap.vocab import BOS, EOS
+
+POOLER, DECODER = "pooler", "decoder"
+ARENA_SLACK = 64  # bytes added to the measured arena when the host runtime decodes (buffer alignment varies)
+
+
+def tflite_interpreter(model_bytes):
+    """tf.lite.Interpreter of .tflite bytes (the reference int8 runtime next to TFLM), not yet allocated."""
+    import tensorflow as tf
+
+    with warnings.catch_warnings():  # tf.lite.Interpreter warns it moves to ai_edge_litert, also under pytest (which resets filters)
+        warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
+        return tf.lite.Interpreter(model_content=model_bytes)
+
+
+def tflm_run(model_bytes, inputs, n_outputs=1, arena_size=256 * 1024):
+    """Run TFLM (tflite_micro.runtime.Interpreter) once; returns the list of outputs."""
+    from tflite_micro import runtime
+
+    interp = runtime.Interpreter.from_bytes(model_bytes, arena_size=arena_size)
+    for i, x in enumerate(inputs):
+        interp.set_input(x, i)
+    interp.invoke()
+    return [interp.get_output(i) for i in range(n_outputs)]
+
+
+def quantize_frames(frame_emb, scale, zero_point):
+    """Float frame embeddings -> int8, as the firmware does it:
+    q = clamp(roundf(x / scale) + zero_point, -128, 127), float32 division, roundf = half away from zero."""
+    x = np.asarray(frame_emb, np.float32) / np.float32(scale)
+    r = np.rint(x)
+    halves = np.abs(x - np.trunc(x)) == np.float32(0.5)
+    r = np.where(halves, np.trunc(x) + np.sign(x), r)
+    return np.clip(r + zero_point, -128, 127).astype(np.int8)
+
+
+def same_quantisation(a, b):
+    """Two int8 tensors {scale, zero_point} the device loop copies between graphs unchanged.
+
+    The converter derives each graph's scale from the same calibrated range, in float32 or float64
+    depending on the path: equal up to rounding, which changes no int8 value."""
+    return a["zero_point"] == b["zero_point"] and abs(a["scale"] - b["scale"]) <= 1e-6 * max(a["scale"], b["scale"])
+
+
+def check_shared_quant(quant, where):
+    """The int8 tensors the device loop copies between graphs must carry the same quantisation (up to float rounding)."""
+    models = quant["models"]
+
+    def q(model, kind, name):
+        return next(d for d in models[model][kind] if d["name"] == name)
+
+    pairs = [
+        (("pooler_int8", "outputs", "h0"), ("decoder_int8", "inputs", "h")),
+        (("decoder_int8", "outputs", "h_new"), ("decoder_int8", "inputs", "h")),
+        (("pooler_int8", "outputs", "context"), ("decoder_int8", "inputs", "context")),
+    ]
+    for a, b in pairs:
+        qa, qb = q(*a), q(*b)
+        if not same_quantisation(qa, qb):
+            raise TinyCapError(where, f"quantisation of {a[0]}.{a[2]} ({qa['scale']}, {qa['zero_point']}) differs from "
+                                      f"{b[0]}.{b[2]} ({qb['scale']}, {qb['zero_point']})")
+
+
+# ----------------------------------------------------------------------------------------------
+# Running the graphs: TFLM (the device's kernels) or tf.lite, int8 or float
+
+
+class GraphRunner:
+    """One .tflite graph behind a runtime; inputs and outputs by name."""
+
+    def __init__(self, model_bytes, io, runtime, arena_bytes=None):
+        self.io = io
+        self.in_pos = {d["name"]: i for i, d in enumerate(io["inputs"])}
+        self.out_pos = {d["name"]: i for i, d in enumerate(io["outputs"])}
+        if runtime == "tflm":
+            from tflite_micro import runtime as tflm
+
+            self.it = tflm.Interpreter.from_bytes(model_bytes, arena_size=arena_bytes)
+            self._set, self._get = self.it.set_input, self.it.get_output
+        else:
+            self.it = tflite_interpreter(model_bytes)
+            self.it.allocate_tensors()
+            ins = [d["index"] for d in self.it.get_input_details()]
+            outs = [d["index"] for d in self.it.get_output_details()]
+            self._set = lambda x, i: self.it.set_tensor(ins[i], x)
+            self._get = lambda i: self.it.get_tensor(outs[i])
+
+    def __call__(self, **inputs):
+        for name, x in inputs.items():
+            self._set(np.ascontiguousarray(x), self.in_pos[name])
+        self.it.invoke()
+        return {name: np.array(self._get(i)) for name, i in self.out_pos.items()}
+
+
+class Int8Decoder:
+    """Greedy decoding of the data/int8 graphs from Python, the loop the firmware runs:
+    quantise frames, run the pooler once, then decoder steps from <bos> until <eos> or max_steps,
+    feeding h_new and the context back unchanged (identical quantisation, see quant.json).
+    runtime: "tflm" (tflite_micro.runtime, the device's kernels) or "tflite"; precision int8 or fp32."""
+
+    def __init__(self, int8_dir, runtime="tflm", precision="int8"):
+        int8_dir = Path(int8_dir)
+        self.quant = read_json(int8_dir / "quant.json")
+        self.precision = precision
+        self.max_steps = self.quant["max_steps"]
+        self.graphs = {}
+        for name in (POOLER, DECODER):
+            entry = self.quant["models"][f"{name}_{precision}"]
+            path = int8_dir / entry["file"]
+            if not path.is_file():
+                raise TinyCapError(path, "file not found")
+            # the measured arena plus slack for a differently aligned buffer start
+            arena = entry["arena_bytes"] + ARENA_SLACK if runtime == "tflm" else None
+            self.graphs[name] = GraphRunner(path.read_bytes(), entry, runtime, arena)
+        frames_io = self.graphs[POOLER].io["inputs"][0]
+        self.frame_scale, self.frame_zero_point = frames_io["scale"], frames_io["zero_point"]
+
+    def encode(self, frame_emb):
+        """frame_emb (T, D) float -> pooler outputs (int8 or float arrays, batch 1)."""
+        frames = np.asarray(frame_emb, np.float32)[None]
+        if self.precision == "int8":
+            frames = quantize_frames(frames, self.frame_scale, self.frame_zero_point)
+        return self.graphs[POOLER](frames=frames)
+
+    def caption(self, frame_emb):
+        """frame_emb (T, D) -> token ids (no <bos>, stops before <eos>)."""
+        enc = self.encode(frame_emb)
+        h, context, tok, out = enc["h0"], enc["context"], BOS, []
+        for _ in range(self.max_steps):
+            res = self.graphs[DECODER](token=np.array([tok], np.int32), h=h, context=context)
+            h = res["h_new"]
+            tok = int(np.argmax(res["logits"][0]))  # first maximum on ties, like the firmware's loop
+            if tok == EOS:
+                break
+            out.append(tok)
+        return out
+
+
+class TflmDecoder(Int8Decoder):
+    """The int8 graphs in the TFLM runtime: `TflmDecoder("data/int8").caption(frame_emb)`."""
+
+    def __init__(self, int8_dir):
+        super().__init__(int8_dir, runtime="tflm", precision="int8")
+
+
+def beam_search(step, state, beam, max_steps):
+    """Keep the `beam` best partial captions by total log-probability; the winner is the best
+    finished caption by log-probability per token (<eos> counted), as the guide's beam search ranks."""
+    live = [(0.0, [], state)]  # (log-prob, tokens, state)
+    finished = []
+    for _ in range(max_steps):
+        cands = []
+        for score, tokens, st in live:
+            logits, new_st = step(tokens[-1] if tokens else BOS, st)
+            logp = _log_softmax(logits.astype(np.float64))
+            for tok in np.argsort(-logp, kind="stable")[:beam]:
+                cands.append((score + logp[tok], tokens + [int(tok)], new_st))
+        cands.sort(key=lambda c: -c[0])
+        live = []
+        for score, tokens, st in cands[:beam]:
+            (finished if tokens[-1] == EOS else live).append((score, tokens, st))
+        if not live:
+            break
+    finished += live  # ran out of steps: unfinished hypotheses compete too
+    score, tokens, _ = max(finished, key=lambda c: c[0] / len(c[1]))
+    return [t for t in tokens if t != EOS]
+
+
+def _log_softmax(x):
+    x = x - x.max()
+    return x - np.log(np.exp(x).sum())
+
+
+# ----------------------------------------------------------------------------------------------
+# TFLM arena, measured in a subprocess (a too-small arena segfaults the process)
+
+
+_ARENA_PROBE = """
+import sys, numpy as np
+from tflite_micro import runtime
+data = open(sys.argv[1], "rb").read()
+n_inputs, lo, hi, step = map(int, sys.argv[2:])
+
+def run(arena):
+    it = runtime.Interpreter.from_bytes(data, arena_size=arena)
+    for i in range(n_inputs):
+        d = it.get_input_details(i)
+        it.set_input(np.zeros(d["shape"], d["dtype"]), i)
+    it.invoke()
+    return it
+
+while hi - lo > 1:  # invariant: lo * step fails, hi * step works
+    mid = (lo + hi) // 2
+    print("try", mid, flush=True)
+    try:
+        run(mid * step)
+        hi = mid
+        print("ok", mid, flush=True)
+    except RuntimeError:
+        lo = mid
+        print("fail", mid, flush=True)
+print("result", hi, flush=True)
+it = run(hi * step)
+sys.stderr.flush()
+it.print_allocations()
+"""
+
+
+def measure_arena(model_path, n_inputs, step=16):
+    """Smallest tensor arena (bytes, multiple of `step`) with which the TFLM runtime allocates and
+    invokes the model, bisected in a subprocess (a too-small arena may crash the process: the probe
+    then restarts above the size that crashed). x86-64 host build, so an upper bound for a 32-bit
+    target. Also returns the RecordingMicroAllocator report print_allocations() writes to fd 2."""
+    lo, hi = 0, -(-max(1 << 20, 10 * Path(model_path).stat().st_size) // step)
+    for _ in range(32):
+        res = subprocess.run(
+            [sys.executable, "-c", _ARENA_PROBE, str(model_path), str(n_inputs), str(lo), str(hi), str(step)],
+            capture_output=True,
+            text=True,
+        )
+        lines = [line.split() for line in res.stdout.splitlines()]
+        for word, n in lines:
+            if word == "ok":
+                hi = int(n)
+            elif word == "fail":
+                lo = int(n)
+        if res.returncode == 0 and lines and lines[-1][0] == "result":
+            report = [line for line in res.stderr.splitlines() if "RecordingMicroAllocator" in line]
+            return hi * step, report
+        if lines and lines[-1][0] == "try":  # crashed while trying this size: too small
+            lo = int(lines[-1][1])
+            continue
+        how = f"killed by signal {-res.returncode}" if res.returncode < 0 else f"exit {res.returncode}"
+        tail = (res.stderr.strip().splitlines() or ["no message"])[-1]
+        raise TinyCapError(model_path, f"TFLM could not run the model ({how}: {tail})")
+    raise TinyCapError(model_path, "TFLM arena probe kept crashing")
