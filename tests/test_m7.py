@@ -350,6 +350,33 @@ def test_input_buffer_outside_bss_or_missing_is_an_error(monkeypatch):
     assert m7.input_buffer_bytes("c.elf") == 24
 
 
+def test_benchmark_m7_writes_nothing_when_parity_fails(monkeypatch, tmp_path):
+    """Parity is checked before anything is written: one line naming the mismatch, no metrics files."""
+    import importlib.util
+
+    from tinycap import params as params_mod
+
+    spec = importlib.util.spec_from_file_location("benchmark_m7", m7.FIRMWARE_DIR.parent / "stages" / "benchmark_m7.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    metrics = {"parity_mismatches": 1, "parity": {
+        "tflm": {"count": 0, "first": []},
+        "host": {"count": 1, "first": [], "first_logits": [{"clip": "v7", "step": 3, "logit": 41, "m7": -5, "host": -6}]}}}
+    monkeypatch.setattr(params_mod, "load", lambda *a, **k: {})
+    monkeypatch.setattr(params_mod, "section", lambda params, name, cls: cls())
+    monkeypatch.setattr(m7, "benchmark", lambda *a, **k: (metrics, [{"op": "tc_k_add", "instructions": 1.0}]))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "metrics" / "plots").mkdir(parents=True)
+    with pytest.raises(TinyCapError, match=r"^benchmark_m7: 1 clip\(s\) differ .* vs host: clip v7, step 3, logit 41, m7 -5, host -6; metrics/m7.json not written$"):
+        stage.main()
+    assert list((tmp_path / "metrics").rglob("*.json")) == []
+    metrics.update(parity_mismatches=0, instructions={"value": 1.0, "method": "emulated-exact"}, latency_ms={"value": 1.0},
+                   flash_bytes={"value": 1}, ram_bytes={"value": 1})
+    metrics["parity"]["host"]["count"] = 0
+    stage.main()  # parity holds: both files written
+    assert sorted(p.name for p in (tmp_path / "metrics").rglob("*.json")) == ["m7.json", "m7_ops.json"]
+
+
 @needs_toolchain
 def test_build_error_is_one_line(tmp_path):
     gen, rt = tmp_path / "gen", tmp_path / "runtime"
