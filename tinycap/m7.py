@@ -5,7 +5,8 @@ build_elfs()   firmware/m7 + the portable runtime + the generated model -> two E
 run_qemu()     captions int8 clips on the emulated M7 with the instruction-counting plugin
                (firmware/qemu_plugin) and returns tokens, captions, stack high-water mark and the
                executed-instruction counts of every caption, by address.
-benchmark()    metrics/m7.json: every figure with its method:
+benchmark()    metrics/m7.json with parity (the M7's tokens and every decoder step's int8 logits, printed by
+               the firmware with -l, against TFLM's and the host build's) and every figure with its method:
     emulated-exact  counted on the emulated core (instructions; peak stack), or read from the ELF
                     (flash; data + bss) -- exact for this binary
     modelled        cycles (LLVM's Cortex-M7 scheduling model per executed block, or a CPI), and what
@@ -667,7 +668,9 @@ def measure(elf_qemu, elf_stm32, clips, macs_pooler, macs_step, max_steps, param
         "instructions": {"value": float(instructions.mean()), "method": "emulated-exact",
                          "min": int(instructions.min()), "max": int(instructions.max()),
                          "how": "QEMU mps2-an500 TCG plugin (firmware/qemu_plugin), instructions executed inside "
-                                "tc_caption() and its callees, mean per caption"},
+                                "tc_caption() and its callees, mean per caption"
+                                + ("; the logits printed for parity: the step callback is left out, tc_caption's call "
+                                   "of it (2 instructions per step) is in" if reference_logits else "")},
         "cycles": {"value": mean_cycles, "method": "modelled", "model": cycle_model},
         "latency_ms": {"value": latency_s * 1e3, "method": "modelled", "model": f"cycles / clock_hz ({params.clock_hz} Hz)"},
         "energy_mj": {"value": latency_s * params.run_current_a * params.supply_v * 1e3, "method": "modelled",
