@@ -78,11 +78,31 @@ def pipeline_data(request):
     return request.getfixturevalue("tiny_project") / "data"
 
 
+# Test files whose every test must run in CI: the firmware and Cortex-M7 paths (CI installs every tool,
+# scripts/setup.sh; a skip there means an untested C runtime, M7 build or QEMU measurement).
+CI_MUST_RUN_FILES = frozenset({"test_m7.py", "test_firmware.py"})
+CI_MUST_RUN_MARK = "toolchain"  # tests elsewhere that need the ARM toolchain / QEMU carry @pytest.mark.toolchain
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", f"{CI_MUST_RUN_MARK}: needs arm-none-eabi-gcc / qemu-system-arm (never skipped in CI)")
+
+
+def _skip_reason(report):
+    text = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return text.removeprefix("Skipped: ")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """In CI a test skipped for a missing tool is a failure: scripts/setup.sh installs every tool."""
+    """With CI set, a skip of a firmware/M7 test (any reason) or of a test skipped for a missing tool
+    ("not installed") is a failure naming the test and the reason."""
     outcome = yield
     report = outcome.get_result()
-    if os.environ.get("CI") and report.skipped and "not installed" in str(report.longrepr):
+    if not os.environ.get("CI") or not report.skipped or hasattr(report, "wasxfail"):
+        return
+    reason = _skip_reason(report)
+    must_run = item.path.name in CI_MUST_RUN_FILES or item.get_closest_marker(CI_MUST_RUN_MARK) is not None
+    if must_run or "not installed" in reason:
         report.outcome = "failed"
-        report.longrepr = f"skipped in CI for a missing tool: {report.longrepr}"
+        report.longrepr = f"{item.nodeid} was skipped in CI ({report.when}): {reason}"

@@ -9,7 +9,7 @@ import pytest
 
 from tinycap import firmware, m7, tflite, toolchain
 from tinycap.errors import TinyCapError
-from tinycap.int8 import TflmDecoder, quantize_frames
+from tinycap.int8 import quantize_frames, tflm_reference
 
 needs_toolchain = pytest.mark.skipif(
     any(shutil.which(t) is None for t in ("arm-none-eabi-gcc", "qemu-system-arm", "llvm-mca")),
@@ -80,7 +80,8 @@ def test_elf_sizes_agree_with_berkeley_size(calib):
 
 # A model with known behaviour, to test the firmware harness (main.c): input file protocol, output
 # lines, per-caption segments and the counter inside a kernel. tc_k_spin runs exactly 2k + 1
-# instructions, k = (uint8)frames[0] + 1; tokens are 4 + frames[t * TC_DIM] % 8 for t < frames[1] % 4.
+# instructions, k = (uint8)frames[0] + 1; tokens are 4 + frames[t * TC_DIM] % 8 for t < frames[1] % 4;
+# decoder step s (s = 0 .. n, the last one the <eos> step) has logits v -> (int8)(frames[2] + 7 s + 29 v).
 FIXTURE_H = """\
 #define TC_NUM_FRAMES 3
 #define TC_DIM 8
@@ -94,18 +95,32 @@ __attribute__((naked, noinline)) void tc_k_spin(__attribute__((unused)) uint32_t
     __asm__ volatile("1: subs r0, r0, #1\n bne 1b\n bx lr\n");
 }
 static const char *const words[TC_VOCAB_SIZE] = {"<pad>", "<bos>", "<eos>", "<unk>", "a", "b", "c", "d", "e", "f", "g", "h"};
-static int8_t last[TC_VOCAB_SIZE];
+static int8_t logits[TC_VOCAB_SIZE];
+static tc_step_fn step_cb;
+static void *step_user;
+void tc_set_step_callback(tc_step_fn fn, void *user) { step_cb = fn; step_user = user; }
 int tc_caption(const int8_t *frames, uint16_t *tokens)
 {
     tc_k_spin((uint32_t)(uint8_t)frames[0] + 1u);
     int n = ((uint8_t)frames[1]) % 4;
+    for (int s = 0; s <= n; s++) {
+        for (int v = 0; v < TC_VOCAB_SIZE; v++)
+            logits[v] = (int8_t)(uint8_t)((uint8_t)frames[2] + 7 * s + 29 * v);
+        if (step_cb)
+            step_cb(s, logits, step_user);
+    }
     for (int t = 0; t < n; t++)
         tokens[t] = (uint16_t)(4 + ((uint8_t)frames[t * TC_DIM]) % 8);
     return n;
 }
 const char *tc_token_text(uint16_t id) { return id < TC_VOCAB_SIZE ? words[id] : "<unk>"; }
-const int8_t *tc_last_logits(void) { return last; }
 """
+
+
+def _fixture_logits(clip):
+    """The fixture model's logits of one clip (uint8 view): (steps, TC_VOCAB_SIZE) int8."""
+    s, v = np.arange(clip[1] % 4 + 1)[:, None], np.arange(12)[None, :]
+    return ((int(clip[2]) + 7 * s + 29 * v) % 256).astype(np.uint8).view(np.int8)
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +156,58 @@ def test_qemu_run_prints_tokens_captions_and_counts(fixture_fw):
         counts = m7.segment_by_symbol(r["segments"][2 * i + 1], r["blocks"], r["symbols"])
         assert counts["tc_k_spin"] == 2 * (int(clip[0]) + 1) + 1
     assert 0 < r["stack_peak_bytes"] < r["stack_size_bytes"]
+    assert r["logits"] is None and " logits " not in r["stdout"]
+
+
+def _caption_counts(r, i):
+    c = m7.segment_by_symbol(r["segments"][2 * i + 1], r["blocks"], r["symbols"])
+    return {k: v for k, v in c.items() if k not in m7.HARNESS_SYMBOLS}
+
+
+@needs_toolchain
+def test_qemu_logits_are_printed_and_their_printing_is_not_counted(fixture_fw):
+    """-l: every decoder step's logits come back exactly; the step callback printing them is harness
+    code (left out of the count): only tc_caption's own call of the callback differs."""
+    root, _ = fixture_fw
+    clips = np.random.default_rng(2).integers(-128, 128, (4, 24)).astype(np.int8)
+    clips[:, 1] = [0, 1, 2, 3]
+    plugin = toolchain.build_plugin(root / "plugin")
+    plain = m7.run_qemu(root / "fw" / toolchain.QEMU_ELF, clips, root / "run_plain", plugin, timeout_s=60)
+    r = m7.run_qemu(root / "fw" / toolchain.QEMU_ELF, clips, root / "run_logits", plugin, timeout_s=60, logits=True)
+    assert r["tokens"] == plain["tokens"]
+    for i, clip in enumerate(clips.view(np.uint8)):
+        np.testing.assert_array_equal(r["logits"][i], _fixture_logits(clip))
+        with_logits, without = _caption_counts(r, i), _caption_counts(plain, i)
+        assert set(with_logits) == set(without)  # no harness symbol leaks into the count
+        assert {k: v for k, v in with_logits.items() if k != "tc_caption"} == {k: v for k, v in without.items() if k != "tc_caption"}
+        assert 0 < with_logits["tc_caption"] - without["tc_caption"] <= 8 * (clip[1] % 4 + 1)  # the call, per step
+
+
+@needs_toolchain
+def test_without_a_clip_file_the_image_captions_its_sample_clip(fixture_fw):
+    """The main path a board runs (no file on the semihosting command line): the built-in sample clip,
+    through the same input buffer."""
+    root, _ = fixture_fw
+    r = m7._qemu(root / "fw" / toolchain.QEMU_ELF, root, toolchain.build_plugin(root / "plugin"), 60, args=["tinycap"])
+    sample = np.arange(24, dtype=np.uint8)
+    expect = " ".join(str(4 + sample[t * 8] % 8) for t in range(sample[1] % 4))
+    assert f"clip 0 tokens {expect}\n" in r["stdout"] and "clip 1 " not in r["stdout"]
+
+
+@needs_toolchain
+def test_both_images_are_the_same_code(fixture_fw):
+    """One main path: the STM32H743 image holds the functions and objects of the QEMU image (the one
+    measured), byte for byte the same sizes; only the addresses (link map) differ."""
+    root, _ = fixture_fw
+
+    def table(elf):
+        out = subprocess.run(["arm-none-eabi-nm", "-S", str(elf)], capture_output=True, text=True, check=True).stdout
+        return sorted((p[3], p[2], p[1]) for p in (ln.split() for ln in out.splitlines()) if len(p) == 4)
+
+    qemu, stm32 = table(root / "fw" / toolchain.QEMU_ELF), table(root / "fw" / toolchain.STM32_ELF)
+    assert qemu == stm32
+    names = {name for name, _, _ in qemu}
+    assert {"tc_caption", "caption_clip", "tc_sample_clip", m7.INPUT_BUFFER} <= names
 
 
 @needs_toolchain
@@ -240,22 +307,75 @@ def test_measure_writes_every_figure_with_its_method(fixture_fw, tmp_path):
     u = clips.view(np.uint8)
     truth = [[4 + u[i, t * 8] % 8 for t in range(u[i, 1] % 4)] for i in range(3)]
     wrong = [truth[0], truth[1], truth[2][:-1]]
+    logits = [_fixture_logits(c) for c in u]
+    off_by_one = [x.copy() for x in logits]
+    off_by_one[1][1, 5] += 1  # one logit of clip 1, 1 LSB
     params = m7.M7Params(timeout_s=60)
     metrics, rows = m7.measure(root / "fw" / toolchain.QEMU_ELF, root / "fw" / toolchain.STM32_ELF, clips,
                                macs_pooler={"FULLY_CONNECTED": 100}, macs_step={"FULLY_CONNECTED": 50},
-                               max_steps=4, params=params, workdir=tmp_path, reference_tokens={"tflm": wrong})
+                               max_steps=4, params=params, workdir=tmp_path, reference_tokens={"tflm": wrong},
+                               reference_logits={"tflm": off_by_one, "host": logits})
     for key, method in [("instructions", "emulated-exact"), ("cycles", "modelled"), ("latency_ms", "modelled"),
                         ("energy_mj", "modelled"), ("flash_bytes", "emulated-exact"), ("ram_bytes", "emulated-exact")]:
         assert metrics[key]["method"] == method and metrics[key]["value"] > 0
     spin = [2 * (int(u[i, 0]) + 1) + 1 for i in range(3)]
     assert metrics["instructions"]["min"] > min(spin)  # the kernel plus tc_caption's own code
-    assert rows[0] == {"op": "tc_k_spin", "instructions": round(sum(spin) / 3, 1)}
+    assert {"op": "tc_k_spin", "instructions": round(sum(spin) / 3, 1)} in rows
+    assert [r["instructions"] for r in rows] == sorted((r["instructions"] for r in rows), reverse=True)
     assert metrics["decoder_steps"] == 3.0 and metrics["macs"] == 100 + 3 * 50  # steps: tokens + the <eos> step
-    assert metrics["parity_mismatches"] == 1 and metrics["parity"]["tflm"]["first"][0]["clip"] == 2
+    tflm, host = metrics["parity"]["tflm"], metrics["parity"]["host"]
+    assert metrics["parity_mismatches"] == 2 and tflm["token_mismatched_clips"] == [2] and tflm["first"][0]["clip"] == 2
+    assert tflm["logit_mismatched_clips"] == [1] and tflm["max_logit_abs_diff"] == 1
+    assert tflm["first_logits"][0] == {"clip": 1, "step": 1, "logit": 5, "m7": int(logits[1][1, 5]),
+                                       "tflm": int(off_by_one[1][1, 5])}
+    assert host["count"] == 0 and host["max_logit_abs_diff"] == 0 and host["logits_compared"] == 12 * (2 + 3 + 4)
     assert metrics["latency_ms"]["value"] == pytest.approx(metrics["cycles"]["value"] / 480e3)
     assert metrics["energy_mj"]["value"] == pytest.approx(metrics["latency_ms"]["value"] * 0.148 * 3.3)
     sizes = toolchain.elf_sizes(root / "fw" / toolchain.STM32_ELF)
     assert metrics["ram_bytes"]["value"] == sizes["static_ram_bytes"] + metrics["stack_peak_bytes"]
+    # the input buffer (T int8 frame embeddings) is in the STM32H743 image's bss, so in RAM
+    assert metrics["ram_breakdown"]["input_buffer_in_bss"] == 3 * 8 <= metrics["ram_breakdown"]["bss"]
+    with pytest.raises(TinyCapError, match=r"^benchmark_m7: 2 clip\(s\) differ .* first vs tflm: clip 2, m7 \[.*metrics/m7.json not written$"):
+        m7.check_parity(metrics)
+
+
+def test_input_buffer_outside_bss_or_missing_is_an_error(monkeypatch):
+    nm = {"a.elf": "20000100 00000018 D tc_input_frames\n", "b.elf": "20000100 00000018 B other\n",
+          "c.elf": "20000100 00000018 B tc_input_frames\n"}
+    monkeypatch.setattr(m7, "require_tools", lambda *names: None)
+    monkeypatch.setattr(m7, "run_tool", lambda cmd, where: nm[cmd[-1]])
+    with pytest.raises(TinyCapError, match="not in .bss"):
+        m7.input_buffer_bytes("a.elf")
+    with pytest.raises(TinyCapError, match="no input buffer"):
+        m7.input_buffer_bytes("b.elf")
+    assert m7.input_buffer_bytes("c.elf") == 24
+
+
+def test_benchmark_m7_writes_nothing_when_parity_fails(monkeypatch, tmp_path):
+    """Parity is checked before anything is written: one line naming the mismatch, no metrics files."""
+    import importlib.util
+
+    from tinycap import params as params_mod
+
+    spec = importlib.util.spec_from_file_location("benchmark_m7", toolchain.FIRMWARE_DIR.parent / "stages" / "benchmark_m7.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    metrics = {"parity_mismatches": 1, "parity": {
+        "tflm": {"count": 0, "first": []},
+        "host": {"count": 1, "first": [], "first_logits": [{"clip": "v7", "step": 3, "logit": 41, "m7": -5, "host": -6}]}}}
+    monkeypatch.setattr(params_mod, "load", lambda *a, **k: {})
+    monkeypatch.setattr(params_mod, "section", lambda params, name, cls: cls())
+    monkeypatch.setattr(m7, "benchmark", lambda *a, **k: (metrics, [{"op": "tc_k_add", "instructions": 1.0}]))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "metrics" / "plots").mkdir(parents=True)
+    with pytest.raises(TinyCapError, match=r"^benchmark_m7: 1 clip\(s\) differ .* vs host: clip v7, step 3, logit 41, m7 -5, host -6; metrics/m7.json not written$"):
+        stage.main()
+    assert list((tmp_path / "metrics").rglob("*.json")) == []
+    metrics.update(parity_mismatches=0, instructions={"value": 1.0, "method": "emulated-exact"}, latency_ms={"value": 1.0},
+                   flash_bytes={"value": 1}, ram_bytes={"value": 1})
+    metrics["parity"]["host"]["count"] = 0
+    stage.main()  # parity holds: both files written
+    assert sorted(p.name for p in (tmp_path / "metrics").rglob("*.json")) == ["m7.json", "m7_ops.json"]
 
 
 @needs_toolchain
@@ -274,23 +394,30 @@ def test_build_error_is_one_line(tmp_path):
 @needs_toolchain
 def test_qemu_captions_of_the_tiny_model_match_tflm_and_host(tmp_path):
     """The real runtime + generated sources of the firmware fixture (tests/fixtures/firmware) on the
-    emulated M7: same tokens as the TFLM runtime and the host build, exit status 0."""
+    emulated M7, its Cortex-M fast kernels included: same tokens and every decoder step's int8 logits
+    as the TFLM runtime and the host build (0 LSB), exit status 0."""
     src = toolchain.FIRMWARE_DIR.parent / "tests" / "fixtures" / "firmware" / "attention"
     frames = np.load(src / "clips.npy")
     firmware.generate(src, src / "vocab.json", tmp_path / "gen")
     sizes = toolchain.build_elfs(tmp_path / "gen", toolchain.FIRMWARE_DIR / "runtime", tmp_path / "fw")
     assert 0 < sizes["stm32h743"]["flash_bytes"] < 64 * 1024
-    tflm = TflmDecoder(src)
+    tflm_tokens, tflm_logits, tflm = tflm_reference(src, frames)
     clips = quantize_frames(frames, tflm.frame_scale, tflm.frame_zero_point)
-    host = toolchain.run_host(toolchain.build_host(tmp_path / "gen", tmp_path / "host"), clips)[0]
+    host, host_logits = toolchain.run_host(toolchain.build_host(tmp_path / "gen", tmp_path / "host"), clips, logits=True)
     r = m7.run_qemu(tmp_path / "fw" / toolchain.QEMU_ELF, clips.reshape(len(clips), -1), tmp_path / "run",
-                    toolchain.build_plugin(tmp_path / "plugin"), timeout_s=60)
+                    toolchain.build_plugin(tmp_path / "plugin"), timeout_s=60, logits=True)
     assert r["exit_status"] == 0
-    assert r["tokens"] == [tflm.caption(f) for f in frames] == host
+    assert r["tokens"] == tflm_tokens == host
+    for ref in (tflm_logits, host_logits):
+        report = m7.compare_logits(r["logits"], ref, "ref", lambda i: i)
+        assert report["logit_mismatched_clips"] == [] and report["max_logit_abs_diff"] == 0
+        assert report["logits_compared"] == sum(x.size for x in ref) > 0
     words = json.loads((src / "vocab.json").read_text())["tokens"]
     assert r["captions"] == [" ".join(words[t] for t in toks) for toks in r["tokens"]]
     per_caption = [m7.segment_by_symbol(r["segments"][2 * i + 1], r["blocks"], r["symbols"]) for i in range(len(clips))]
     assert all(c["tc_k_fully_connected"] > 0 and c["tc_caption"] > 0 for c in per_caption)
+    # the Cortex-M fast path (tc_kernels_cortexm.c) replaced the portable FULLY_CONNECTED
+    assert all(c["tc_k_fully_connected_groups"] > 0 for c in per_caption)
 
 
 @needs_toolchain

@@ -20,7 +20,7 @@ import numpy as np
 from tinycap.codegen import Codegen
 from tinycap.embeddings import load_embeddings
 from tinycap.errors import TinyCapError
-from tinycap.int8 import DECODER, TflmDecoder, quantize_frames, same_quantisation
+from tinycap.int8 import quantize_frames, same_quantisation, tflm_reference
 from tinycap.io import read_json
 from tinycap.toolchain import FIRMWARE_DIR, RUNTIME_DIR, build_elfs, build_host, run_host
 from tinycap.vocab import Vocab
@@ -196,33 +196,6 @@ const char *const tc_vocab[TC_VOCAB_SIZE] = {{
 
 # ---------------------------------------------------------------------------------------------
 # parity against TFLM
-
-
-def tflm_reference(int8_dir, frame_emb):
-    """Token ids and per-step int8 logits of every clip from the TFLM runtime.
-
-    Tokens come from tinycap.int8.TflmDecoder (the quantize stage's loop); the logits from
-    the same graphs stepped here along the same tokens (and their tokens must agree)."""
-    cap = TflmDecoder(int8_dir)
-    bos, eos = cap.quant["bos"], cap.quant["eos"]
-    tokens, logits = [], []
-    for clip in frame_emb:
-        ref = cap.caption(clip)
-        enc = cap.encode(clip)
-        h, ctx, tok, steps, mine = enc["h0"], enc["context"], bos, [], []
-        for _ in range(cap.max_steps):
-            res = cap.graphs[DECODER](token=np.array([tok], np.int32), h=h, context=ctx)
-            h = res["h_new"]
-            steps.append(res["logits"][0].astype(np.int16))
-            tok = int(np.argmax(res["logits"][0]))
-            if tok == eos:
-                break
-            mine.append(tok)
-        if mine != ref:
-            raise TinyCapError(int8_dir, "TflmDecoder and the stepped TFLM graphs disagree")
-        tokens.append(ref)
-        logits.append(np.stack(steps))
-    return tokens, logits, cap
 
 
 def parity(host_bin, int8_dir, frame_emb):

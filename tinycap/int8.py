@@ -149,16 +149,21 @@ class Int8Decoder:
 
     def caption(self, frame_emb):
         """frame_emb (T, D) -> token ids (no <bos>, stops before <eos>)."""
+        return self.caption_with_logits(frame_emb)[0]
+
+    def caption_with_logits(self, frame_emb):
+        """frame_emb (T, D) -> (token ids, the logits of every step (S, V), <eos> step included)."""
         enc = self.encode(frame_emb)
-        h, context, tok, out = enc["h0"], enc["context"], BOS, []
+        h, context, tok, out, logits = enc["h0"], enc["context"], BOS, [], []
         for _ in range(self.max_steps):
             res = self.graphs[DECODER](token=np.array([tok], np.int32), h=h, context=context)
             h = res["h_new"]
+            logits.append(res["logits"][0])
             tok = int(np.argmax(res["logits"][0]))  # first maximum on ties, like the firmware's loop
             if tok == EOS:
                 break
             out.append(tok)
-        return out
+        return out, np.stack(logits)
 
 
 class TflmDecoder(Int8Decoder):
@@ -166,6 +171,14 @@ class TflmDecoder(Int8Decoder):
 
     def __init__(self, int8_dir):
         super().__init__(int8_dir, runtime="tflm", precision="int8")
+
+
+def tflm_reference(int8_dir, frame_emb):
+    """What the device must reproduce: TFLM's token ids and int8 logits (S, V) for every clip of
+    frame_emb (N, T, D) float, and the decoder (its frame quantisation)."""
+    decoder = TflmDecoder(int8_dir)
+    tokens, logits = zip(*(decoder.caption_with_logits(clip) for clip in frame_emb)) if len(frame_emb) else ((), ())
+    return list(tokens), [x.astype(np.int16) for x in logits], decoder
 
 
 def beam_search(step, state, beam, max_steps):

@@ -5,7 +5,8 @@ size report and real boards) are built by tinycap.toolchain.build_elfs() in buil
 run_qemu()     captions int8 clips on the emulated M7 with the instruction-counting plugin
                (firmware/qemu_plugin) and returns tokens, captions, stack high-water mark and the
                executed-instruction counts of every caption, by address.
-benchmark()    metrics/m7.json: every figure with its method:
+benchmark()    metrics/m7.json with parity (the M7's tokens and every decoder step's int8 logits, printed by
+               the firmware with -l, against TFLM's and the host build's) and every figure with its method:
     emulated-exact  counted on the emulated core (instructions; peak stack), or read from the ELF
                     (flash; data + bss) -- exact for this binary
     modelled        cycles (LLVM's Cortex-M7 scheduling model per executed block, or a CPI), and what
@@ -28,7 +29,7 @@ import numpy as np
 from tinycap import vocab
 from tinycap.embeddings import load_embeddings
 from tinycap.errors import TinyCapError
-from tinycap.int8 import TflmDecoder, quantize_frames
+from tinycap.int8 import quantize_frames, tflm_reference
 from tinycap.io import read_json
 from tinycap.tflite import graph_macs, vocab_rows
 from tinycap.toolchain import (QEMU_ELF, STM32_ELF, build_calib, build_host, build_plugin, elf_sizes, require_tools,
@@ -36,9 +37,13 @@ from tinycap.toolchain import (QEMU_ELF, STM32_ELF, build_calib, build_host, bui
 
 log = logging.getLogger(__name__)
 
-# Functions of firmware/m7/main.c and marker.c that run between two tc_mark() calls: the call
-# into tc_caption() and back. They are the harness, not the inference, so they are not counted.
-HARNESS_SYMBOLS = frozenset({"main", "run", "caption_clip", "tc_mark"})
+# Functions of firmware/m7/main.c, marker.c and semihost.c that run between two tc_mark() calls: the
+# call into tc_caption() and back, and the step callback printing the logits (with -l) and the console
+# functions it calls. They are the harness, not the inference, so they are not counted.
+HARNESS_SYMBOLS = frozenset({"main", "run", "caption_clip", "tc_mark", "print_step_logits", "out_str", "out_u32",
+                             "out_flush", "sh_write0", "sh_call"})
+# The firmware's input buffer (firmware/m7/main.c): one clip of int8 frame embeddings, in .bss.
+INPUT_BUFFER = "tc_input_frames"
 
 
 @dataclass
@@ -105,17 +110,20 @@ def parse_counts(path):
     return blocks, segments
 
 
-def run_qemu(elf, clips, workdir, plugin, timeout_s=600):
+def run_qemu(elf, clips, workdir, plugin, timeout_s=600, logits=False):
     """Caption `clips` (int8 [N, T*D]) with the QEMU image; returns a dict:
     tokens [[id, ...]], captions [str], stack_peak_bytes, stack_size_bytes, dwt_unavailable, stdout,
-    blocks, segments (per-caption segment = segments[2 * i + 1]), symbols (SymbolMap), exit_status."""
+    blocks, segments (per-caption segment = segments[2 * i + 1]), symbols (SymbolMap), exit_status,
+    logits: with logits=True the int8 logits of every decoder step, one int8 (steps, V) array per clip
+    (the firmware's step callback prints them; it is harness code, not counted), else None."""
     require_tools("qemu-system-arm", "arm-none-eabi-nm")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     clips = np.ascontiguousarray(clips, dtype=np.int8)
     clip_file, counts = workdir / "clips.bin", workdir / "counts.txt"
     clip_file.write_bytes(clips.tobytes())
-    result = _qemu(elf, workdir, plugin, timeout_s, args=["tinycap", str(clip_file.resolve())])
+    flags = ["-l"] if logits else []
+    result = _qemu(elf, workdir, plugin, timeout_s, args=["tinycap", *flags, str(clip_file.resolve())])
     out = result["stdout"]
     tokens, captions = {}, {}
     for m in re.finditer(r"^clip (\d+) tokens((?: \d+)*)$", out, re.M):
@@ -125,10 +133,24 @@ def run_qemu(elf, clips, workdir, plugin, timeout_s=600):
     n = len(clips)
     if sorted(tokens) != list(range(n)) or sorted(captions) != list(range(n)):
         raise TinyCapError(elf, f"firmware printed results for {len(tokens)} of {n} clips")
-    result.update(tokens=[tokens[i] for i in range(n)], captions=[captions[i] for i in range(n)])
+    result.update(tokens=[tokens[i] for i in range(n)], captions=[captions[i] for i in range(n)],
+                  logits=_parse_logits(out, n, elf) if logits else None)
     if len(result["segments"]) != 2 * n + 1:
         raise TinyCapError(counts, f"expected {2 * n + 1} segments (2 marks per clip), got {len(result['segments'])}")
     return result
+
+
+def _parse_logits(out, n, elf):
+    """'clip i step s logits <hex>' lines -> one int8 (steps, V) array per clip."""
+    steps = {i: [] for i in range(n)}
+    for m in re.finditer(r"^clip (\d+) step (\d+) logits ([0-9a-f]*)$", out, re.M):
+        i, s = int(m.group(1)), int(m.group(2))
+        if i not in steps or s != len(steps[i]):
+            raise TinyCapError(elf, f"logits of clip {i} step {s} out of order")
+        steps[i].append(np.frombuffer(bytes.fromhex(m.group(3)), np.int8))
+    if not all(steps.values()) or len({len(v) for rows in steps.values() for v in rows}) != 1:
+        raise TinyCapError(elf, "the firmware printed no logits, or logits of different lengths, for some clip")
+    return [np.stack(steps[i]) for i in range(n)]
 
 
 def _qemu(elf, workdir, plugin, timeout_s, args=()):
@@ -299,8 +321,9 @@ def find_dir(firmware_dir, name):
 
 def benchmark(firmware_dir, int8_dir, embeddings_path, vocab_path, params, workdir):
     """The benchmark_m7 stage: caption every clip of params.splits on the emulated M7, compare the
-    tokens with the TFLM runtime and with the host build of the same C sources, and return
-    (metrics for metrics/m7.json, per-op plot rows for metrics/plots/m7_ops.json)."""
+    tokens and every decoder step's int8 logits with the TFLM runtime and with the host build of the
+    same C sources, and return (metrics for metrics/m7.json, per-op plot rows for
+    metrics/plots/m7_ops.json); check_parity() says whether they may be written."""
     int8_dir = Path(int8_dir)
     elf_qemu, elf_stm32 = find_file(firmware_dir, QEMU_ELF), find_file(firmware_dir, STM32_ELF)
     quant = read_json(int8_dir / "quant.json")
@@ -309,18 +332,19 @@ def benchmark(firmware_dir, int8_dir, embeddings_path, vocab_path, params, workd
     idx = np.flatnonzero(np.isin(splits, params.splits))
     if len(idx) == 0:
         raise TinyCapError(embeddings_path, f"no clips in splits {', '.join(params.splits)}")
-    tflm = TflmDecoder(int8_dir)
+    log.info("reference captions and logits for %d clips: TFLM runtime and the host build of the same C sources", len(idx))
+    tflm_tokens, tflm_logits, tflm = tflm_reference(int8_dir, frames[idx])
     clips = quantize_frames(frames[idx], tflm.frame_scale, tflm.frame_zero_point)  # (N, T, D)
-    log.info("reference captions for %d clips: TFLM runtime and the host build of the same C sources", len(idx))
-    reference = {"tflm": [tflm.caption(frames[i]) for i in idx]}
     host_bin = build_host(find_dir(firmware_dir, "tc_model.h"), Path(workdir) / "host" / "tinycap_host")
-    reference["host"] = run_host(host_bin, clips)[0]
+    host_tokens, host_logits = run_host(host_bin, clips, logits=True)
+    reference = {"tflm": tflm_tokens, "host": host_tokens}
     clips = clips.reshape(len(idx), -1)
     macs_pooler = graph_macs(int8_dir / quant["models"]["pooler_int8"]["file"])
     decoder = int8_dir / quant["models"]["decoder_int8"]["file"]
     macs_step = graph_macs(decoder)
     metrics, op_rows = measure(elf_qemu, elf_stm32, clips, macs_pooler, macs_step, quant["max_steps"], params,
-                               workdir, reference_tokens=reference, clip_ids=[str(vids[i]) for i in idx])
+                               workdir, reference_tokens=reference, clip_ids=[str(vids[i]) for i in idx],
+                               reference_logits={"tflm": tflm_logits, "host": host_logits})
     if params.scale_vocab_size:
         logits = [d for d in quant["models"]["decoder_int8"]["outputs"] if d["name"] == "logits"]
         vocab_size = int(logits[0]["shape"][-1])
@@ -332,19 +356,75 @@ def benchmark(firmware_dir, int8_dir, embeddings_path, vocab_path, params, workd
     return metrics, op_rows
 
 
+def input_buffer_bytes(elf):
+    """Size of the firmware's input buffer (INPUT_BUFFER), which must be in the ELF's .bss (counted in RAM)."""
+    require_tools("arm-none-eabi-nm")
+    for line in run_tool(["arm-none-eabi-nm", "-S", str(elf)], elf).splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[3] == INPUT_BUFFER:
+            if parts[2] not in "Bb":
+                raise TinyCapError(elf, f"{INPUT_BUFFER} is not in .bss (nm type {parts[2]})")
+            return int(parts[1], 16)
+    raise TinyCapError(elf, f"no input buffer {INPUT_BUFFER} in the image (RAM would leave it out)")
+
+
+def compare_tokens(tokens, ref, name, clip_name):
+    """Token sequences of the M7 vs a reference: {count, token_mismatched_clips, first: [{clip, m7, <name>}, ...]}."""
+    bad = [i for i, (a, b) in enumerate(zip(tokens, ref)) if list(a) != list(b)]
+    missing = [clip_name(i) for i in range(min(len(ref), len(tokens)), max(len(ref), len(tokens)))]
+    return {"count": len(bad) + len(missing), "token_mismatched_clips": [clip_name(i) for i in bad] + missing,
+            "first": [{"clip": clip_name(i), "m7": tokens[i], name: list(ref[i])} for i in bad[:10]]}
+
+
+def compare_logits(logits, ref, name, clip_name):
+    """Every int8 logit of every decoder step, M7 vs a reference (0 LSB allowed): clips that differ
+    (in a value or in their number of steps), logits compared, largest difference, first differences."""
+    bad, first, compared, worst = [], [], 0, 0
+    for i, (a, b) in enumerate(zip(logits, ref)):
+        a, b = np.asarray(a, np.int16), np.asarray(b, np.int16)
+        steps = min(len(a), len(b))
+        diff = np.abs(a[:steps] - b[:steps]) if a.shape[1:] == b.shape[1:] else np.full((1, 1), 256)
+        compared += diff.size
+        worst = max(worst, int(diff.max(initial=0)))
+        if len(a) != len(b) or diff.any():
+            bad.append(clip_name(i))
+            if diff.any() and len(first) < 10:
+                s, v = (int(x) for x in np.argwhere(diff)[0])
+                first.append({"clip": clip_name(i), "step": s, "logit": v, "m7": int(a[s, v]), name: int(b[s, v])})
+            elif len(first) < 10:
+                first.append({"clip": clip_name(i), "steps_m7": len(a), f"steps_{name}": len(b)})
+    bad += [clip_name(i) for i in range(min(len(ref), len(logits)), max(len(ref), len(logits)))]
+    return {"logit_mismatched_clips": bad, "logits_compared": compared, "max_logit_abs_diff": worst,
+            "first_logits": first}
+
+
+def check_parity(metrics):
+    """Raise one line naming the first mismatch when the M7 build's tokens or logits differ from a
+    reference (metrics from measure()); benchmark_m7 calls it before writing anything."""
+    if not metrics["parity_mismatches"]:
+        return
+    name, m = next((k, v) for k, v in metrics["parity"].items() if v["count"])
+    first = (m.get("first") or m.get("first_logits") or [{}])[0]
+    what = ", ".join(f"{k} {v}" for k, v in first.items())
+    raise TinyCapError("benchmark_m7", f"{metrics['parity_mismatches']} clip(s) differ between the M7 build and "
+                                       f"the references, first vs {name}: {what}; metrics/m7.json not written")
+
+
 def measure(elf_qemu, elf_stm32, clips, macs_pooler, macs_step, max_steps, params, workdir,
-            reference_tokens=None, clip_ids=None):
+            reference_tokens=None, clip_ids=None, reference_logits=None):
     """Run every clip under QEMU and build metrics/m7.json (dict) and the per-op plot rows.
 
     clips: int8 [N, T*D]; macs_pooler / macs_step: {op type: MACs} of the pooler graph and of one
     decoder step (graph_macs());
     max_steps: decoder steps at most (a caption of max_steps tokens ran max_steps steps, a shorter
-    one len + 1: the step that produced <eos>); reference_tokens: {name: [[ids], ...]} to compare with.
+    one len + 1: the step that produced <eos>); reference_tokens: {name: [[ids], ...]} to compare with;
+    reference_logits: {name: [int8 (steps, V) per clip]}: with it the firmware prints every step's
+    logits (run_qemu(logits=True)) and every one is compared, 0 LSB allowed.
     """
     workdir = Path(workdir)
     plugin = build_plugin(workdir / "plugin")
     log.info("captioning %d clips on the emulated Cortex-M7", len(clips))
-    r = run_qemu(elf_qemu, clips, workdir, plugin, params.timeout_s)
+    r = run_qemu(elf_qemu, clips, workdir, plugin, params.timeout_s, logits=bool(reference_logits))
     blocks, syms = r["blocks"], r["symbols"]
     per_clip = [segment_by_symbol(r["segments"][2 * i + 1], blocks, syms) for i in range(len(clips))]
     for c in per_clip:
@@ -381,20 +461,22 @@ def measure(elf_qemu, elf_stm32, clips, macs_pooler, macs_step, max_steps, param
     fc_instr = sum(v for op, v in ops.items() if re.search(r"fully_connected|(^|_)fc(_|$)", op)) / n
 
     sizes = elf_sizes(elf_stm32)
+    input_buffer = input_buffer_bytes(elf_stm32)
     mean_cycles = float(cycles.mean())
     latency_s = mean_cycles / params.clock_hz
-    mismatches = {}
-    for name, ref in (reference_tokens or {}).items():
-        bad = [i for i, (a, b) in enumerate(zip(r["tokens"], ref)) if list(a) != list(b)]
-        mismatches[name] = {
-            "count": len(bad) + abs(len(ref) - n),
-            "first": [{"clip": clip_ids[i] if clip_ids else i, "m7": r["tokens"][i], name: list(ref[i])} for i in bad[:10]],
-        }
+    clip_name = (lambda i: clip_ids[i]) if clip_ids else (lambda i: i)  # noqa: E731
+    mismatches = {name: compare_tokens(r["tokens"], ref, name, clip_name) for name, ref in (reference_tokens or {}).items()}
+    for name, ref in (reference_logits or {}).items():
+        m = mismatches.setdefault(name, {"count": 0, "token_mismatched_clips": [], "first": []})
+        m.update(compare_logits(r["logits"], ref, name, clip_name))
+        m["count"] = len(set(m["token_mismatched_clips"]) | set(m["logit_mismatched_clips"]))
     metrics = {
         "instructions": {"value": float(instructions.mean()), "method": "emulated-exact",
                          "min": int(instructions.min()), "max": int(instructions.max()),
                          "how": "QEMU mps2-an500 TCG plugin (firmware/qemu_plugin), instructions executed inside "
-                                "tc_caption() and its callees, mean per caption"},
+                                "tc_caption() and its callees, mean per caption"
+                                + ("; the logits printed for parity: the step callback is left out, tc_caption's call "
+                                   "of it (2 instructions per step) is in" if reference_logits else "")},
         "cycles": {"value": mean_cycles, "method": "modelled", "model": cycle_model},
         "latency_ms": {"value": latency_s * 1e3, "method": "modelled", "model": f"cycles / clock_hz ({params.clock_hz} Hz)"},
         "energy_mj": {"value": latency_s * params.run_current_a * params.supply_v * 1e3, "method": "modelled",
@@ -404,8 +486,11 @@ def measure(elf_qemu, elf_stm32, clips, macs_pooler, macs_step, max_steps, param
         "flash_bytes": {"value": sizes["flash_bytes"], "method": "emulated-exact",
                         "how": "text + rodata + data of the STM32H743 ELF (arm-none-eabi-size -A)"},
         "ram_bytes": {"value": sizes["static_ram_bytes"] + r["stack_peak_bytes"], "method": "emulated-exact",
-                      "how": "data + bss of the STM32H743 ELF + peak stack (painted stack, high-water mark after "
-                             "all captions under QEMU)"},
+                      "how": f"data + bss of the STM32H743 ELF (the bss holds the input buffer {INPUT_BUFFER}, "
+                             f"{input_buffer} B: T int8 frame embeddings) + peak stack (painted stack, high-water mark "
+                             "after all captions under QEMU; the STM32H743 image is the same code, another link map)"},
+        "ram_breakdown": {"data": sizes["data"], "bss": sizes["bss"], "input_buffer_in_bss": input_buffer,
+                          "stack_peak": r["stack_peak_bytes"]},
         "macs": float(macs.mean()),
         "macs_pooler": macs_pooler,
         "macs_decoder_step": macs_step,

@@ -23,8 +23,9 @@
 
 /* Fully connected, weights pre-arranged by the generator: rows in groups of 4, the K axis
  * zero-padded to k4 (a multiple of 16), block (g, kb) = rows 4g..4g+3, 4 bytes each
- * (k = 4kb..4kb+3). On Cortex-M with DSP: tc_k_fc_groups (SXTB16 + SMLAD loop and requantisation
- * in one routine) for full groups with the fast requantisation, tc_k_fc_rows4 + C otherwise.
+ * (k = 4kb..4kb+3). Portable C in tc_kernels.c; on Cortex-M with DSP, tc_kernels_cortexm.c:
+ * tc_k_fully_connected_groups (SXTB16 + SMLAD loop and requantisation in one routine) for full
+ * groups with the fast requantisation, tc_k_fully_connected_rows4 + C otherwise.
  * rq: per output row {bias_eff, multiplier, e, half}, bias_eff = bias - input_zero_point *
  * sum_k w[n][k] (the input offset folded at build time; a per-tensor multiplier is repeated).
  * right_shifts = 1: every TFLM shift is <= 0, e = -shift and half = e ? 1 << (e - 1) : 0 (the
@@ -36,9 +37,10 @@ typedef struct {
   int32_t k, k4, n;      /* input depth, padded depth, output rows */
   int32_t out_zp, act_min, act_max;
 } tc_fc_params;
-void tc_k_fully_connected(const tc_fc_params *p, int32_t batches, const int8_t *in, int8_t *out);
-/* FC scratch: the expanded input of the DSP path, k4 / 2 words (defined by the generated code). */
-extern uint32_t tc_fc_scratch[];
+/* scratch: TC_FC_SCRATCH_WORDS(k4) words the kernel may overwrite (the DSP path expands the input
+ * there); the caller owns it (the generated code: one buffer for the model's largest k4). */
+#define TC_FC_SCRATCH_WORDS(k4) ((k4) / 2)
+void tc_k_fully_connected(const tc_fc_params *p, int32_t batches, const int8_t *in, int8_t *out, uint32_t *scratch);
 
 /* ADD / SUB (TFLM left_shift 20, twice-max-scale rescaling); sign = +1 or -1.
  * Broadcast: shapes given as 4-D with strides (0 on broadcast axes). */

@@ -36,9 +36,9 @@ const char *tc_token_text(uint16_t id);
 typedef void (*tc_step_fn)(int step, const int8_t *logits, void *user);
 void tc_set_step_callback(tc_step_fn fn, void *user);
 
-/* Per-op breakdowns: every kernel is its own non-inlined function (tc_k_* in tc_kernels.c), so
- * an instruction counter can attribute by symbol; and the generated graph code calls
- * TC_OP_HOOK(graph, index, op) before every op (see tc_kernels.h; a no-op unless defined). */
+/* Per-op breakdowns: every kernel is its own non-inlined function (tc_k_* in tc_kernels.c and
+ * tc_kernels_cortexm.c), so an instruction counter can attribute by symbol; and the generated graph
+ * code calls TC_OP_HOOK(graph, index, op) before every op (see tc_kernels.h; a no-op unless defined). */
 
 #ifdef __cplusplus
 }
