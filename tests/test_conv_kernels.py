@@ -1,0 +1,119 @@
+"""Image-encoder kernels (firmware/runtime/tc_conv.c, tc_conv_cortexm.c) against TFLM, bit for bit.
+
+Host: random int8 graphs made by TF's converter (full-integer quantisation, one model per seed
+holding several independent ops on one input: CONV_2D 1x1 and KxK, DEPTHWISE_CONV_2D, MEAN over
+axes (1, 2), AVERAGE_POOL_2D), run in TFLM (tflite_micro.runtime); each op's parameters from
+tinycap.conv_prepare, its kernel run by the host harness firmware/host/conv_main.c; every output
+byte must be equal.
+Cortex-M7: the SMLAD fast path of CONV_2D against the portable reference on the emulated M7
+(QEMU mps2-an500, firmware/m7/conv_check.c), random shapes and parameters, 0 bytes different.
+"""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinycap import conv_prepare as P
+from tinycap import firmware as F
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNTIME = ROOT / "firmware" / "runtime"
+HOST_CFLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror"]
+M7_ARCH = ["-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-d16", "-mfloat-abi=hard"]
+
+needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed (Debian package gcc)")
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    exe = tmp_path_factory.mktemp("conv") / "conv_main"
+    srcs = [ROOT / "firmware" / "host" / "conv_main.c"] + [RUNTIME / f for f in ("tc_conv.c", "tc_conv_cortexm.c", "tc_kernels.c")]
+    subprocess.run(["gcc", *HOST_CFLAGS, f"-I{RUNTIME}", *map(str, srcs), "-o", str(exe)], check=True)
+    return exe
+
+
+def _model(seed):
+    """One int8 model: input (B, H, W, C) -> several independent ops, random shapes and settings."""
+    import tensorflow as tf
+
+    R = np.random.default_rng(seed)
+    b = 2 if seed % 4 == 3 else 1
+    h, w, c = (int(v) for v in R.integers(3, 12, 3))
+    c = int(R.choice([1, 3, 5, 6, 7, 13])) if seed % 2 else c
+    lo = float(R.uniform(-3, 0))
+    hi = lo + float(R.uniform(0.5, 6))
+
+    def conv(k, cout, stride, pad, act):
+        wgt = tf.constant(R.normal(0, 1 / np.sqrt(k * k * c), (k, k, c, cout)).astype(np.float32))
+        bias = tf.constant(R.normal(0, 0.5, cout).astype(np.float32))
+        return lambda x: act(tf.nn.conv2d(x, wgt, stride, pad) + bias)
+
+    def dwconv(k, stride, pad, act):
+        wgt = tf.constant(R.normal(0, 1 / k, (k, k, c, 1)).astype(np.float32))
+        bias = tf.constant(R.normal(0, 0.5, c).astype(np.float32))
+        return lambda x: act(tf.nn.depthwise_conv2d(x, wgt, [1, stride, stride, 1], pad) + bias)
+
+    acts = [tf.identity, tf.nn.relu, tf.nn.relu6]
+    pick = lambda seq: seq[int(R.integers(len(seq)))]  # noqa: E731
+    ops = [
+        conv(1, int(R.integers(1, 40)), 1, "VALID", pick(acts)),  # pointwise
+        conv(3, int(R.integers(1, 24)), int(R.integers(1, 3)), pick(["SAME", "VALID"]), pick(acts)),
+        conv(int(R.choice([1, 3])), int(R.integers(1, 12)), 2, pick(["SAME", "VALID"]), pick(acts)),
+        dwconv(3, int(R.integers(1, 3)), pick(["SAME", "VALID"]), pick(acts)),
+        lambda x: tf.reduce_mean(x, axis=[1, 2], keepdims=True),
+    ]
+    if min(h, w) >= 3:
+        k, s, pad = int(R.choice([2, 3])), int(R.integers(1, 3)), pick(["SAME", "VALID"])
+        ops.append(lambda x: tf.nn.avg_pool2d(x, k, s, pad))
+
+    @tf.function(input_signature=[tf.TensorSpec((b, h, w, c), tf.float32)])
+    def f(x):
+        return [op(x) for op in ops]
+
+    def rep():
+        for _ in range(20):
+            yield [R.uniform(lo, hi, (b, h, w, c)).astype(np.float32)]
+
+    conv_ = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()], f)
+    conv_.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv_.representative_dataset = rep
+    conv_.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv_.inference_input_type = tf.int8
+    conv_.inference_output_type = tf.int8
+    return conv_.convert()
+
+
+@needs_gcc
+@pytest.mark.parametrize("seed", range(10))
+def test_kernels_bit_exact_with_tflm(harness, seed):
+    model = _model(seed)
+    g = F.load_graph(model, f"seed{seed}")
+    kernel_ops = [op for op in g.ops if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "MEAN", "AVERAGE_POOL_2D")]
+    # every graph output comes straight from one kernel op (no QUANTIZE in between)
+    assert sorted(op.outputs[0] for op in kernel_ops) == sorted(g.outputs), [op.name for op in g.ops]
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "MEAN"} <= {op.name for op in kernel_ops}
+    R = np.random.default_rng(100 + seed)
+    x_t = g.tensors[g.inputs[0]]
+    for trial in range(3):
+        x = R.integers(-128, 128, x_t.shape).astype(np.int8)
+        refs = F.tflm_run(model, [x], n_outputs=len(g.outputs))
+        for op in kernel_ops:
+            k = P.prepare(g, op)
+            out = subprocess.run([str(harness)], input=k.pack() + x.tobytes(), capture_output=True, check=True).stdout
+            ref = np.asarray(refs[g.outputs.index(op.outputs[0])]).astype(np.int8).ravel()
+            got = np.frombuffer(out, np.int8)
+            assert got.shape == ref.shape, (op.name, k)
+            diff = np.flatnonzero(got != ref)
+            assert diff.size == 0, f"seed {seed} trial {trial} {op.name} {k}: {diff.size} of {ref.size} bytes differ"
+
+
+def test_padding_matches_tflm_rules():
+    # ComputeOutSize / ComputePaddingWithOffset for a few hand-checked cases
+    assert P.output_size(P.SAME, 7, 3, 2) == 4 and P.padding_offset(2, 7, 3, 4) == 1
+    assert P.output_size(P.SAME, 8, 3, 2) == 4 and P.padding_offset(2, 8, 3, 4) == 0  # total 1: all bottom
+    assert P.output_size(P.VALID, 8, 3, 2) == 3 and P.padding_offset(2, 8, 3, 3) == 0
+    assert P.output_size(P.SAME, 5, 1, 1) == 5 and P.padding_offset(1, 5, 1, 5) == 0
