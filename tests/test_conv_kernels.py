@@ -111,6 +111,65 @@ def test_kernels_bit_exact_with_tflm(harness, seed):
             assert diff.size == 0, f"seed {seed} trial {trial} {op.name} {k}: {diff.size} of {ref.size} bytes differ"
 
 
+def _handmade(seed):
+    """A single-op graph written directly (tinycap.firmware.build_model) with random quantisation
+    the converter never produces: fused activations that really clamp (RELU / RELU6 / RELU_N1_TO_1
+    with a wide output range), multipliers > 1 (shift > 0), per-tensor weight scales, no bias."""
+    R = np.random.default_rng(1000 + seed)
+    depthwise = seed % 2 == 1
+    b, h, w, c = int(R.integers(1, 3)), *(int(v) for v in R.integers(1, 10, 2)), int(R.integers(1, 20))
+    k = int(R.choice([1, 3])) if not depthwise else int(R.choice([3, 5]))
+    stride, pad = int(R.integers(1, 3)), int(R.integers(0, 2))
+    cout = c if depthwise else int(R.integers(1, 30))
+    oh, ow = P.output_size(pad, h, k, stride), P.output_size(pad, w, k, stride)
+    if min(oh, ow) < 1:
+        oh, ow, pad = P.output_size(P.SAME, h, k, stride), P.output_size(P.SAME, w, k, stride), P.SAME
+    taps = k * k * (1 if depthwise else c)
+    act = [1, 3, 2, 0][seed % 4]
+    # the output step from the activation's range (RELU6: 6.0 over 60..200 steps), the weight scales
+    # so that accumulators (std ~ sqrt(taps) * 74 * 73 integer units) span ~30..120 output steps;
+    # every 4th seed (RELU) a multiplier > 1 (shift > 0), most outputs then saturate
+    s_in = float(R.uniform(0.01, 0.1))
+    s_out = {0: float(R.uniform(0.005, 0.2)), 1: float(R.uniform(0.005, 0.2)), 3: 6 / R.uniform(60, 200),
+             2: 1 / R.uniform(40, 120)}[act]
+    target = s_out * R.uniform(30, 120)
+    ws = target / (s_in * np.sqrt(taps) * 5400) * (R.uniform(0.7, 1.3, cout) if seed % 3 else 1.0)
+    if seed % 4 == 0:
+        ws = s_out / s_in * R.uniform(1.1, 3, cout)  # per channel multiplier > 1
+    wshape = (1, k, k, cout) if depthwise else (cout, k, k, c)
+    t = [dict(shape=(b, h, w, c), dtype="int8", scale=s_in, zp=int(R.integers(-60, 60))),
+         dict(shape=wshape, dtype="int8", data=R.integers(-127, 128, wshape).astype(np.int8), scale=ws,
+              zp=np.zeros(np.size(ws), int), qdim=3 if depthwise else 0),
+         dict(shape=(cout,), dtype="int32", data=R.integers(-3000, 3000, cout).astype(np.int32),
+              scale=s_in * np.asarray(ws), zp=np.zeros(np.size(ws), int)),
+         dict(shape=(b, oh, ow, cout), dtype="int8", scale=s_out, zp=int(R.integers(-50, 50)))]
+    inputs = [0, 1, -1] if seed % 5 == 0 and not depthwise else [0, 1, 2]  # TFLM crashes on a depthwise without bias
+    if depthwise:
+        opts = F.options("DepthwiseConv2DOptions", padding=pad, strideW=stride, strideH=stride, depthMultiplier=1,
+                         fusedActivationFunction=act, dilationWFactor=1, dilationHFactor=1)
+        op = ("DEPTHWISE_CONV_2D", inputs, [3], opts)
+    else:
+        opts = F.options("Conv2DOptions", padding=pad, strideW=stride, strideH=stride, fusedActivationFunction=act,
+                         dilationWFactor=1, dilationHFactor=1)
+        op = ("CONV_2D", inputs, [3], opts)
+    return F.build_model(t, [op], [0], [3])
+
+
+@needs_gcc
+@pytest.mark.parametrize("seed", range(12))
+def test_handmade_quantisation_bit_exact_with_tflm(harness, seed):
+    model = _handmade(seed)
+    g = F.load_graph(model, f"handmade{seed}")
+    k = P.prepare(g, g.ops[0])
+    R = np.random.default_rng(seed)
+    for trial in range(4):
+        x = R.integers(-128, 128, g.tensors[0].shape).astype(np.int8)
+        ref = np.asarray(F.tflm_run(model, [x])[0]).astype(np.int8).ravel()
+        out = subprocess.run([str(harness)], input=k.pack() + x.tobytes(), capture_output=True, check=True).stdout
+        diff = np.flatnonzero(np.frombuffer(out, np.int8) != ref)
+        assert diff.size == 0, f"{g.ops[0].name} {k}: {diff.size} of {ref.size} bytes differ"
+
+
 def test_padding_matches_tflm_rules():
     # ComputeOutSize / ComputePaddingWithOffset for a few hand-checked cases
     assert P.output_size(P.SAME, 7, 3, 2) == 4 and P.padding_offset(2, 7, 3, 4) == 1
