@@ -176,3 +176,56 @@ def test_padding_matches_tflm_rules():
     assert P.output_size(P.SAME, 8, 3, 2) == 4 and P.padding_offset(2, 8, 3, 4) == 0  # total 1: all bottom
     assert P.output_size(P.VALID, 8, 3, 2) == 3 and P.padding_offset(2, 8, 3, 3) == 0
     assert P.output_size(P.SAME, 5, 1, 1) == 5 and P.padding_offset(1, 5, 1, 5) == 0
+
+
+# ------------------------------------------------------------------------------ Cortex-M7 (QEMU)
+
+
+@pytest.fixture(scope="module")
+def m7_run(tmp_path_factory):
+    """firmware/m7/conv_check.c + the conv kernels for the M7, run under QEMU with the counter."""
+    for tool in ("arm-none-eabi-gcc", "qemu-system-arm", "gcc"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed")
+    from tinycap import m7
+
+    tmp = tmp_path_factory.mktemp("conv_m7")
+    fw = ROOT / "firmware" / "m7"
+    srcs = [fw / "startup.c", fw / "semihost.c", fw / "marker.c", fw / "conv_check.c", RUNTIME / "tc_conv.c",
+            RUNTIME / "tc_conv_cortexm.c"]
+    elf = tmp / "conv_check.elf"
+    subprocess.run(["arm-none-eabi-gcc", *M7_ARCH, "-O2", "-g", "-std=c11", "-Wall", "-Wextra", "-Werror",
+                    "-ffunction-sections", "-fdata-sections", f"-I{fw}", f"-I{RUNTIME}", *map(str, srcs),
+                    "--specs=nano.specs", "-nostartfiles", "-Wl,--gc-sections", f"-L{fw}", "-T", "qemu_mps2_an500.ld",
+                    "-o", str(elf)], check=True)
+    plugin = m7.build_plugin(tmp / "plugin")
+    (tmp / "run").mkdir()
+    r = m7._qemu(elf, tmp / "run", plugin, timeout_s=120)  # raises unless the exit status (failed cases) is 0
+    segments = [m7.segment_by_symbol(s, r["blocks"], r["symbols"]) for s in r["segments"]]
+    return r["stdout"], segments
+
+
+def instructions_per_mac(stdout, segments):
+    """{bench index: (macs, ref, dsp, depthwise ref)} instructions per MAC of the benchmark shapes."""
+    import re
+
+    out = {}
+    for m in re.finditer(r"^bench (\d+) macs (\d+) dw_macs (\d+)$", stdout, re.M):
+        i, macs, dw = (int(v) for v in m.groups())
+        ref, dsp, dwr = (sum(segments[1 + 2 * (3 * i + j)].values()) for j in range(3))
+        out[i] = (macs, ref / macs, dsp / macs, dwr / dw)
+    return out
+
+
+def test_cortex_m7_fast_conv_equals_reference_under_qemu(m7_run):
+    import re
+
+    stdout, segments = m7_run
+    cases = [(int(a), int(b)) for a, b in re.findall(r"^case (\d+) macs \d+ diff (\d+)$", stdout, re.M)]
+    assert len(cases) >= 30, stdout  # 4 benchmark shapes + the random ones that fit the buffers
+    assert all(d == 0 for _, d in cases), stdout
+    ipm = instructions_per_mac(stdout, segments)
+    assert len(ipm) == 4
+    for i, (macs, ref, dsp, dwr) in ipm.items():
+        print(f"bench {i}: {macs} MACs, conv ref {ref:.2f} instr/MAC, conv dsp {dsp:.2f}, depthwise ref {dwr:.2f}")
+        assert dsp < ref
