@@ -229,3 +229,12 @@ def test_cortex_m7_fast_conv_equals_reference_under_qemu(m7_run):
     for i, (macs, ref, dsp, dwr) in ipm.items():
         print(f"bench {i}: {macs} MACs, conv ref {ref:.2f} instr/MAC, conv dsp {dsp:.2f}, depthwise ref {dwr:.2f}")
         assert dsp < ref
+
+
+@needs_gcc
+def test_fast_requantisation_equals_tflm(tmp_path):
+    exe = tmp_path / "requant_check"
+    subprocess.run(["gcc", *HOST_CFLAGS, f"-I{RUNTIME}", str(ROOT / "firmware" / "host" / "requant_check.c"), "-o", str(exe)],
+                   check=True)
+    r = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "bad 0", r.stdout

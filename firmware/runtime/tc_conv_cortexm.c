@@ -49,7 +49,7 @@ static inline void im2col(const tc_conv_params *p, const int8_t *in, int32_t oy,
 }
 
 static inline int8_t requantise(const tc_conv_params *p, int32_t acc, int32_t oc) {
-  acc = multiply_by_quantized_multiplier(acc, p->mult[oc], p->shift[oc]) + p->out_offset;
+  acc = multiply_by_quantized_multiplier_fast(acc, p->mult[oc], p->shift[oc]) + p->out_offset;
   return (int8_t)clamp(acc, p->act_min, p->act_max);
 }
 

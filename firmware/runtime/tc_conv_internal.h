@@ -29,6 +29,20 @@ static inline int32_t multiply_by_quantized_multiplier(int32_t x, int32_t multip
                                 right);
 }
 
+/* multiply_by_quantized_multiplier() with fewer instructions for shift <= 0 (every multiplier < 1),
+ * the same result for multiplier >= 0 (QuantizeMultiplier never gives a negative one): with
+ * s = sign(x), SaturatingRoundingDoublingHighMul(x, m) = s * ((|x| * m + 2^30 - (x < 0)) >> 31)
+ * (nudge toward zero below 0), and RoundingDivideByPOT rounds half away from zero on both sides,
+ * so both run on |x| (one UMULL / UMLAL) and the sign goes back on at the end. */
+static inline int32_t multiply_by_quantized_multiplier_fast(int32_t x, int32_t multiplier, int32_t shift) {
+  if (shift > 0) return multiply_by_quantized_multiplier(x, multiplier, shift);
+  const uint32_t e = (uint32_t)-shift, sgn = (uint32_t)(x >> 31);
+  const uint32_t u = ((uint32_t)x ^ sgn) - sgn;
+  const uint32_t v = (uint32_t)(((uint64_t)u * (uint32_t)multiplier + ((1u << 30) + sgn)) >> 31);
+  const uint32_t q = (v + ((1u << e) >> 1)) >> e;
+  return (int32_t)((q ^ sgn) - sgn);
+}
+
 static inline int32_t clamp(int32_t v, int32_t lo, int32_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 #endif /* TC_CONV_INTERNAL_H */
