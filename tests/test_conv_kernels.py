@@ -206,14 +206,15 @@ def m7_run(tmp_path_factory):
 
 
 def instructions_per_mac(stdout, segments):
-    """{bench index: (macs, ref, dsp, depthwise ref)} instructions per MAC of the benchmark shapes."""
+    """{bench index: (macs, conv ref, conv dsp, dw macs, depthwise ref, depthwise dsp)}: instructions
+    per MAC of the benchmark shapes (segments: 4 tc_mark pairs per shape, see conv_check.c)."""
     import re
 
     out = {}
     for m in re.finditer(r"^bench (\d+) macs (\d+) dw_macs (\d+)$", stdout, re.M):
         i, macs, dw = (int(v) for v in m.groups())
-        ref, dsp, dwr = (sum(segments[1 + 2 * (3 * i + j)].values()) for j in range(3))
-        out[i] = (macs, ref / macs, dsp / macs, dwr / dw)
+        ref, dsp, dwr, dwd = (sum(segments[1 + 2 * (4 * i + j)].values()) for j in range(4))
+        out[i] = (macs, ref / macs, dsp / macs, dw, dwr / dw, dwd / dw)
     return out
 
 
@@ -222,13 +223,16 @@ def test_cortex_m7_fast_conv_equals_reference_under_qemu(m7_run):
 
     stdout, segments = m7_run
     cases = [(int(a), int(b)) for a, b in re.findall(r"^case (\d+) macs \d+ diff (\d+)$", stdout, re.M)]
-    assert len(cases) >= 30, stdout  # 4 benchmark shapes + the random ones that fit the buffers
-    assert all(d == 0 for _, d in cases), stdout
+    dwcases = [(int(a), int(b)) for a, b in re.findall(r"^dwcase (\d+) macs \d+ diff (\d+)$", stdout, re.M)]
+    assert len(cases) >= 30 and len(dwcases) >= 30, stdout  # 4 benchmark shapes + the random ones that fit
+    assert all(d == 0 for _, d in cases + dwcases), stdout
     ipm = instructions_per_mac(stdout, segments)
     assert len(ipm) == 4
-    for i, (macs, ref, dsp, dwr) in ipm.items():
-        print(f"bench {i}: {macs} MACs, conv ref {ref:.2f} instr/MAC, conv dsp {dsp:.2f}, depthwise ref {dwr:.2f}")
+    for i, (macs, ref, dsp, dw, dwr, dwd) in ipm.items():
+        print(f"bench {i}: CONV_2D {macs} MACs ref {ref:.2f} dsp {dsp:.2f} instr/MAC; "
+              f"DEPTHWISE_CONV_2D 3x3 {dw} MACs ref {dwr:.2f} dsp {dwd:.2f}")
         assert dsp < ref
+        assert dwd < dwr or dwd == 0  # bench 2 has 3 channels: no depthwise fast path
 
 
 @needs_gcc

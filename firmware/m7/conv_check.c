@@ -1,12 +1,13 @@
-/* Cortex-M7 check of the CONV_2D fast path (tests/test_conv_kernels.py): tc_k_conv2d_dsp against
- * the portable tc_k_conv2d_ref on random shapes, parameters and data (a fixed xorshift stream),
+/* Cortex-M7 check of the fast paths (tests/test_conv_kernels.py): tc_k_conv2d_dsp against
+ * tc_k_conv2d_ref and tc_k_depthwise_conv2d_dsp against tc_k_depthwise_conv2d_ref on random
+ * shapes, parameters and data (a fixed xorshift stream),
  * byte for byte, under QEMU mps2-an500; built with firmware/runtime/tc_conv*.c, startup.c,
  * semihost.c, marker.c (no Makefile target: the test compiles it).
  *
- * Segments for the instruction counter (tc_mark pairs): for each of the NUM_BENCH benchmark
- * shapes first, 3 pairs: reference CONV_2D, fast CONV_2D, reference DEPTHWISE_CONV_2D (3x3 on the
+ * Segments for the instruction counter (tc_mark pairs): for each benchmark shape first, 4 pairs:
+ * reference CONV_2D, fast CONV_2D, reference and fast DEPTHWISE_CONV_2D (3x3 stride 1 SAME on the
  * same input); then the random cases, unmarked. Prints one line per case
- * ("case I macs M diff D"), "bench I macs M dw_macs N", and exits with the number of cases
+ * ("case I macs M diff D", "dwcase I macs M diff D"), "bench I macs M dw_macs N", and exits with the number of cases
  * that differ. */
 #include <stdint.h>
 #include <string.h>
@@ -46,15 +47,17 @@ static int32_t pad_before(int32_t in_size, int32_t k, int32_t stride, int32_t ou
   return total > 0 ? total / 2 : 0;
 }
 
-/* Random data and quantisation for a shape; returns 0 if it does not fit the buffers. */
+/* Random data and quantisation for a shape (a depthwise one reads the first k * k * c weights);
+ * returns 0 if it does not fit the buffers. */
 static int make(tc_conv_params *p, int32_t b, int32_t h, int32_t wd, int32_t c, int32_t oc, int32_t k, int32_t stride,
-                int32_t same) {
+                int32_t same, int32_t depthwise) {
+  const int32_t nw = depthwise ? k * k * c : oc * k * k * c;
   memset(p, 0, sizeof *p);
   p->in_h = h, p->in_w = wd, p->in_c = c, p->out_c = oc, p->k_h = k, p->k_w = k;
   p->stride_h = p->stride_w = stride;
   p->out_h = out_size(same, h, k, stride), p->out_w = out_size(same, wd, k, stride);
   if (p->out_h < 1 || p->out_w < 1 || b * h * wd * c > MAX_IN || b * p->out_h * p->out_w * oc > MAX_OUT ||
-      oc * k * k * c > MAX_W || oc > MAX_C || k * k * c > 3 * 3 * 64)
+      nw > MAX_W || oc > MAX_C || (!depthwise && k * k * c > 3 * 3 * 64))
     return 0;
   p->pad_h = pad_before(h, k, stride, p->out_h), p->pad_w = pad_before(wd, k, stride, p->out_w);
   p->in_offset = uniform(-127, 128);
@@ -62,7 +65,7 @@ static int make(tc_conv_params *p, int32_t b, int32_t h, int32_t wd, int32_t c, 
   p->act_min = next() % 2 ? -128 : uniform(-128, 0);
   p->act_max = next() % 2 ? 127 : uniform(p->act_min, 127);
   for (int32_t i = 0; i < b * h * wd * c; ++i) in[i] = (int8_t)next();
-  for (int32_t i = 0; i < oc * k * k * c; ++i) w[i] = (int8_t)uniform(-127, 127);
+  for (int32_t i = 0; i < nw; ++i) w[i] = (int8_t)uniform(-127, 127);
   for (int32_t i = 0; i < oc; ++i) {
     bias[i] = uniform(-20000, 20000);
     mult[i] = uniform(1 << 30, 0x7fffffff);
@@ -95,7 +98,7 @@ int main(void) {
   tc_conv_params p;
   for (int32_t i = 0; i < num_bench; ++i) {
     const int32_t *s = bench[i];
-    make(&p, s[0], s[1], s[2], s[3], s[4], s[5], s[6], 1);
+    make(&p, s[0], s[1], s[2], s[3], s[4], s[5], s[6], 1, 0);
     p.act_min = -128, p.act_max = 127;
     const int32_t n = s[0] * p.out_h * p.out_w * p.out_c;
     tc_mark();
@@ -110,16 +113,23 @@ int main(void) {
     tc_conv_params q = p;
     q.out_c = p.in_c, q.k_h = q.k_w = 3, q.stride_h = q.stride_w = 1, q.out_h = p.in_h, q.out_w = p.in_w;
     q.pad_h = q.pad_w = 1;
+    const int32_t dn = s[0] * q.out_h * q.out_w * q.out_c;
     tc_mark();
-    tc_k_depthwise_conv2d(&q, s[0], in, out_ref);
+    tc_k_depthwise_conv2d_ref(&q, s[0], in, out_ref);
     tc_mark();
-    line("bench ", i, " macs ", (uint32_t)(n * s[5] * s[5] * s[3]), " dw_macs ", (uint32_t)(s[0] * q.out_h * q.out_w * q.out_c * 9));
+    tc_mark();
+    if (q.in_c % 4 == 0) tc_k_depthwise_conv2d_dsp(&q, s[0], in, out_dsp);
+    tc_mark();
+    const int32_t dd = q.in_c % 4 == 0 ? compare(dn) : 0;
+    failed += dd != 0;
+    line("bench ", i, " macs ", (uint32_t)(n * s[5] * s[5] * s[3]), " dw_macs ", (uint32_t)(dn * 9));
+    line("dwcase ", i, " macs ", (uint32_t)(dn * 9), " diff ", (uint32_t)dd);
     line("case ", i, " macs ", (uint32_t)(n * s[5] * s[5] * s[3]), " diff ", (uint32_t)d);
   }
   for (int32_t i = 0; i < NUM_RANDOM; ++i) {
     const int32_t b = uniform(1, 2), h = uniform(1, 11), wd = uniform(1, 11), c = uniform(1, 40);
     const int32_t oc = uniform(1, 40), k = next() % 2 ? 1 : 3, stride = uniform(1, 2), same = (int32_t)(next() % 2);
-    if (!make(&p, b, h, wd, c, oc, k, stride, same)) continue;
+    if (!make(&p, b, h, wd, c, oc, k, stride, same, 0)) continue;
     const int32_t n = b * p.out_h * p.out_w * p.out_c;
     memset(out_dsp, 0x55, (size_t)n + 4);
     tc_k_conv2d_ref(&p, b, in, out_ref);
@@ -128,6 +138,19 @@ int main(void) {
     d += out_dsp[n] != 0x55; /* no write past the output */
     failed += d != 0;
     line("case ", num_bench + i, " macs ", (uint32_t)(n * k * k * c), " diff ", (uint32_t)d);
+  }
+  for (int32_t i = 0; i < NUM_RANDOM; ++i) { /* depthwise, channels a multiple of 4 */
+    const int32_t b = uniform(1, 2), h = uniform(1, 11), wd = uniform(1, 11), c = 4 * uniform(1, 12);
+    const int32_t k = next() % 2 ? 3 : 5, stride = uniform(1, 2), same = (int32_t)(next() % 2);
+    if (!make(&p, b, h, wd, c, c, k, stride, same, 1) && !make(&p, b, h, wd, c, c, k, stride, 1, 1)) continue;
+    const int32_t n = b * p.out_h * p.out_w * c;
+    memset(out_dsp, 0x55, (size_t)n + 4);
+    tc_k_depthwise_conv2d_ref(&p, b, in, out_ref);
+    tc_k_depthwise_conv2d_dsp(&p, b, in, out_dsp);
+    int32_t d = compare(n);
+    d += out_dsp[n] != 0x55;
+    failed += d != 0;
+    line("dwcase ", num_bench + i, " macs ", (uint32_t)(n * k * k), " diff ", (uint32_t)d);
   }
   out_str("stack_peak_bytes ");
   out_u32(tc_stack_peak_bytes());

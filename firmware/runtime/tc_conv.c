@@ -49,6 +49,17 @@ TC_CONV_NOINLINE void tc_k_conv2d_ref(const tc_conv_params *p, int32_t batches, 
 
 TC_CONV_NOINLINE void tc_k_depthwise_conv2d(const tc_conv_params *p, int32_t batches, const int8_t *in,
                                             int8_t *out) {
+#if TC_CONV_DSP
+  if (p->in_c % 4 == 0) {
+    tc_k_depthwise_conv2d_dsp(p, batches, in, out);
+    return;
+  }
+#endif
+  tc_k_depthwise_conv2d_ref(p, batches, in, out);
+}
+
+TC_CONV_NOINLINE void tc_k_depthwise_conv2d_ref(const tc_conv_params *p, int32_t batches, const int8_t *in,
+                                                int8_t *out) {
   const int32_t c_n = p->in_c;
   const int32_t in_image = p->in_h * p->in_w * c_n;
   for (int32_t b = 0; b < batches; ++b, in += in_image) {

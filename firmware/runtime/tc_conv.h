@@ -63,8 +63,16 @@ void tc_k_conv2d_ref(const tc_conv_params *p, int32_t batches, const int8_t *in,
 void tc_k_conv2d_dsp(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out, void *scratch);
 #endif
 
-/* DEPTHWISE_CONV_2D, depth_multiplier 1 (p->out_c == p->in_c): TFLM's DepthwiseConvPerChannel. */
+/* DEPTHWISE_CONV_2D, depth_multiplier 1 (p->out_c == p->in_c). Dispatches to
+ * tc_k_depthwise_conv2d_dsp on Cortex-M with DSP when in_c % 4 == 0, to the reference otherwise. */
 void tc_k_depthwise_conv2d(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out);
+/* The portable reference: TFLM's DepthwiseConvPerChannel loop order and arithmetic. */
+void tc_k_depthwise_conv2d_ref(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out);
+#if TC_CONV_DSP
+/* Cortex-M, in_c % 4 == 0: 4 channels per pass, SXTB16 + SADD16 (input offset) + SMLABB/SMLATT,
+ * the window clipped to the image once per output pixel. */
+void tc_k_depthwise_conv2d_dsp(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out);
+#endif
 
 /* AVERAGE_POOL_2D int8 (input and output share scale and zero point, as TFLM requires): the sum
  * of the window clipped to the image, divided by its element count rounding half away from 0. */
