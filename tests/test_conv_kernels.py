@@ -22,7 +22,7 @@ from tinycap import firmware as F
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = ROOT / "firmware" / "runtime"
-HOST_CFLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror"]
+HOST_CFLAGS = ["-O2", "-std=c99", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off"]  # as tinycap.firmware
 M7_ARCH = ["-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-d16", "-mfloat-abi=hard"]
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed (Debian package gcc)")

@@ -20,33 +20,93 @@ static inline uint32_t load_u32(const int8_t *p) { /* LDR allows unaligned addre
   return v;
 }
 
-/* One im2col column: the receptive field of output pixel (oy, ox) as int16 (input + in_offset;
- * 0 where padded, which is exactly TFLM's "skip the taps outside the image"), in groups of 4
- * stored as (x0, x2, x1, x3) so that one word holds (x0, x2) and the next (x1, x3): the pairs
- * SXTB16 gives of a weight word (plain and ROR #8). The k % 4 tail stays in order. */
-static inline void im2col(const tc_conv_params *p, const int8_t *in, int32_t oy, int32_t ox, int16_t *col) {
-  const int32_t in_c = p->in_c, off = p->in_offset;
-  const int32_t y0 = oy * p->stride_h - p->pad_h, x0 = ox * p->stride_w - p->pad_w;
-  int16_t *dst = col;
-  for (int32_t ky = 0; ky < p->k_h; ++ky) {
-    const int32_t y = y0 + ky;
-    for (int32_t kx = 0; kx < p->k_w; ++kx, dst += in_c) {
-      const int32_t x = x0 + kx;
-      if (x < 0 || x >= p->in_w || y < 0 || y >= p->in_h) {
-        memset(dst, 0, (size_t)in_c * sizeof(int16_t));
-      } else {
-        const int8_t *src = in + (y * p->in_w + x) * in_c;
-        for (int32_t c = 0; c < in_c; ++c) dst[c] = (int16_t)(src[c] + off);
+/* The receptive fields of 2 output pixels ("columns" j = 0, 1) as int16 (input + in_offset; 0 where
+ * padded, which is exactly TFLM's "skip the taps outside the image"), interleaved for the SMLAD
+ * loop: for each group of 4 taps g, 4 words cols[4g..4g+3] = column 0 (x0, x2), (x1, x3), column 1
+ * (x0, x2), (x1, x3) -- the halfword pairs SXTB16 gives of a weight word (plain and ROR #8). The
+ * k % 4 tail follows in order, column 0 then column 1. */
+static const int8_t *pixel_tap(const tc_conv_params *p, const int8_t *in, int32_t y, int32_t x) {
+  return x < 0 || x >= p->in_w || y < 0 || y >= p->in_h ? NULL : in + (y * p->in_w + x) * p->in_c;
+}
+
+/* in_c % 4 == 0: each 4 input bytes straight into the 2 words of their group (SXTB16 + SADD16). */
+static void im2col_by4(const tc_conv_params *p, const int8_t *in, int32_t oy, int32_t ox, int32_t j, uint32_t *cols) {
+  const int32_t y0 = oy * p->stride_h - p->pad_h, x0 = ox * p->stride_w - p->pad_w, in_c = p->in_c;
+  const uint32_t off2 = ((uint32_t)p->in_offset & 0xffffu) * 0x10001u;
+  uint32_t *dst = cols + 2 * j;
+  for (int32_t ky = 0; ky < p->k_h; ++ky)
+    for (int32_t kx = 0; kx < p->k_w; ++kx) {
+      const int8_t *src = pixel_tap(p, in, y0 + ky, x0 + kx);
+      for (int32_t c = 0; c < in_c; c += 4, dst += 4) {
+        if (!src) {
+          dst[0] = dst[1] = 0;
+        } else {
+          const uint32_t v = load_u32(src + c);
+          dst[0] = __sadd16(__sxtb16(v), off2);
+          dst[1] = __sadd16(sxtb16_ror8(v), off2);
+        }
       }
     }
-  }
-  const int32_t k4 = (p->k_h * p->k_w * in_c) & ~3;
-  for (int32_t k = 0; k < k4; k += 4) {
-    int16_t t = col[k + 1];
-    col[k + 1] = col[k + 2];
-    col[k + 2] = t;
-  }
 }
+
+/* Any in_c: the column in order into `plain` (k int16), then regrouped. */
+static void im2col_any(const tc_conv_params *p, const int8_t *in, int32_t oy, int32_t ox, int32_t j, uint32_t *cols,
+                       int16_t *plain) {
+  const int32_t y0 = oy * p->stride_h - p->pad_h, x0 = ox * p->stride_w - p->pad_w, in_c = p->in_c;
+  const int32_t off = p->in_offset, k = p->k_h * p->k_w * in_c, groups = k >> 2, tail = k & 3;
+  int16_t *dst = plain;
+  for (int32_t ky = 0; ky < p->k_h; ++ky)
+    for (int32_t kx = 0; kx < p->k_w; ++kx, dst += in_c) {
+      const int8_t *src = pixel_tap(p, in, y0 + ky, x0 + kx);
+      if (!src)
+        memset(dst, 0, (size_t)in_c * sizeof(int16_t));
+      else
+        for (int32_t c = 0; c < in_c; ++c) dst[c] = (int16_t)(src[c] + off);
+    }
+  const uint32_t *w = (const uint32_t *)plain; /* (x0, x1), (x2, x3) */
+  uint32_t *d = cols + 2 * j;
+  for (int32_t g = 0; g < groups; ++g, w += 2, d += 4) {
+    d[0] = (w[0] & 0xffffu) | (w[1] << 16);
+    d[1] = (w[0] >> 16) | (w[1] & 0xffff0000u);
+  }
+  int16_t *t = (int16_t *)(cols + 4 * groups) + j * tail;
+  for (int32_t i = 0; i < tail; ++i) t[i] = plain[4 * groups + i];
+}
+
+/* acc[0..3] = (pixel 0, channel 0), (0, 1), (1, 0), (1, 1): dot products of weight rows w0, w1 with
+ * the 2 interleaved columns over `groups` (>= 1) groups of 4 taps. Per group: 2 LDR (weights,
+ * unaligned), 2 LDRD (columns), 4 SXTB16, 8 SMLAD (16 MACs), SUBS + BNE: 18 instructions. */
+void tc_k_conv2d_dot2x2(const int8_t *w0, const int8_t *w1, const uint32_t *cols, int32_t groups, int32_t *acc);
+__asm__(
+    "  .text\n"
+    "  .syntax unified\n"
+    "  .thumb\n"
+    "  .global tc_k_conv2d_dot2x2\n"
+    "  .type tc_k_conv2d_dot2x2, %function\n"
+    "  .p2align 2\n"
+    "  .thumb_func\n"
+    "tc_k_conv2d_dot2x2:\n"
+    "  push {r4-r11, lr}\n"
+    "  movs r4, #0\n  movs r5, #0\n  movs r6, #0\n  movs r7, #0\n"
+    "1:\n"
+    "  ldr r8, [r0], #4\n"           /* weights of channel 0 */
+    "  ldr r9, [r1], #4\n"           /* weights of channel 1 */
+    "  ldrd r10, r11, [r2], #8\n"    /* column 0: (x0, x2), (x1, x3) */
+    "  sxtb16 r12, r8\n"
+    "  sxtb16 r8, r8, ror #8\n"
+    "  smlad r4, r12, r10, r4\n  smlad r4, r8, r11, r4\n"
+    "  sxtb16 lr, r9\n"
+    "  sxtb16 r9, r9, ror #8\n"
+    "  smlad r5, lr, r10, r5\n  smlad r5, r9, r11, r5\n"
+    "  ldrd r10, r11, [r2], #8\n"    /* column 1 */
+    "  smlad r6, r12, r10, r6\n  smlad r6, r8, r11, r6\n"
+    "  smlad r7, lr, r10, r7\n  smlad r7, r9, r11, r7\n"
+    "  subs r3, r3, #1\n"
+    "  bne 1b\n"
+    "  ldr r0, [sp, #36]\n"          /* acc: the 5th argument, above the 9 saved registers */
+    "  stmia r0, {r4-r7}\n"
+    "  pop {r4-r11, pc}\n"
+    "  .size tc_k_conv2d_dot2x2, . - tc_k_conv2d_dot2x2\n");
 
 static inline int8_t requantise(const tc_conv_params *p, int32_t acc, int32_t oc) {
   acc = multiply_by_quantized_multiplier_fast(acc, p->mult[oc], p->shift[oc]) + p->out_offset;
@@ -57,59 +117,46 @@ TC_CONV_NOINLINE void tc_k_conv2d_dsp(const tc_conv_params *p, int32_t batches, 
                                       void *scratch) {
   const int32_t k = p->k_h * p->k_w * p->in_c, out_c = p->out_c;
   const int32_t groups = k >> 2, tail = k & 3;
-  const int32_t pixels = p->out_h * p->out_w;
+  const int32_t pixels = p->out_h * p->out_w, out_w = p->out_w;
   const int32_t in_image = p->in_h * p->in_w * p->in_c;
-  int16_t *col0 = (int16_t *)scratch;
-  int16_t *col1 = col0 + ((k + 1) & ~1); /* stays word aligned */
+  uint32_t *cols = (uint32_t *)scratch;                          /* 4 * k4 bytes, k4 = k rounded up to 4 */
+  int16_t *plain = (int16_t *)(cols + ((k + 3) & ~3));           /* 2 * k4 bytes (im2col_any only) */
+  const int by4 = p->in_c % 4 == 0;
   for (int32_t b = 0; b < batches; ++b, in += in_image) {
     for (int32_t px = 0; px < pixels; px += 2) {
       /* Two output pixels per pass (the last one twice when the count is odd). */
       const int32_t px1 = px + 1 < pixels ? px + 1 : px;
-      im2col(p, in, px / p->out_w, px % p->out_w, col0);
-      im2col(p, in, px1 / p->out_w, px1 % p->out_w, col1);
+      if (by4) {
+        im2col_by4(p, in, px / out_w, px % out_w, 0, cols);
+        im2col_by4(p, in, px1 / out_w, px1 % out_w, 1, cols);
+      } else {
+        im2col_any(p, in, px / out_w, px % out_w, 0, cols, plain);
+        im2col_any(p, in, px1 / out_w, px1 % out_w, 1, cols, plain);
+      }
+      const int16_t *t0 = (const int16_t *)(cols + 4 * groups), *t1 = t0 + tail;
       int8_t *out0 = out + (size_t)px * out_c, *out1 = out + (size_t)px1 * out_c;
       for (int32_t oc = 0; oc < out_c; oc += 2) {
         /* Two output channels per pass (the last one twice when out_c is odd). */
         const int32_t oc1 = oc + 1 < out_c ? oc + 1 : oc;
         const int8_t *w0 = p->weights + (size_t)oc * k, *w1 = p->weights + (size_t)oc1 * k;
-        const uint32_t *a = (const uint32_t *)col0, *c = (const uint32_t *)col1;
-        int32_t acc00 = 0, acc01 = 0, acc10 = 0, acc11 = 0; /* acc<pixel><channel> */
-        for (int32_t g = groups; g > 0; --g) {
-          const uint32_t wa = load_u32(w0), wb = load_u32(w1);
-          w0 += 4;
-          w1 += 4;
-          const uint32_t wa02 = __sxtb16(wa), wa13 = sxtb16_ror8(wa);
-          const uint32_t wb02 = __sxtb16(wb), wb13 = sxtb16_ror8(wb);
-          const uint32_t a02 = a[0], a13 = a[1], c02 = c[0], c13 = c[1];
-          a += 2;
-          c += 2;
-          acc00 = __smlad(wa02, a02, acc00);
-          acc00 = __smlad(wa13, a13, acc00);
-          acc01 = __smlad(wb02, a02, acc01);
-          acc01 = __smlad(wb13, a13, acc01);
-          acc10 = __smlad(wa02, c02, acc10);
-          acc10 = __smlad(wa13, c13, acc10);
-          acc11 = __smlad(wb02, c02, acc11);
-          acc11 = __smlad(wb13, c13, acc11);
-        }
-        const int16_t *ta = (const int16_t *)a, *tc = (const int16_t *)c;
+        int32_t acc[4] = {0, 0, 0, 0}; /* (pixel, channel) 00, 01, 10, 11 */
+        if (groups > 0) tc_k_conv2d_dot2x2(w0, w1, cols, groups, acc);
+        w0 += 4 * groups, w1 += 4 * groups;
         for (int32_t t = 0; t < tail; ++t) {
-          acc00 += w0[t] * ta[t];
-          acc01 += w1[t] * ta[t];
-          acc10 += w0[t] * tc[t];
-          acc11 += w1[t] * tc[t];
+          acc[0] += w0[t] * t0[t];
+          acc[1] += w1[t] * t0[t];
+          acc[2] += w0[t] * t1[t];
+          acc[3] += w1[t] * t1[t];
         }
         if (p->bias) {
-          acc00 += p->bias[oc];
-          acc10 += p->bias[oc];
-          acc01 += p->bias[oc1];
-          acc11 += p->bias[oc1];
+          acc[0] += p->bias[oc], acc[2] += p->bias[oc];
+          acc[1] += p->bias[oc1], acc[3] += p->bias[oc1];
         }
         /* Odd counts: the duplicate results land on the same bytes, written last with the same value. */
-        out0[oc] = requantise(p, acc00, oc);
-        out1[oc] = requantise(p, acc10, oc);
-        out0[oc1] = requantise(p, acc01, oc1);
-        out1[oc1] = requantise(p, acc11, oc1);
+        out0[oc] = requantise(p, acc[0], oc);
+        out1[oc] = requantise(p, acc[2], oc);
+        out0[oc1] = requantise(p, acc[1], oc1);
+        out1[oc1] = requantise(p, acc[3], oc1);
       }
     }
     out += (size_t)pixels * out_c;
