@@ -242,3 +242,24 @@ def test_fast_requantisation_equals_tflm(tmp_path):
                    check=True)
     r = subprocess.run([str(exe)], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "bad 0", r.stdout
+
+
+def test_unsupported_convolutions_fail_naming_the_op():
+    from tinycap.errors import TinyCapError
+
+    def graph(op_name, opts, wshape, cout):
+        t = [dict(shape=(1, 6, 6, 4), dtype="int8", scale=0.05, zp=0),
+             dict(shape=wshape, dtype="int8", data=np.ones(wshape, np.int8), scale=0.01, zp=0),
+             dict(shape=(cout,), dtype="int32", data=np.zeros(cout, np.int32), scale=0.0005, zp=0),
+             dict(shape=(1, 6, 6, cout), dtype="int8", scale=0.1, zp=0)]
+        return F.load_graph(F.build_model(t, [(op_name, [0, 1, 2], [3], opts)], [0], [3]), "g.tflite")
+
+    dilated = F.options("Conv2DOptions", padding=P.SAME, strideW=1, strideH=1, dilationWFactor=2, dilationHFactor=2)
+    g = graph("CONV_2D", dilated, (3, 3, 3, 4), 3)
+    with pytest.raises(TinyCapError, match=r"op #0 CONV_2D.*dilation"):
+        P.prepare(g, g.ops[0])
+    multiplier2 = F.options("DepthwiseConv2DOptions", padding=P.SAME, strideW=1, strideH=1, depthMultiplier=2,
+                            dilationWFactor=1, dilationHFactor=1)
+    g = graph("DEPTHWISE_CONV_2D", multiplier2, (1, 3, 3, 8), 8)
+    with pytest.raises(TinyCapError, match=r"op #0 DEPTHWISE_CONV_2D.*depth_multiplier"):
+        P.prepare(g, g.ops[0])
