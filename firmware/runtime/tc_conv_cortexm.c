@@ -184,18 +184,29 @@ TC_CONV_NOINLINE void tc_k_depthwise_conv2d_dsp(const tc_conv_params *p, int32_t
         for (int32_t c = 0; c < c_n; c += 4, out += 4) {
           int32_t acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
           const int8_t *xr = in0 + c, *wr = w0 + c;
-          for (int32_t ky = ky0; ky < ky1; ++ky, xr += in_w * c_n, wr += k_w * c_n) {
-            const int8_t *xp = xr, *wp = wr;
-            for (int32_t kx = kx0; kx < kx1; ++kx, xp += c_n, wp += c_n) {
-              const uint32_t xv = load_u32(xp), wv = load_u32(wp);
-              const uint32_t x02 = __sadd16(__sxtb16(xv), off2), x13 = __sadd16(sxtb16_ror8(xv), off2);
-              const uint32_t w02 = __sxtb16(wv), w13 = sxtb16_ror8(wv);
-              acc0 = __smlabb(x02, w02, acc0);
-              acc2 = __smlatt(x02, w02, acc2);
-              acc1 = __smlabb(x13, w13, acc1);
-              acc3 = __smlatt(x13, w13, acc3);
+#define TC_DW_TAP(xp, wp)                                                                    \
+  do {                                                                                      \
+    const uint32_t xv = load_u32(xp), wv = load_u32(wp);                                    \
+    const uint32_t x02 = __sadd16(__sxtb16(xv), off2), x13 = __sadd16(sxtb16_ror8(xv), off2); \
+    const uint32_t w02 = __sxtb16(wv), w13 = sxtb16_ror8(wv);                               \
+    acc0 = __smlabb(x02, w02, acc0);                                                        \
+    acc2 = __smlatt(x02, w02, acc2);                                                        \
+    acc1 = __smlabb(x13, w13, acc1);                                                        \
+    acc3 = __smlatt(x13, w13, acc3);                                                        \
+  } while (0)
+          if (kx1 - kx0 == 3) { /* the common full 3-wide row unrolled (10.0 -> 9.1 instr/MAC) */
+            for (int32_t ky = ky0; ky < ky1; ++ky, xr += in_w * c_n, wr += k_w * c_n) {
+              TC_DW_TAP(xr, wr);
+              TC_DW_TAP(xr + c_n, wr + c_n);
+              TC_DW_TAP(xr + 2 * c_n, wr + 2 * c_n);
+            }
+          } else {
+            for (int32_t ky = ky0; ky < ky1; ++ky, xr += in_w * c_n, wr += k_w * c_n) {
+              const int8_t *xp = xr, *wp = wr;
+              for (int32_t kx = kx0; kx < kx1; ++kx, xp += c_n, wp += c_n) TC_DW_TAP(xp, wp);
             }
           }
+#undef TC_DW_TAP
           if (p->bias) {
             acc0 += p->bias[c], acc1 += p->bias[c + 1], acc2 += p->bias[c + 2], acc3 += p->bias[c + 3];
           }
