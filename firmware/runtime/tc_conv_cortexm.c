@@ -78,7 +78,7 @@ static void im2col_any(const tc_conv_params *p, const int8_t *in, int32_t oy, in
  * unaligned), 2 LDRD (columns), 4 SXTB16, 8 SMLAD (16 MACs), SUBS + BNE: 18 instructions. */
 void tc_k_conv2d_dot2x2(const int8_t *w0, const int8_t *w1, const uint32_t *cols, int32_t groups, int32_t *acc);
 __asm__(
-    "  .text\n"
+    "  .section .text.tc_k_conv2d_dot2x2, \"ax\", %progbits\n" /* its own section: --gc-sections drops it unused */
     "  .syntax unified\n"
     "  .thumb\n"
     "  .global tc_k_conv2d_dot2x2\n"
@@ -106,7 +106,8 @@ __asm__(
     "  ldr r0, [sp, #36]\n"          /* acc: the 5th argument, above the 9 saved registers */
     "  stmia r0, {r4-r7}\n"
     "  pop {r4-r11, pc}\n"
-    "  .size tc_k_conv2d_dot2x2, . - tc_k_conv2d_dot2x2\n");
+    "  .size tc_k_conv2d_dot2x2, . - tc_k_conv2d_dot2x2\n"
+    "  .text\n");
 
 static inline int8_t requantise(const tc_conv_params *p, int32_t acc, int32_t oc) {
   acc = multiply_by_quantized_multiplier_fast(acc, p->mult[oc], p->shift[oc]) + p->out_offset;
