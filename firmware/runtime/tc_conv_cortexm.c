@@ -1,5 +1,7 @@
-/* Cortex-M fast path of CONV_2D (DSP extension: SXTB16 + SMLAD), bit-exact with
- * tc_k_conv2d_ref (see tc_conv.h). Compiled to nothing where the DSP extension is absent. */
+/* Cortex-M fast paths (DSP extension: SXTB16, SADD16, SMLAD, SMLABB/SMLATT) of CONV_2D and
+ * DEPTHWISE_CONV_2D, bit-exact with tc_k_conv2d_ref / tc_k_depthwise_conv2d_ref (see tc_conv.h;
+ * checked under QEMU by firmware/m7/conv_check.c). Compiled to nothing where the DSP extension is
+ * absent. */
 #include "tc_conv.h"
 
 #if TC_CONV_DSP
