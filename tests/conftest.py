@@ -80,7 +80,7 @@ def pipeline_data(request):
 
 # Test files whose every test must run in CI: the firmware and Cortex-M7 paths (CI installs every tool,
 # scripts/setup.sh; a skip there means an untested C runtime, M7 build or QEMU measurement).
-CI_MUST_RUN_FILES = frozenset({"test_m7.py", "test_firmware.py"})
+CI_MUST_RUN_FILES = frozenset({"test_m7.py", "test_firmware.py", "test_conv_kernels.py"})
 CI_MUST_RUN_MARK = "toolchain"  # tests elsewhere that need the ARM toolchain / QEMU carry @pytest.mark.toolchain
 
 

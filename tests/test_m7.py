@@ -188,7 +188,7 @@ def test_without_a_clip_file_the_image_captions_its_sample_clip(fixture_fw):
     """The main path a board runs (no file on the semihosting command line): the built-in sample clip,
     through the same input buffer."""
     root, _ = fixture_fw
-    r = m7._qemu(root / "fw" / toolchain.QEMU_ELF, root, toolchain.build_plugin(root / "plugin"), 60, args=["tinycap"])
+    r = m7.run_elf(root / "fw" / toolchain.QEMU_ELF, root, toolchain.build_plugin(root / "plugin"), 60, args=["tinycap"])
     sample = np.arange(24, dtype=np.uint8)
     expect = " ".join(str(4 + sample[t * 8] % 8) for t in range(sample[1] % 4))
     assert f"clip 0 tokens {expect}\n" in r["stdout"] and "clip 1 " not in r["stdout"]
@@ -218,7 +218,7 @@ def test_qemu_bad_input_and_timeout_are_one_line(fixture_fw, tmp_path):
         m7.run_qemu(root / "fw" / toolchain.QEMU_ELF, np.zeros((1, 23), np.int8), tmp_path, plugin, timeout_s=60)
     elf = toolchain.build_calib(tmp_path / "spin", calib_n=2_000_000_000)
     with pytest.raises(TinyCapError, match=r"^qemu-system-arm: timed out after 1 s") as e:
-        m7._qemu(elf, tmp_path, plugin, timeout_s=1)
+        m7.run_elf(elf, tmp_path, plugin, timeout_s=1)
     assert "\n" not in str(e.value)
 
 

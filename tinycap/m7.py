@@ -123,7 +123,7 @@ def run_qemu(elf, clips, workdir, plugin, timeout_s=600, logits=False):
     clip_file, counts = workdir / "clips.bin", workdir / "counts.txt"
     clip_file.write_bytes(clips.tobytes())
     flags = ["-l"] if logits else []
-    result = _qemu(elf, workdir, plugin, timeout_s, args=["tinycap", *flags, str(clip_file.resolve())])
+    result = run_elf(elf, workdir, plugin, timeout_s, args=["tinycap", *flags, str(clip_file.resolve())])
     out = result["stdout"]
     tokens, captions = {}, {}
     for m in re.finditer(r"^clip (\d+) tokens((?: \d+)*)$", out, re.M):
@@ -153,7 +153,7 @@ def _parse_logits(out, n, elf):
     return [np.stack(steps[i]) for i in range(n)]
 
 
-def _qemu(elf, workdir, plugin, timeout_s, args=()):
+def run_elf(elf, workdir, plugin, timeout_s, args=()):
     """One QEMU run with the counting plugin; raises on a crash, a timeout or a non-zero exit."""
     elf, workdir = Path(elf).resolve(), Path(workdir).resolve()
     for path in (elf, workdir, Path(plugin)):
@@ -198,7 +198,7 @@ def run_calibration(out_dir, calib_n=1000, timeout_s=60):
     out_dir = Path(out_dir)
     elf = build_calib(out_dir, calib_n)
     plugin = build_plugin(out_dir)
-    r = _qemu(elf, out_dir, plugin, timeout_s)
+    r = run_elf(elf, out_dir, plugin, timeout_s)
     by_symbol = [segment_by_symbol(seg, r["blocks"], r["symbols"]) for seg in r["segments"]]
     return by_symbol, r["stdout"]
 
