@@ -1,7 +1,7 @@
 /* Portable int8 convolution / pooling kernels, bit-exact with TFLM's reference integer kernels
  * (see tc_conv.h). The Cortex-M fast path is in tc_conv_cortexm.c. */
 #include "tc_conv.h"
-#include "tc_conv_internal.h"
+#include "tc_kernels_internal.h"
 
 /* ---- CONV_2D ------------------------------------------------------------------------------ */
 

@@ -8,7 +8,7 @@
 #include <arm_acle.h>
 #include <string.h>
 
-#include "tc_conv_internal.h"
+#include "tc_kernels_internal.h"
 
 static inline uint32_t sxtb16_ror8(uint32_t x) {
   uint32_t r;
@@ -112,7 +112,7 @@ __asm__(
     "  .text\n");
 
 static inline int8_t requantise(const tc_conv_params *p, int32_t acc, int32_t oc) {
-  acc = multiply_by_quantized_multiplier_fast(acc, p->mult[oc], p->shift[oc]) + p->out_offset;
+  acc = requantize(acc, p->mult[oc], p->shift[oc]) + p->out_offset;
   return (int8_t)clamp(acc, p->act_min, p->act_max);
 }
 
