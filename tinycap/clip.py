@@ -565,7 +565,6 @@ def embed(clip_dir, frames_path, annotations_path, out_path, grid=False, batch_s
             out["order_dependent"] = clips["order_dependent"]
         out.attrs["model"] = bundle.name
         out.attrs["logit_scale"] = bundle.model.logit_scale.exp().item()
-        out.attrs["frames_per_second"] = V * T / max(frame_seconds, 1e-9)
     log.info("embedded %d frames in %.1f s (%.0f frames/s), %d captions", V * T, frame_seconds,
              V * T / max(frame_seconds, 1e-9), len(captions))
     return {"frames": V * T, "frame_seconds": frame_seconds, "captions": len(captions)}
