@@ -32,3 +32,27 @@ def test_tables_follow_the_metrics(tmp_path):
     readme.write_text("no markers")
     with pytest.raises(TinyCapError, match="README.md: no results markers"):
         results.rewrite(readme, tmp_path)
+
+
+def test_readme_module_list_is_complete_and_floors_run_one_way():
+    """The README lists tinycap's modules so that each imports only modules listed above it
+    (any import, lazy ones included): the floors of the package, and no circle can hide."""
+    import ast
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("tinycap/                    the library") : text.index("firmware/\n  runtime/")]
+    order = [name for line in block.splitlines()[2:] for name in re.findall(r"(\w+)\.py", line.split("  ")[1])]
+    assert sorted(order) == sorted(p.stem for p in (ROOT / "tinycap").glob("*.py") if p.stem != "__init__")
+    position = {name: i for i, name in enumerate(order)}
+    upward = []
+    for name in order:
+        for node in ast.walk(ast.parse((ROOT / "tinycap" / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tinycap":
+                targets = [node.module.split(".")[1]] if "." in node.module else [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name.split(".")[1] for a in node.names if a.name.startswith("tinycap.")]
+            else:
+                continue
+            upward += [f"{name} -> {t}" for t in targets if t in position and position[t] >= position[name]]
+    assert not upward, f"imports that run up the README's module order: {', '.join(upward)}"
