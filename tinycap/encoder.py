@@ -344,7 +344,7 @@ def train(model, pixels, targets, val_pixels, val_targets, p: EncoderParams, see
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             step += 1
         val = float((embed_pixels(model, val_pixels) * val_targets).sum(1).mean()) if len(val_pixels) else -float(epoch)
         history.append(round(val, 5))
@@ -395,18 +395,21 @@ class TFEncoder:
         self.layers = [(kind, tf.constant(w.astype(np.float32)), tf.constant(b.astype(np.float32)), s)
                        for kind, w, b, s in folded_layers(model)]
 
-    def __call__(self, q):
+    def features(self, q):
+        """q (B, S, S, 3) -> the last block's feature map (B, S', S', C)."""
         tf = self.tf
         x = q
-        for kind, w, b, s in self.layers:
+        for kind, w, b, s in self.layers[:-1]:
             if kind == "conv":
                 x = tf.nn.relu6(tf.nn.conv2d(x, w, strides=s, padding="SAME") + b)
-            elif kind == "depthwise":
-                x = tf.nn.relu6(tf.nn.depthwise_conv2d(x, w, strides=[1, s, s, 1], padding="SAME") + b)
             else:
-                x = tf.reduce_mean(x, axis=[1, 2])  # (B, C)
-                x = tf.matmul(x, w) + b  # (B, D)
-        return tf.math.l2_normalize(x, axis=-1)
+                x = tf.nn.relu6(tf.nn.depthwise_conv2d(x, w, strides=[1, s, s, 1], padding="SAME") + b)
+        return x
+
+    def __call__(self, q):
+        _, w, b, _ = self.layers[-1]
+        x = self.tf.reduce_mean(self.features(q), axis=[1, 2])  # (B, C)
+        return self.tf.math.l2_normalize(self.tf.matmul(x, w) + b, axis=-1)  # (B, D)
 
     def concrete(self):
         tf = self.tf
@@ -432,14 +435,16 @@ def convert_int8(mirror, calibration):
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
-    return conv.convert()
+    with warnings.catch_warnings():  # the filter above, also under pytest (which resets filters)
+        warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
+        return conv.convert()
 
 
 def _tflite_interpreter(data):
     import tensorflow as tf
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
         return tf.lite.Interpreter(model_content=data)
 
 
