@@ -42,7 +42,6 @@ q = p - 128, int8 output after L2_NORMALIZATION) with train frames as representa
 through the TFLM runtime (tflite_micro.runtime, the device's kernels) on val frames.
 """
 
-import dataclasses
 import logging
 import math
 import time
@@ -83,7 +82,7 @@ class EncoderParams:  # params.yaml `encoder:` (distill_encoder)
     batch_size: int = 64  # frames per step
     lr: float = 0.004  # AdamW peak, linear warmup then cosine decay
     weight_decay: float = 0.0001
-    contrastive_weight: float = 0.5  # weight of the in-batch InfoNCE against the teacher embeddings (0: cosine only)
+    contrastive_weight: float = 0.0  # weight of the in-batch InfoNCE against the teacher embeddings (0: cosine only)
     temperature: float = 0.05  # InfoNCE temperature
     shift: int = 0  # augmentation: random translation of up to this many pixels (0: none)
     int8: bool = True  # also export encoder_int8.tflite and check it in TFLM
@@ -513,7 +512,7 @@ def export_int8(model, calibration, val_pixels, val_teacher):
         "input_quantization": io["input"],
         "output_quantization": io["output"],
         "float_parity_max_abs": parity,
-        "tflm_frames": int(len(val_pixels)),
+        "tflm_frames": len(val_pixels),
         "tflm_cosine_to_float_student": round(float(cosine(tflm, student).mean()), 5),
         "tflm_min_cosine_to_float_student": round(float(cosine(tflm, student).min()), 5),
         "tflm_cosine_to_teacher": round(float(cosine(tflm, val_teacher).mean()), 5),
@@ -574,7 +573,7 @@ def run(frames_path, emb_path, out_dir, p: EncoderParams, frames_size, seed=0):
         "frames_size": frames_size,
         "embed_dim": D,
         "architecture": asdict(cfg),
-        "train_frames": int(len(train_pix)),
+        "train_frames": len(train_pix),
         "epochs": p.epochs,
         "best_epoch": fit["best_epoch"],
         "val_cosine_per_epoch": fit["val_cosine_per_epoch"],
