@@ -115,6 +115,18 @@ def test_student_learns_a_synthetic_teacher():
     assert abs(held_out - best) < 1e-5  # the kept weights are the best epoch's
 
 
+def test_translation_keeps_orientation_and_content():
+    ramp = np.tile(np.arange(0, 240, 10, dtype=np.uint8)[None, :, None], (24, 1, 3))  # brighter to the right
+    pixels = torch.from_numpy(np.stack([ramp] * 8))
+    gen = torch.Generator().manual_seed(0)
+    assert encoder.translate(pixels, 0, gen) is pixels
+    moved = encoder.translate(pixels, 2, gen)
+    assert moved.shape == pixels.shape and not torch.equal(moved.to(torch.uint8), pixels)
+    # each frame is the ramp shifted by at most 2 px (edges repeated): still increasing left to right, never flipped
+    assert (moved[:, :, 1:] - moved[:, :, :-1] >= 0).all()
+    assert ((moved.float() - pixels.float()).abs() <= 20).all()
+
+
 def test_stage_outputs_round_trip_and_int8(tmp_path):
     """frames 32 px, student input 24 px (resized in the stage); the int8 graph through TFLM."""
     frames, clip = make_data(tmp_path / "in", size=32)
