@@ -139,6 +139,7 @@ def test_stage_outputs_round_trip_and_int8(tmp_path):
     assert metrics["val"]["cosine_to_teacher"] > metrics["start_val_cosine"]
     for split in ("val", "test"):
         assert {"t2v_R@1", "t2v_R@5"} <= set(metrics[split]["student"]) and "t2v_R@1" in metrics[split]["clip"]
+        assert "order_dependent_forward_%" not in metrics[split]["student"]  # the fixture has no order attributes
     # student_emb.h5 reads like clip.h5, and the checkpoint rebuilds a model giving the same embeddings
     student = load_embeddings(out / "student_emb.h5", need_text=True)
     assert student.frame_emb.shape == (40, T, D) and student.video_id[0] == "v0" and student.split[-1] == "test"
@@ -162,6 +163,22 @@ def test_stage_outputs_round_trip_and_int8(tmp_path):
     # most, cos = 1 - err^2/2 >= 0.99. A wrong layout, scale or zero point gives cosines near 0.
     assert q["tflm_cosine_to_float_student"] > 0.97 and q["tflm_min_cosine_to_float_student"] > 0.9, q
     assert q["int8_bytes"] == (out / "encoder_int8.tflite").stat().st_size
+
+
+def test_forward_preference_reads_frame_order():
+    """Two clips whose frames move along +e0 / -e0; captions point along +e0 / -e0: all forward (100 %);
+    the same clips played backwards: none (0 %); a clip not marked order-dependent is not counted."""
+    ramp = np.linspace(-1, 1, 5)[:, None] * np.eye(4)[0]  # (T, D)
+    frames = np.stack([ramp + np.eye(4)[1], -ramp + np.eye(4)[1], ramp]).astype(np.float32)  # (3, 5, 4)
+
+    class Emb:
+        caption_video = np.array([0, 1, 2])
+        text_emb = np.array([np.eye(4)[0], -np.eye(4)[0], -np.eye(4)[0]], np.float32)
+        order_dependent = np.array([True, True, False])
+
+    assert encoder.forward_preference(frames, Emb, np.arange(3)) == 100.0
+    assert encoder.forward_preference(frames[:, ::-1], Emb, np.arange(3)) == 0.0
+    assert encoder.forward_preference(frames, Emb, np.array([2])) is None
 
 
 def test_dimension_mismatch_and_bad_frames_are_refused_before_training(tmp_path, monkeypatch):

@@ -589,6 +589,8 @@ def run(frames_path, emb_path, out_dir, p: EncoderParams, frames_size, seed=0):
         for name, frames in (("student", student), ("clip", emb.frame_emb)):
             r = retrieval.split_metrics(frames.mean(1), emb.text_emb, emb.caption_video, rows)
             entry[name] = {k: r[k] for k in ("t2v_R@1", "t2v_R@5", "n_videos", "n_captions")}
+            if emb.order_dependent is not None:
+                entry[name]["order_dependent_forward_%"] = forward_preference(frames, emb, rows)
         metrics[split] = entry
 
     tflite = None
@@ -605,7 +607,10 @@ def run(frames_path, emb_path, out_dir, p: EncoderParams, frames_size, seed=0):
                           "biases, activations and the L2 norm not counted",
         "cosine_to_teacher": "mean over every frame of the split of cos(student frame embedding, CLIP frame_emb)",
         "retrieval": "text->video within the split: CLIP caption text_emb against the mean of the L2-normalised "
-                     "frame embeddings of each clip, student vs CLIP's own (tinycap.retrieval, R@K in %)",
+                     "frame embeddings of each clip, student vs CLIP's own (tinycap.retrieval, R@K in %); "
+                     "order_dependent_forward_%: share of the captions of order-dependent clips closer to the "
+                     "late-weighted (weights 0..T-1) than to the early-weighted pooling of the clip's frames (50 = blind "
+                     "to frame order, as in metrics/clip.json)",
         "epoch": "the epoch with the best mean val cosine is kept (test never used for selection)",
         "train_seconds": f"wall time of the training loop with {torch.get_num_threads()} torch thread(s), "
                          "excluding reading frames and the int8 export",
@@ -625,6 +630,18 @@ def run(frames_path, emb_path, out_dir, p: EncoderParams, frames_size, seed=0):
             (tmp / TFLITE_FILE).write_bytes(tflite)
     log.info("student val cosine %s, MACs/frame %d", metrics.get("val", {}).get("cosine_to_teacher"), metrics["macs_per_frame"])
     return metrics
+
+
+def forward_preference(frames, emb, rows):
+    """% of the captions of order-dependent clips in `rows` closer to the late-weighted than to the early-weighted
+    pooling of their clip's frames (clip_train's order measure; 50 = frame embeddings blind to order)."""
+    T = frames.shape[1]
+    caps = np.flatnonzero(np.isin(emb.caption_video, rows) & emb.order_dependent[emb.caption_video])
+    if T < 2 or not len(caps):
+        return None
+    late = np.arange(T) / (T * (T - 1) / 2)  # (T,) sums to 1, weights the end
+    diff = np.einsum("t,ctd->cd", late - late[::-1], frames[emb.caption_video[caps]])  # (n, D) late minus early
+    return round(100.0 * float(((emb.text_emb[caps] * diff).sum(1) > 0).mean()), 2)
 
 
 def write_student_embeddings(path, student, emb_path):
