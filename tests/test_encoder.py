@@ -165,6 +165,16 @@ def test_stage_outputs_round_trip_and_int8(tmp_path):
     assert q["int8_bytes"] == (out / "encoder_int8.tflite").stat().st_size
 
 
+def test_read_frames_picks_scattered_rows_in_order(tmp_path):
+    frames, _ = make_data(tmp_path, size=16, per_split=(4, 2, 2))
+    with h5py.File(frames) as f:
+        every = f["frames"][()]
+    rows = np.array([0, 2, 3, 4, 7])
+    got = encoder.read_frames(frames, rows, 16, chunk=2)
+    np.testing.assert_array_equal(got, every[rows])
+    assert encoder.read_frames(frames, rows, 8).shape == (5, T, 8, 8, 3)
+
+
 def test_forward_preference_reads_frame_order():
     """Two clips whose frames move along +e0 / -e0; captions point along +e0 / -e0: all forward (100 %);
     the same clips played backwards: none (0 %); a clip not marked order-dependent is not counted."""

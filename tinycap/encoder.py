@@ -260,11 +260,12 @@ def read_frames(path, rows, size, chunk=256):
     with h5py.File(path, "r") as f:
         ds = f["frames"]
         T = ds.shape[1]
-        for a in range(0, len(rows), chunk):
-            idx = rows[a:a + chunk]
-            block = ds[idx[0]:idx[-1] + 1][idx - idx[0]]  # (b, T, S, S, 3): one contiguous read
-            small = resize_frames(block.reshape(-1, *block.shape[2:]), size)
-            out.append(small.reshape(len(idx), T, size, size, 3))
+        runs = np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1) if len(rows) else []  # consecutive rows
+        for run in runs:
+            for a in range(0, len(run), chunk):
+                block = ds[run[a]:run[a] + len(run[a:a + chunk])]  # (b, T, S, S, 3): one contiguous read
+                small = resize_frames(block.reshape(-1, *block.shape[2:]), size)
+                out.append(small.reshape(len(block), T, size, size, 3))
     return np.concatenate(out) if out else np.zeros((0, 0, size, size, 3), np.uint8)
 
 
