@@ -209,6 +209,8 @@ def test_dimension_mismatch_and_bad_frames_are_refused_before_training(tmp_path,
         encoder.run(frames, other, out, encoder.EncoderParams(**TINY), frames_size=32)
     with pytest.raises(TinyCapError, match="params.yaml: encoder.input_size: 48 is larger than frames.size 32"):
         encoder.run(frames, clip, out, encoder.EncoderParams(**{**TINY, "input_size": 48}), frames_size=32)
+    with pytest.raises(TinyCapError, match=r"params.yaml: encoder: blocks must be \[channels > 0, stride 1\|2\] pairs, got \[16, 3\]"):
+        encoder.run(frames, clip, out, encoder.EncoderParams(**{**TINY, "blocks": [[8, 1], [16, 3]]}), frames_size=32)
     assert not out.exists() and not list(tmp_path.glob(".encoder*"))
 
 

@@ -76,7 +76,7 @@ FORBIDDEN_OPS = ("QUANTIZE", "DEQUANTIZE")  # the graph must be integer from the
 class EncoderParams:  # params.yaml `encoder:` (distill_encoder)
     input_size: int = 64  # side of the student's input, <= frames.size (smaller: frames resized in the stage)
     stem: int = 16  # channels of the stride-2 3x3 stem conv
-    blocks: list = field(default_factory=lambda: [[32, 1], [48, 2], [48, 1], [96, 2], [96, 1]])  # [channels, stride]
+    blocks: list[list[int]] = field(default_factory=lambda: [[32, 1], [48, 2], [48, 1], [96, 2], [96, 1]])  # [channels, stride]
     dim: Optional[int] = None  # embedding size; null = the teacher's D (clip.h5 frame_emb), any other value must equal it
     epochs: int = 5  # passes over all train frames; the epoch with the best val cosine is kept
     batch_size: int = 64  # frames per step
