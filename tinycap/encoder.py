@@ -479,7 +479,11 @@ def run_tflm(data, pixels, cfg):
     for q in pixels_to_q(pixels):
         it.set_input(q[None], 0)
         it.invoke()
-        out.append((np.array(it.get_output(0), np.float32).reshape(-1) - zp) * scale)
+        y = np.array(it.get_output(0), np.float32)
+        if y.shape != (1, cfg.dim):
+            raise TinyCapError("encoder int8 graph", f"TFLM output has shape {list(y.shape)}, expected [1, {cfg.dim}] "
+                               f"(tf.lite reads {io['output']['shape']})")
+        out.append((y[0] - zp) * scale)
     return np.stack(out) if out else np.zeros((0, cfg.dim), np.float32)
 
 
