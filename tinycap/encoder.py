@@ -414,7 +414,8 @@ class TFEncoder:
     def concrete(self):
         tf = self.tf
         spec = tf.TensorSpec([1, self.size, self.size, 3], tf.float32, name="pixels")
-        return tf.function(lambda pixels: {"embedding": self(pixels)}).get_concrete_function(spec)
+        # autograph=False: plain Python loops only; AutoGraph would re-read this file's source at trace time
+        return tf.function(lambda pixels: {"embedding": self(pixels)}, autograph=False).get_concrete_function(spec)
 
 
 def pixels_to_q(pixels):
