@@ -74,11 +74,11 @@ FORBIDDEN_OPS = ("QUANTIZE", "DEQUANTIZE")  # the graph must be integer from the
 
 @dataclass
 class EncoderParams:  # params.yaml `encoder:` (distill_encoder)
-    input_size: int = 64  # side of the student's input, <= frames.size (smaller: frames resized in the stage)
-    stem: int = 16  # channels of the stride-2 3x3 stem conv
-    blocks: list[list[int]] = field(default_factory=lambda: [[32, 1], [48, 2], [48, 1], [96, 2], [96, 1]])  # [channels, stride]
+    input_size: int = 32  # side of the student's input, <= frames.size (smaller: frames resized in the stage)
+    stem: int = 24  # channels of the stride-2 3x3 stem conv
+    blocks: list[list[int]] = field(default_factory=lambda: [[48, 1], [64, 2], [64, 1], [128, 2], [128, 1]])  # [channels, stride]
     dim: Optional[int] = None  # embedding size; null = the teacher's D (clip.h5 frame_emb), any other value must equal it
-    epochs: int = 5  # passes over all train frames; the epoch with the best val cosine is kept
+    epochs: int = 15  # passes over all train frames; the epoch with the best val cosine is kept
     batch_size: int = 64  # frames per step
     lr: float = 0.004  # AdamW peak, linear warmup then cosine decay
     weight_decay: float = 0.0001
@@ -424,11 +424,14 @@ def pixels_to_q(pixels):
 
 
 def convert_int8(mirror, calibration):
-    """Full-integer .tflite bytes: int8 input q = pixel - 128, int8 output; calibration uint8 (N, S, S, 3)."""
+    """Full-integer .tflite bytes: int8 input q = pixel - 128, int8 output; calibration uint8 (N, S, S, 3).
+    Returns (bytes, pinned): pinned when the calibration frames lacked pixel 0 or 255 and two pixels of the
+    first frame were set to them, so the input keeps scale 1 and zero point 0."""
     import tensorflow as tf
 
     q = pixels_to_q(calibration).astype(np.float32)
-    if q.min() > -128 or q.max() < 127:  # pin the input range to the full pixel range (scale 1, zero point 0)
+    pinned = bool(q.min() > -128 or q.max() < 127)
+    if pinned:  # pin the input range to the full pixel range (scale 1, zero point 0)
         q[0, 0, 0, 0], q[0, 0, 1, 0] = -128.0, 127.0
     conv = tf.lite.TFLiteConverter.from_concrete_functions([mirror.concrete()], tf.Module())
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -438,7 +441,7 @@ def convert_int8(mirror, calibration):
     conv.inference_output_type = tf.int8
     with warnings.catch_warnings():  # the filter above, also under pytest (which resets filters)
         warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
-        return conv.convert()
+        return conv.convert(), pinned
 
 
 def _tflite_interpreter(data):
@@ -503,7 +506,7 @@ def export_int8(model, calibration, val_pixels, val_teacher):
     parity = float(np.abs(torch_emb - tf_emb).max()) if len(probe) else None
     if parity is not None and parity > 1e-3:
         raise TinyCapError("encoder TF mirror", f"float parity with PyTorch failed: max |diff| {parity:.2e} > 1e-3")
-    data = convert_int8(mirror, calibration)
+    data, pinned = convert_int8(mirror, calibration)
     ops, io = graph_info(data)
     inside = sorted(set(ops) & set(FORBIDDEN_OPS))
     if inside:
@@ -516,6 +519,7 @@ def export_int8(model, calibration, val_pixels, val_teacher):
         "int8_bytes": len(data),
         "ops": ops,
         "input_quantization": io["input"],
+        "input_range_pinned": pinned,
         "output_quantization": io["output"],
         "float_parity_max_abs": parity,
         "tflm_frames": len(val_pixels),
