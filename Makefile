@@ -11,7 +11,9 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 run: setup          ## run the whole pipeline on the embedded default dataset
 	.venv/bin/dvc repro
 
-test: setup         ## run the test suite (what CI runs)
+test: setup         ## lint, format check, then the test suite (what CI runs)
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 	.venv/bin/python -m pytest -q
 
 setup:

@@ -28,8 +28,17 @@ def make(pooling, out_dir, seed=0):
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     # vocab 42: the logits FC has a partial group of rows (42 = 4 * 10 + 2), run by the M7 code too
-    cfg = microcap.MicroCapConfig(vocab_size=42, dim=24, num_frames=4, pooling=pooling, embed_dim=8, hidden=12, max_len=9,
-                                  temporal_filter=True, temporal_mlp=8)
+    cfg = microcap.MicroCapConfig(
+        vocab_size=42,
+        dim=24,
+        num_frames=4,
+        pooling=pooling,
+        embed_dim=8,
+        hidden=12,
+        max_len=9,
+        temporal_filter=True,
+        temporal_mlp=8,
+    )
     model = microcap.MicroCap(cfg).eval()
     with torch.no_grad():  # larger output weights: varied, confident logits
         model.out.weight.mul_(4.0)
@@ -53,15 +62,27 @@ def make(pooling, out_dir, seed=0):
     seqs = [[1] + list(rng.integers(4, cfg.vocab_size, 6)) + [2] for _ in range(32)]
     mirror, rep = quantize.calibrate(model, frames[:32], seqs, frames[:32], quantize.QuantizeParams())  # as quantize()
     out_dir.mkdir(parents=True, exist_ok=True)
-    quant = {"max_steps": cfg.max_steps, "bos": 1, "eos": 2, "h_quant": {"scale": quantize.H_QUANT[0], "zero_point": 0},
-             "logits_window": {"float_range": list(mirror.ranges["logits"])}, "models": {}}
+    quant = {
+        "max_steps": cfg.max_steps,
+        "bos": 1,
+        "eos": 2,
+        "h_quant": {"scale": quantize.H_QUANT[0], "zero_point": 0},
+        "logits_window": {"float_range": list(mirror.ranges["logits"])},
+        "models": {},
+    }
     for name in (POOLER, DECODER):
         data = quantize.convert(mirror, name, rep[name])
         path = out_dir / quantize.model_file(name, "int8")
         path.write_bytes(data)
         arena, report = measure_arena(path, 1 if name == POOLER else 3)
-        quant["models"][f"{name}_int8"] = {"file": path.name, "bytes": len(data), "ops": model_ops(data),
-                                           "arena_bytes": arena, **io_details(data), "allocation_report": report}
+        quant["models"][f"{name}_int8"] = {
+            "file": path.name,
+            "bytes": len(data),
+            "ops": model_ops(data),
+            "arena_bytes": arena,
+            **io_details(data),
+            "allocation_report": report,
+        }
         print(name, pooling, quant["models"][f"{name}_int8"]["ops"], arena)
     check_shared_quant(quant, out_dir)  # the loop copies h and the context unchanged
     write_json(out_dir / "quant.json", quant)

@@ -21,8 +21,13 @@ def main():
     index, summary = data.build_dataset(cfg, p["seed"], OUT_DIR, workers=min(2, os.cpu_count() or 1))
     write_json("metrics/data.json", summary)
     logging.getLogger("synth_videos").info(
-        "%s: %d videos, %d captions in %s (%.1f s)", cfg.source, len(index["videos"]), len(index["sentences"]),
-        OUT_DIR, time.perf_counter() - start)
+        "%s: %d videos, %d captions in %s (%.1f s)",
+        cfg.source,
+        len(index["videos"]),
+        len(index["sentences"]),
+        OUT_DIR,
+        time.perf_counter() - start,
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 # Before any test loads TensorFlow: torch's first optimizer imports triton through torch._dynamo, and
 # that import segfaults once TensorFlow is loaded in the process (test_quantize after test_firmware).
 import torch._dynamo  # noqa: F401

@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SKIPS = '''
+SKIPS = """
 import pytest
 
 
@@ -40,9 +40,9 @@ def test_xfail():
 
 def test_passes():
     pass
-'''
+"""
 
-ELSEWHERE = '''
+ELSEWHERE = """
 import pytest
 
 
@@ -53,7 +53,7 @@ def test_ordinary_skip():
 @pytest.mark.toolchain
 def test_marked_skip():
     pytest.skip("llvm-mca is missing")
-'''
+"""
 
 
 def _pytest(tmp_path, ci):
@@ -66,8 +66,15 @@ def _pytest(tmp_path, ci):
     (tests / "test_other.py").write_text(ELSEWHERE)
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER")}
     env.update(PYTHONPATH=str(ROOT), **({"CI": "true"} if ci else {}))
-    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-p", "no:randomly", "tests"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    p = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-p", "no:randomly", "tests"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     summary = p.stdout.strip().splitlines()[-1]
     found = re.findall(r"(\d+) (passed|failed|skipped|xfailed|errors?)\b", summary)
     counts = {("error" if k.startswith("error") else k): int(n) for n, k in found}

@@ -13,16 +13,16 @@ import sys
 import time
 from pathlib import Path
 
+import cli_fixtures
 import h5py
 import numpy as np
 import pytest
 from PIL import Image
+from video_fixtures import write_video
 
-import cli_fixtures
 from tinycap import embed, srt
 from tinycap.int8 import beam_search
 from tinycap.vocab import Vocab
-from video_fixtures import write_video
 
 
 def tinycap(*args, data=None, check=None, timeout=300):
@@ -86,7 +86,9 @@ def test_help_of_every_subcommand():
         proc = subprocess.run([str(script), "--help"], env=cli_fixtures.env(), capture_output=True, text=True, check=True)
         assert all(sub in proc.stdout for sub in ("caption", "image", "embed", "search", "serve"))
     proc = tinycap("caption", "x.mp4", "--beam", "2", "--greedy", check=2)
-    assert proc.stderr.splitlines() == ["error: tinycap caption: argument --greedy: not allowed with argument --beam (see tinycap caption --help)"]
+    assert proc.stderr.splitlines() == [
+        "error: tinycap caption: argument --greedy: not allowed with argument --beam (see tinycap caption --help)"
+    ]
 
 
 def test_caption_json_per_video_and_bad_inputs_reported(data, media, words, tmp_path):
@@ -103,7 +105,9 @@ def test_caption_json_per_video_and_bad_inputs_reported(data, media, words, tmp_
     assert errors == [f"error: {media['text_mp4']}: not a video file (looks like text)", f"error: {missing}: file not found"]
 
 
-@pytest.mark.parametrize("args", [["--model", "int8", "--beam", "2"], ["--model", "guide", "--temperature", "0.8", "--seed", "1"]])
+@pytest.mark.parametrize(
+    "args", [["--model", "int8", "--beam", "2"], ["--model", "guide", "--temperature", "0.8", "--seed", "1"]]
+)
 def test_caption_other_models_and_decoding(data, media, words, args):
     proc = tinycap("caption", media["synth"][0], *args, data=data, check=0)
     lines = proc.stdout.splitlines()
@@ -113,18 +117,43 @@ def test_caption_other_models_and_decoding(data, media, words, args):
 
 def test_caption_errors_are_one_line(data, media, tmp_path):
     proc = tinycap("caption", media["synth"][0], "--model", "guide", "--pooling", "mean", data=data, check=1)
-    assert proc.stderr.strip().splitlines() == ["error: --pooling: the guide attends over all frames (cross-attention); --pooling is for microcap/int8"]
+    assert proc.stderr.strip().splitlines() == [
+        "error: --pooling: the guide attends over all frames (cross-attention); --pooling is for microcap/int8"
+    ]
     proc = tinycap("caption", media["synth"][0], data=tmp_path, check=1)
     assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'guide' / 'vocab.json'}: file not found"]
     proc = tinycap("caption", media["synth"][0], "--pooling", "mean", "--num-frames", "8", data=data, check=1)
     model = data / "microcap" / "microcap.pt"
-    assert proc.stderr.strip().splitlines() == [f"error: --num-frames: {model} has a temporal filter or MLP for 5 frames; another count needs a model without them"]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --num-frames: {model} has a temporal filter or MLP for 5 frames; another count needs a model without them"
+    ]
 
 
 def test_srt_for_a_long_video(data, words, tmp_path):
     video = tmp_path / "long.mp4"
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=10", "-t", "61",
-                    "-c:v", "libx264", "-preset", "ultrafast", "-g", "50", "-pix_fmt", "yuv420p", str(video)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=160x120:rate=10",
+            "-t",
+            "61",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "50",
+            "-pix_fmt",
+            "yuv420p",
+            str(video),
+        ],
+        check=True,
+    )
     out, seg = tmp_path / "subs" / "long.srt", tmp_path / "long.json"
     tinycap("caption", video, "--srt", out, "--json-segments", seg, "--window", "4", "--stride", "3", data=data, check=0)
     cues = srt.parse_srt(out.read_text(), out)
@@ -174,7 +203,9 @@ def test_embed_reports_bad_files_and_resumes(data, media, tmp_path):
         emb = f["frame_emb"][:]
         assert emb.shape[:2] == (3, 5)
         np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1, atol=1e-4)
-        assert sorted(s.decode() for s in f["video_id"][:]) == sorted(["a/" + clips[0].name, "a/b/" + clips[1].name, "a/b/" + clips[2].name])
+        assert sorted(s.decode() for s in f["video_id"][:]) == sorted(
+            ["a/" + clips[0].name, "a/b/" + clips[1].name, "a/b/" + clips[2].name]
+        )
     assert not Path(str(out) + ".partial").exists()
 
     # a rerun with one more video embeds only that one
@@ -188,8 +219,21 @@ def test_embed_resumes_after_a_crash(data, tmp_path, fmt="npy"):
     clips = sorted((data / "videos" / "clips").glob("*.mp4"))[:12]
     out = tmp_path / ("emb" if fmt == "npy" else "emb.json")
     parts = Path(str(out) + ".partial")
-    cmd = [sys.executable, "-m", "tinycap.cli", "embed", *map(str, clips), "--out", str(out), "--format", fmt,
-           "--batch-frames", "5", "--data", str(data)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tinycap.cli",
+        "embed",
+        *map(str, clips),
+        "--out",
+        str(out),
+        "--format",
+        fmt,
+        "--batch-frames",
+        "5",
+        "--data",
+        str(data),
+    ]
     job = subprocess.Popen(cmd, env=cli_fixtures.env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + 120
     finished = lambda: [p for p in parts.glob("*.npz") if not p.name.startswith(".")]  # noqa: E731 (dot: a write in progress)
@@ -242,8 +286,20 @@ def test_int8_logits_below_the_window_are_ranked_last():
 
 def test_search_ranks_frames(data, media, tmp_path):
     out = tmp_path / "hits"
-    proc = tinycap("search", media["avi"], "a red circle moves left", "--top-k", "3", "--num-frames", "8", "--out", out,
-                   "--json", data=data, check=0)
+    proc = tinycap(
+        "search",
+        media["avi"],
+        "a red circle moves left",
+        "--top-k",
+        "3",
+        "--num-frames",
+        "8",
+        "--out",
+        out,
+        "--json",
+        data=data,
+        check=0,
+    )
     hits = json.loads(proc.stdout)["results"]
     assert [h["rank"] for h in hits] == [1, 2, 3]
     scores = [h["score"] for h in hits]
@@ -262,8 +318,18 @@ def test_search_ranks_frames(data, media, tmp_path):
 @pytest.mark.parametrize("fmt", embed.FORMATS)
 def test_embed_outputs_round_trip(tmp_path, fmt):
     rng = np.random.default_rng(0)
-    entries = [{"video_id": f"d/v{i}.mp4", "path": f"/x/d/v{i}.mp4", "key": f"/x/d/v{i}.mp4", "size": 10 + i, "mtime_ns": 7 * i,
-                "frame_emb": rng.normal(size=(3, 4)).astype(np.float32), "timestamps_s": np.arange(3, dtype=np.float32)} for i in range(2)]
+    entries = [
+        {
+            "video_id": f"d/v{i}.mp4",
+            "path": f"/x/d/v{i}.mp4",
+            "key": f"/x/d/v{i}.mp4",
+            "size": 10 + i,
+            "mtime_ns": 7 * i,
+            "frame_emb": rng.normal(size=(3, 4)).astype(np.float32),
+            "timestamps_s": np.arange(3, dtype=np.float32),
+        }
+        for i in range(2)
+    ]
     out = tmp_path / ("out" if fmt == "npy" else f"out.{fmt}")
     embed.write_output(out, fmt, {"num_frames": 3}, entries, [{"path": "bad.mp4", "reason": "file not found"}])
     config, back = embed.read_output(out, fmt)
@@ -282,12 +348,15 @@ def test_embed_refuses_to_overwrite_a_folder_that_is_not_its_output(tmp_path):
         embed.read_output(tmp_path / "photos", "npy")
 
 
-@pytest.mark.parametrize("duration,length,stride,expected", [
-    (10, 4, 4, [(0, 4), (4, 8), (8, 10)]),
-    (10, 4, 2, [(0, 4), (2, 6), (4, 8), (6, 10)]),
-    (10, 2, 4, [(0, 2), (4, 6), (8, 10)]),
-    (3, 5, 5, [(0, 3)]),
-])
+@pytest.mark.parametrize(
+    "duration,length,stride,expected",
+    [
+        (10, 4, 4, [(0, 4), (4, 8), (8, 10)]),
+        (10, 4, 2, [(0, 4), (2, 6), (4, 8), (6, 10)]),
+        (10, 2, 4, [(0, 2), (4, 6), (8, 10)]),
+        (3, 5, 5, [(0, 3)]),
+    ],
+)
 def test_srt_windows(duration, length, stride, expected):
     assert srt.windows(duration, length, stride) == expected
 

@@ -27,10 +27,17 @@ def make_clips(root, size=64, n=(8, 4, 2), seed=0):
             clip_frames = np.zeros((T, size, size, 3), np.uint8) + rng.integers(0, 60, 3).astype(np.uint8)
             for t in range(T):
                 x = int((t if right else T - 1 - t) * (size - 16) / (T - 1))
-                clip_frames[t, 24:40, x:x + 16] = colour
+                clip_frames[t, 24:40, x : x + 16] = colour
             frames.append(clip_frames)
-            videos.append({"video_id": vid, "split": split, "path": f"{vid}.mp4",
-                           "action": "move_right" if right else "move_left", "order_dependent": True})
+            videos.append(
+                {
+                    "video_id": vid,
+                    "split": split,
+                    "path": f"{vid}.mp4",
+                    "action": "move_right" if right else "move_left",
+                    "order_dependent": True,
+                }
+            )
             for k in range(2):
                 sentences.append({"video_id": vid, "caption": f"a square {k} moves {'right' if right else 'left'}"})
     with h5py.File(root / "frames.h5", "w") as f:
@@ -138,9 +145,14 @@ def test_checkpoint_path_route_and_export(trained, tmp_path):
 
 def test_bad_model_and_pretrained_give_one_line(trained, tmp_path):
     _, frames, ann, _ = trained
-    with pytest.raises(TinyCapError, match=r"clip\.model: unknown open_clip model 'tinyclip-vit-46'; did you mean tinyclip-vit-64"):
+    with pytest.raises(
+        TinyCapError, match=r"clip\.model: unknown open_clip model 'tinyclip-vit-46'; did you mean tinyclip-vit-64"
+    ):
         clip.create("tinyclip-vit-46")
-    with pytest.raises(TinyCapError, match=r"clip\.pretrained: 'nope' is neither an existing checkpoint file nor an open_clip tag of ViT-B-32 \(tags: openai"):
+    with pytest.raises(
+        TinyCapError,
+        match=r"clip\.pretrained: 'nope' is neither an existing checkpoint file nor an open_clip tag of ViT-B-32 \(tags: openai",
+    ):
         clip.create("ViT-B-32", "nope")
     with pytest.raises(TinyCapError, match="not in the local cache and cannot be downloaded here") as e:
         clip.create("ViT-B-32", "laion2b_s34b_b79k")

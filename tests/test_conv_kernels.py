@@ -32,7 +32,9 @@ needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not inst
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
     exe = tmp_path_factory.mktemp("conv") / "conv_main"
-    srcs = [ROOT / "firmware" / "host" / "conv_main.c"] + [RUNTIME / f for f in ("tc_conv.c", "tc_conv_cortexm.c", "tc_kernels.c")]
+    srcs = [ROOT / "firmware" / "host" / "conv_main.c"] + [
+        RUNTIME / f for f in ("tc_conv.c", "tc_conv_cortexm.c", "tc_kernels.c")
+    ]
     subprocess.run(["gcc", *HOST_CFLAGS, f"-I{RUNTIME}", *map(str, srcs), "-o", str(exe)], check=True)
     return exe
 
@@ -131,27 +133,59 @@ def _handmade(seed):
     # so that accumulators (std ~ sqrt(taps) * 74 * 73 integer units) span ~30..120 output steps;
     # every 4th seed (RELU) a multiplier > 1 (shift > 0), most outputs then saturate
     s_in = float(R.uniform(0.01, 0.1))
-    s_out = {0: float(R.uniform(0.005, 0.2)), 1: float(R.uniform(0.005, 0.2)), 3: 6 / R.uniform(60, 200),
-             2: 1 / R.uniform(40, 120)}[act]
+    s_out = {
+        0: float(R.uniform(0.005, 0.2)),
+        1: float(R.uniform(0.005, 0.2)),
+        3: 6 / R.uniform(60, 200),
+        2: 1 / R.uniform(40, 120),
+    }[act]
     target = s_out * R.uniform(30, 120)
     ws = target / (s_in * np.sqrt(taps) * 5400) * (R.uniform(0.7, 1.3, cout) if seed % 3 else 1.0)
     if seed % 4 == 0:
         ws = s_out / s_in * R.uniform(1.1, 3, cout)  # per channel multiplier > 1
     wshape = (1, k, k, cout) if depthwise else (cout, k, k, c)
-    t = [dict(shape=(b, h, w, c), dtype="int8", scale=s_in, zp=int(R.integers(-60, 60))),
-         dict(shape=wshape, dtype="int8", data=R.integers(-127, 128, wshape).astype(np.int8), scale=ws,
-              zp=np.zeros(np.size(ws), int), qdim=3 if depthwise else 0),
-         dict(shape=(cout,), dtype="int32", data=R.integers(-3000, 3000, cout).astype(np.int32),
-              scale=s_in * np.asarray(ws), zp=np.zeros(np.size(ws), int)),
-         dict(shape=(b, oh, ow, cout), dtype="int8", scale=s_out, zp=int(R.integers(-50, 50)))]
+    t = [
+        dict(shape=(b, h, w, c), dtype="int8", scale=s_in, zp=int(R.integers(-60, 60))),
+        dict(
+            shape=wshape,
+            dtype="int8",
+            data=R.integers(-127, 128, wshape).astype(np.int8),
+            scale=ws,
+            zp=np.zeros(np.size(ws), int),
+            qdim=3 if depthwise else 0,
+        ),
+        dict(
+            shape=(cout,),
+            dtype="int32",
+            data=R.integers(-3000, 3000, cout).astype(np.int32),
+            scale=s_in * np.asarray(ws),
+            zp=np.zeros(np.size(ws), int),
+        ),
+        dict(shape=(b, oh, ow, cout), dtype="int8", scale=s_out, zp=int(R.integers(-50, 50))),
+    ]
     inputs = [0, 1, -1] if seed % 5 == 0 and not depthwise else [0, 1, 2]  # TFLM crashes on a depthwise without bias
     if depthwise:
-        opts = tflite.options("DepthwiseConv2DOptions", padding=pad, strideW=stride, strideH=stride, depthMultiplier=1,
-                         fusedActivationFunction=act, dilationWFactor=1, dilationHFactor=1)
+        opts = tflite.options(
+            "DepthwiseConv2DOptions",
+            padding=pad,
+            strideW=stride,
+            strideH=stride,
+            depthMultiplier=1,
+            fusedActivationFunction=act,
+            dilationWFactor=1,
+            dilationHFactor=1,
+        )
         op = ("DEPTHWISE_CONV_2D", inputs, [3], opts)
     else:
-        opts = tflite.options("Conv2DOptions", padding=pad, strideW=stride, strideH=stride, fusedActivationFunction=act,
-                         dilationWFactor=1, dilationHFactor=1)
+        opts = tflite.options(
+            "Conv2DOptions",
+            padding=pad,
+            strideW=stride,
+            strideH=stride,
+            fusedActivationFunction=act,
+            dilationWFactor=1,
+            dilationHFactor=1,
+        )
         op = ("CONV_2D", inputs, [3], opts)
     return tflite.build_model(t, [op], [0], [3])
 
@@ -163,7 +197,7 @@ def test_handmade_quantisation_bit_exact_with_tflm(harness, seed):
     g = tflite.load_graph(model, f"handmade{seed}")
     k = P.prepare(g, g.ops[0])
     R = np.random.default_rng(seed)
-    for trial in range(4):
+    for _ in range(4):
         x = R.integers(-128, 128, g.tensors[0].shape).astype(np.int8)
         ref = np.asarray(tflm_run(model, [x])[0]).astype(np.int8).ravel()
         out = subprocess.run([str(harness)], input=k.pack() + x.tobytes(), capture_output=True, check=True).stdout
@@ -191,13 +225,41 @@ def m7_run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("conv_m7")
     fw = ROOT / "firmware" / "m7"
-    srcs = [fw / "startup.c", fw / "semihost.c", fw / "marker.c", fw / "conv_check.c", RUNTIME / "tc_conv.c",
-            RUNTIME / "tc_conv_cortexm.c"]
+    srcs = [
+        fw / "startup.c",
+        fw / "semihost.c",
+        fw / "marker.c",
+        fw / "conv_check.c",
+        RUNTIME / "tc_conv.c",
+        RUNTIME / "tc_conv_cortexm.c",
+    ]
     elf = tmp / "conv_check.elf"
-    subprocess.run(["arm-none-eabi-gcc", *M7_ARCH, "-O2", "-g", "-std=c11", "-Wall", "-Wextra", "-Werror",
-                    "-ffunction-sections", "-fdata-sections", f"-I{fw}", f"-I{RUNTIME}", *map(str, srcs),
-                    "--specs=nano.specs", "-nostartfiles", "-Wl,--gc-sections", f"-L{fw}", "-T", "qemu_mps2_an500.ld",
-                    "-o", str(elf)], check=True)
+    subprocess.run(
+        [
+            "arm-none-eabi-gcc",
+            *M7_ARCH,
+            "-O2",
+            "-g",
+            "-std=c11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-ffunction-sections",
+            "-fdata-sections",
+            f"-I{fw}",
+            f"-I{RUNTIME}",
+            *map(str, srcs),
+            "--specs=nano.specs",
+            "-nostartfiles",
+            "-Wl,--gc-sections",
+            f"-L{fw}",
+            "-T",
+            "qemu_mps2_an500.ld",
+            "-o",
+            str(elf),
+        ],
+        check=True,
+    )
     plugin = toolchain.build_plugin(tmp / "plugin")
     (tmp / "run").mkdir()
     r = m7.run_elf(elf, tmp / "run", plugin, timeout_s=120)  # raises unless the exit status (failed cases) is 0
@@ -229,8 +291,10 @@ def test_cortex_m7_fast_conv_equals_reference_under_qemu(m7_run):
     ipm = instructions_per_mac(stdout, segments)
     assert len(ipm) == 4
     for i, (macs, ref, dsp, dw, dwr, dwd) in ipm.items():
-        print(f"bench {i}: CONV_2D {macs} MACs ref {ref:.2f} dsp {dsp:.2f} instr/MAC; "
-              f"DEPTHWISE_CONV_2D 3x3 {dw} MACs ref {dwr:.2f} dsp {dwd:.2f}")
+        print(
+            f"bench {i}: CONV_2D {macs} MACs ref {ref:.2f} dsp {dsp:.2f} instr/MAC; "
+            f"DEPTHWISE_CONV_2D 3x3 {dw} MACs ref {dwr:.2f} dsp {dwd:.2f}"
+        )
         assert dsp < ref
         assert dwd < dwr or dwd == 0  # bench 2 has 3 channels: no depthwise fast path
 
@@ -238,8 +302,9 @@ def test_cortex_m7_fast_conv_equals_reference_under_qemu(m7_run):
 @needs_gcc
 def test_fast_requantisation_equals_tflm(tmp_path):
     exe = tmp_path / "requant_check"
-    subprocess.run(["gcc", *HOST_CFLAGS, f"-I{RUNTIME}", str(ROOT / "firmware" / "host" / "requant_check.c"), "-o", str(exe)],
-                   check=True)
+    subprocess.run(
+        ["gcc", *HOST_CFLAGS, f"-I{RUNTIME}", str(ROOT / "firmware" / "host" / "requant_check.c"), "-o", str(exe)], check=True
+    )
     r = subprocess.run([str(exe)], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "bad 0", r.stdout
 
@@ -248,18 +313,21 @@ def test_unsupported_convolutions_fail_naming_the_op():
     from tinycap.errors import TinyCapError
 
     def graph(op_name, opts, wshape, cout):
-        t = [dict(shape=(1, 6, 6, 4), dtype="int8", scale=0.05, zp=0),
-             dict(shape=wshape, dtype="int8", data=np.ones(wshape, np.int8), scale=0.01, zp=0),
-             dict(shape=(cout,), dtype="int32", data=np.zeros(cout, np.int32), scale=0.0005, zp=0),
-             dict(shape=(1, 6, 6, cout), dtype="int8", scale=0.1, zp=0)]
+        t = [
+            dict(shape=(1, 6, 6, 4), dtype="int8", scale=0.05, zp=0),
+            dict(shape=wshape, dtype="int8", data=np.ones(wshape, np.int8), scale=0.01, zp=0),
+            dict(shape=(cout,), dtype="int32", data=np.zeros(cout, np.int32), scale=0.0005, zp=0),
+            dict(shape=(1, 6, 6, cout), dtype="int8", scale=0.1, zp=0),
+        ]
         return tflite.load_graph(tflite.build_model(t, [(op_name, [0, 1, 2], [3], opts)], [0], [3]), "g.tflite")
 
     dilated = tflite.options("Conv2DOptions", padding=P.SAME, strideW=1, strideH=1, dilationWFactor=2, dilationHFactor=2)
     g = graph("CONV_2D", dilated, (3, 3, 3, 4), 3)
     with pytest.raises(TinyCapError, match=r"op #0 CONV_2D.*dilation"):
         P.prepare(g, g.ops[0])
-    multiplier2 = tflite.options("DepthwiseConv2DOptions", padding=P.SAME, strideW=1, strideH=1, depthMultiplier=2,
-                            dilationWFactor=1, dilationHFactor=1)
+    multiplier2 = tflite.options(
+        "DepthwiseConv2DOptions", padding=P.SAME, strideW=1, strideH=1, depthMultiplier=2, dilationWFactor=1, dilationHFactor=1
+    )
     g = graph("DEPTHWISE_CONV_2D", multiplier2, (1, 3, 3, 8), 8)
     with pytest.raises(TinyCapError, match=r"op #0 DEPTHWISE_CONV_2D.*depth_multiplier"):
         P.prepare(g, g.ops[0])

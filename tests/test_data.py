@@ -17,9 +17,16 @@ ROOT = Path(__file__).parent.parent
 
 
 def synth_cfg(**kw):
-    base = dict(source="synth", annotations=None, videos_dir=None,
-                videos_per_split={"train": 6, "val": 2, "test": 2, "novel": 4},
-                size=64, fps=5, duration_s=1.0, captions_per_video=5)
+    base = dict(
+        source="synth",
+        annotations=None,
+        videos_dir=None,
+        videos_per_split={"train": 6, "val": 2, "test": 2, "novel": 4},
+        size=64,
+        fps=5,
+        duration_s=1.0,
+        captions_per_video=5,
+    )
     return data.DataParams(**{**base, **kw})
 
 
@@ -80,9 +87,18 @@ def test_annotation_records(rendered):
         assert len(v["objects"]) == data.ACTIONS[v["action"]][0]
         for o in v["objects"]:
             assert o["colour"] in data.COLOURS and o["shape"] in data.SHAPES and o["size"] in data.SIZES
-    assert {v: data.ACTIONS[v][1] for v in ["move_left", "grow", "fade_in", "approach", "change_colour", "rotate", "bounce", "pass"]} == {
-        "move_left": True, "grow": True, "fade_in": True, "approach": True, "change_colour": True,
-        "rotate": False, "bounce": False, "pass": False}
+    assert {
+        v: data.ACTIONS[v][1] for v in ["move_left", "grow", "fade_in", "approach", "change_colour", "rotate", "bounce", "pass"]
+    } == {
+        "move_left": True,
+        "grow": True,
+        "fade_in": True,
+        "approach": True,
+        "change_colour": True,
+        "rotate": False,
+        "bounce": False,
+        "pass": False,
+    }
 
 
 def test_novel_split_combinations_never_in_train():
@@ -99,7 +115,6 @@ def test_novel_split_combinations_never_in_train():
     assert {v["action"] for v in index["videos"] if v["split"] == "novel"} == set(data.ACTIONS)
 
 
-
 def test_no_test_clip_repeats_a_train_attribute_set():
     cfg = synth_cfg(videos_per_split={"train": 1500, "val": 100, "test": 400, "novel": 50})
     index, _ = data.synth_annotations(cfg, 0)
@@ -110,19 +125,27 @@ def test_no_test_clip_repeats_a_train_attribute_set():
     fewer, _ = data.synth_annotations(synth_cfg(videos_per_split={"train": 1500, "val": 100, "test": 0, "novel": 0}), 0)
     assert fewer["videos"] == index["videos"][:1600]
     summary = data.summary(index)
-    assert summary["splits"]["test"] == {"clips": 400, "captions": 2000, "attribute_sets": len(set(sets["test"])),
-                                         "attribute_sets_in_train": 0}
+    assert summary["splits"]["test"] == {
+        "clips": 400,
+        "captions": 2000,
+        "attribute_sets": len(set(sets["test"])),
+        "attribute_sets_in_train": 0,
+    }
     assert summary["splits"]["val"]["attribute_sets_in_train"] == len(set(sets["val"]) & set(sets["train"])) > 0
-    assert data.attribute_set({"action": "grow", "background": "plain", "objects": [
-        {"colour": "red", "shape": "star", "size": "small"}]}) == ("grow", "plain", ("red", "", "star", "small"))
+    assert data.attribute_set(
+        {"action": "grow", "background": "plain", "objects": [{"colour": "red", "shape": "star", "size": "small"}]}
+    ) == ("grow", "plain", ("red", "", "star", "small"))
+
 
 def grammar_vocabulary():
     phrases = [w for ws in data.SHAPE_WORDS.values() for w in ws] + [w for ws in data.SIZE_WORDS.values() for w in ws]
     phrases += [w for ws in data.BACKGROUND_WORDS.values() for w in ws] + [w for ws in data.DIRECTIONS.values() for w in ws]
     phrases += [w for pair in data.MOVERS + data.MOVERS_PLURAL for w in pair]
     phrases += [w for vs in list(data.VERBS.values()) + list(data.VERBS_PAIR.values()) for pair in vs for w in pair]
-    phrases += list(data.COLOURS) + ["a an the and is are there on over against across frame screen",
-                                     "we see the video shows you can changes changing from to"]
+    phrases += list(data.COLOURS) + [
+        "a an the and is are there on over against across frame screen",
+        "we see the video shows you can changes changing from to",
+    ]
     return {w for p in phrases for w in p.replace("{c}", "").split()}
 
 
@@ -177,12 +200,15 @@ def test_params_data_sections_parse():
     params.section(tiny, "data", data.DataParams)
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(size=66 + 1), "data.size: must be an even number"),
-    (dict(size=8), "data.size: must be an even number >= 16"),
-    (dict(videos_per_split={"train": 1, "holdout": 1}), "unknown split 'holdout'"),
-    (dict(videos_per_split={"train": 0}), "no videos requested"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(size=66 + 1), "data.size: must be an even number"),
+        (dict(size=8), "data.size: must be an even number >= 16"),
+        (dict(videos_per_split={"train": 1, "holdout": 1}), "unknown split 'holdout'"),
+        (dict(videos_per_split={"train": 0}), "no videos requested"),
+    ],
+)
 def test_bad_synth_params(change, message):
     with pytest.raises(TinyCapError, match=message):
         data.synth_annotations(synth_cfg(**change), 0)
@@ -215,7 +241,11 @@ def test_msrvtt_fixture(tmp_path):
     ann["test"] = str(FIXTURES / "msrvtt_test_videodatainfo.json")
     index, _ = data.build_dataset(real_cfg("msrvtt", ann, videos), 0, out)
     assert [(v["video_id"], v["split"]) for v in index["videos"]] == [
-        ("video0", "train"), ("video1", "train"), ("video2", "train"), ("video7010", "test")]  # the mapping's split wins
+        ("video0", "train"),
+        ("video1", "train"),
+        ("video2", "train"),
+        ("video7010", "test"),
+    ]  # the mapping's split wins
 
 
 def test_vatex_fixture(tmp_path):
@@ -240,21 +270,32 @@ def write(path, text):
 MSRVTT_OK_VIDEO = {"video_id": "video0", "split": "train"}
 
 
-@pytest.mark.parametrize("source, name, content, message", [
-    ("msrvtt", "gone.json", None, "file not found"),
-    ("msrvtt", "bad.json", '{"videos": [', "not valid JSON"),
-    ("msrvtt", "list.json", [], "not an MSR-VTT annotation file"),
-    ("msrvtt", "nocap.json", {"videos": [MSRVTT_OK_VIDEO], "sentences": []}, "video video0 has no captions"),
-    ("msrvtt", "empty.json", {"videos": [MSRVTT_OK_VIDEO], "sentences": [{"video_id": "video0", "caption": " "}]},
-     "caption must be a non-empty string"),
-    ("msrvtt", "split.json", {"videos": [{"video_id": "video0", "split": "dev"}], "sentences": []}, "unknown split 'dev'"),
-    ("msrvtt", "orphan.json", {"videos": [MSRVTT_OK_VIDEO], "sentences": [{"video_id": "video9", "caption": "x"}]},
-     "names video video9, which is not in videos"),
-    ("vatex", "vatex_train.json", {"videoID": "a"}, "not a VATEX annotation file"),
-    ("vatex", "vatex_test.json", [{"videoID": "a", "chCap": ["一"]}], "video a has no English captions"),
-    ("vatex", "vatex_val.json", [{"videoID": "a", "enCap": []}], "video a has no captions"),
-    ("vatex", "vatex_public.json", [{"videoID": "a", "enCap": ["x"]}], "cannot tell the split from the file name"),
-])
+@pytest.mark.parametrize(
+    "source, name, content, message",
+    [
+        ("msrvtt", "gone.json", None, "file not found"),
+        ("msrvtt", "bad.json", '{"videos": [', "not valid JSON"),
+        ("msrvtt", "list.json", [], "not an MSR-VTT annotation file"),
+        ("msrvtt", "nocap.json", {"videos": [MSRVTT_OK_VIDEO], "sentences": []}, "video video0 has no captions"),
+        (
+            "msrvtt",
+            "empty.json",
+            {"videos": [MSRVTT_OK_VIDEO], "sentences": [{"video_id": "video0", "caption": " "}]},
+            "caption must be a non-empty string",
+        ),
+        ("msrvtt", "split.json", {"videos": [{"video_id": "video0", "split": "dev"}], "sentences": []}, "unknown split 'dev'"),
+        (
+            "msrvtt",
+            "orphan.json",
+            {"videos": [MSRVTT_OK_VIDEO], "sentences": [{"video_id": "video9", "caption": "x"}]},
+            "names video video9, which is not in videos",
+        ),
+        ("vatex", "vatex_train.json", {"videoID": "a"}, "not a VATEX annotation file"),
+        ("vatex", "vatex_test.json", [{"videoID": "a", "chCap": ["一"]}], "video a has no English captions"),
+        ("vatex", "vatex_val.json", [{"videoID": "a", "enCap": []}], "video a has no captions"),
+        ("vatex", "vatex_public.json", [{"videoID": "a", "enCap": ["x"]}], "cannot tell the split from the file name"),
+    ],
+)
 def test_bad_annotation_files(tmp_path, source, name, content, message):
     path = tmp_path / name
     if content is not None:

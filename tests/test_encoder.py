@@ -14,7 +14,9 @@ from tinycap.errors import TinyCapError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 T, D = 2, 8
-TINY = dict(input_size=32, stem=4, blocks=[[8, 2], [8, 1]], epochs=6, batch_size=16, lr=0.01, calibration_frames=32, tflm_frames=24)
+TINY = dict(
+    input_size=32, stem=4, blocks=[[8, 2], [8, 1]], epochs=6, batch_size=16, lr=0.01, calibration_frames=32, tflm_frames=24
+)
 
 
 def synthetic(rng, n, size):
@@ -26,7 +28,7 @@ def synthetic(rng, n, size):
         colour = rng.integers(60, 256, size=3)
         side = int(rng.integers(size // 4, size // 2 + 1))
         y, x = rng.integers(0, size - side + 1, size=2)
-        frames[i, y:y + side, x:x + side] = colour
+        frames[i, y : y + side, x : x + side] = colour
         attrs[i] = [*(colour / 255 - 0.5), side / size - 0.3]
     W = np.random.default_rng(123).normal(size=(4, D))
     teacher = np.tanh(attrs @ W * 2) + 0.3
@@ -202,14 +204,18 @@ def test_dimension_mismatch_and_bad_frames_are_refused_before_training(tmp_path,
     with pytest.raises(TinyCapError, match=r"frames\.h5: frames are 32x32 px but params frames.size is 64"):
         encoder.run(frames, clip, out, encoder.EncoderParams(**{**TINY, "input_size": 32}), frames_size=64)
     rgba, clip4 = make_data(tmp_path / "rgba", per_split=(4, 2, 2), channels=4)
-    with pytest.raises(TinyCapError, match=r"rgba/frames\.h5: frames must be uint8 \[V,T,S,S,3\] RGB, got uint8 \[8, 2, 32, 32, 4\]"):
+    with pytest.raises(
+        TinyCapError, match=r"rgba/frames\.h5: frames must be uint8 \[V,T,S,S,3\] RGB, got uint8 \[8, 2, 32, 32, 4\]"
+    ):
         encoder.run(rgba, clip4, out, encoder.EncoderParams(**TINY), frames_size=32)
     _, other = make_data(tmp_path / "other", per_split=(5, 2, 2))
     with pytest.raises(TinyCapError, match=r"frames\.h5: videos/frames \[8, 2\] do not match the teacher embeddings \[9, 2\]"):
         encoder.run(frames, other, out, encoder.EncoderParams(**TINY), frames_size=32)
     with pytest.raises(TinyCapError, match="params.yaml: encoder.input_size: 48 is larger than frames.size 32"):
         encoder.run(frames, clip, out, encoder.EncoderParams(**{**TINY, "input_size": 48}), frames_size=32)
-    with pytest.raises(TinyCapError, match=r"params.yaml: encoder: blocks must be \[channels > 0, stride 1\|2\] pairs, got \[16, 3\]"):
+    with pytest.raises(
+        TinyCapError, match=r"params.yaml: encoder: blocks must be \[channels > 0, stride 1\|2\] pairs, got \[16, 3\]"
+    ):
         encoder.run(frames, clip, out, encoder.EncoderParams(**{**TINY, "blocks": [[8, 1], [16, 3]]}), frames_size=32)
     assert not out.exists() and not list(tmp_path.glob(".encoder*"))
 

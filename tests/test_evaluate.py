@@ -6,9 +6,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from test_guide import make_embeddings, one_thread, small_params  # noqa: F401 (one_thread: autouse fixture)
 from test_microcap import distill_params
+
 from tinycap import evaluate, guide, metrics, microcap
 from tinycap.errors import TinyCapError
 from tinycap.pool import AttentionPool, pooler_checkpoint

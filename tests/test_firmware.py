@@ -35,8 +35,12 @@ def _cases(seed=0):
     R = np.random.default_rng(seed)
 
     def qt(shape, scale=None, zp=None):
-        return dict(shape=shape, dtype="int8", scale=R.uniform(0.005, 0.2) if scale is None else scale,
-                    zp=int(R.integers(-30, 30)) if zp is None else zp)
+        return dict(
+            shape=shape,
+            dtype="int8",
+            scale=R.uniform(0.005, 0.2) if scale is None else scale,
+            zp=int(R.integers(-30, 30)) if zp is None else zp,
+        )
 
     cases = {}
 
@@ -47,15 +51,36 @@ def _cases(seed=0):
         k, n, b = int(R.integers(1, 90)), int(R.integers(1, 45)), int(R.integers(1, 4))
         ws = R.uniform(0.001, 0.02, n) if i % 2 else float(R.uniform(0.001, 0.02))
         s_in = float(R.uniform(0.005, 0.1))
-        t = [qt((b, k), scale=s_in),
-             dict(shape=(n, k), dtype="int8", data=R.integers(-127, 128, (n, k)).astype(np.int8), scale=ws, zp=np.zeros(np.size(ws), int)),
-             dict(shape=(n,), dtype="int32", data=R.integers(-5000, 5000, n).astype(np.int32), scale=s_in * np.asarray(ws), zp=np.zeros(np.size(ws), int)),
-             qt((b, n), scale=float(R.uniform(0.05, 1.0)))]
+        t = [
+            qt((b, k), scale=s_in),
+            dict(
+                shape=(n, k),
+                dtype="int8",
+                data=R.integers(-127, 128, (n, k)).astype(np.int8),
+                scale=ws,
+                zp=np.zeros(np.size(ws), int),
+            ),
+            dict(
+                shape=(n,),
+                dtype="int32",
+                data=R.integers(-5000, 5000, n).astype(np.int32),
+                scale=s_in * np.asarray(ws),
+                zp=np.zeros(np.size(ws), int),
+            ),
+            qt((b, n), scale=float(R.uniform(0.05, 1.0))),
+        ]
         bias = [0, 1, 2] if i != 6 else [0, 1, -1]  # one without bias
         opts = tflite.options("FullyConnectedOptions", fusedActivationFunction=[0, 1, 3, 2][i % 4])
         case(f"fully_connected_{i}", t, [("FULLY_CONNECTED", bias, [3], opts)], [0], [3])
-    shapes = [((1, 37), (1, 37)), ((2, 5, 7), (2, 5, 7)), ((1, 5, 8), (5, 8)), ((3, 4), (1, 4)), ((1, 6), (1, 1)),
-              ((1, 200), (1, 200)), ((2, 96), (2, 96))]  # the last two: long, table path (ADD_TABLE_MIN)
+    shapes = [
+        ((1, 37), (1, 37)),
+        ((2, 5, 7), (2, 5, 7)),
+        ((1, 5, 8), (5, 8)),
+        ((3, 4), (1, 4)),
+        ((1, 6), (1, 1)),
+        ((1, 200), (1, 200)),
+        ((2, 96), (2, 96)),
+    ]  # the last two: long, table path (ADD_TABLE_MIN)
     for i, (sa, sb) in enumerate(shapes):  # elementwise with broadcasting and fused activations
         for op, kind in (("ADD", "AddOptions"), ("SUB", "SubOptions"), ("MUL", "MulOptions")):
             out = tuple(np.broadcast_shapes(sa, sb))
@@ -74,7 +99,11 @@ def _cases(seed=0):
         out = qt((1, 16), scale=s_in, zp=z_in) if i == 0 else qt((1, 16))
         t = [qt((1, 5, 16), scale=s_in, zp=z_in), dict(shape=(1,), dtype="int32", data=np.array([1], np.int32)), out]
         case(f"mean_{i}", t, [("MEAN", [0, 1], [2], tflite.options("ReducerOptions", keepDims=False))], [0], [2])
-        t = [qt((1, 5, 16)), dict(shape=(1,), dtype="int32", data=np.array([1], np.int32)), qt((1, 16), scale=float(R.uniform(0.05, 0.5)))]
+        t = [
+            qt((1, 5, 16)),
+            dict(shape=(1,), dtype="int32", data=np.array([1], np.int32)),
+            qt((1, 16), scale=float(R.uniform(0.05, 0.5))),
+        ]
         case(f"sum_{i}", t, [("SUM", [0, 1], [2], tflite.options("ReducerOptions", keepDims=False))], [0], [2])
     for op, scale, zp in (("LOGISTIC", 1 / 256, -128), ("TANH", 1 / 128, 0)):
         t = [qt((1, 300), scale=float(R.uniform(0.01, 0.1))), qt((1, 300), scale=scale, zp=zp)]
@@ -83,15 +112,25 @@ def _cases(seed=0):
     t = [qt((1, 30)), dict(shape=(1, 30), dtype="float32"), qt((1, 30))]
     case("dequantize_quantize", t, [("DEQUANTIZE", [0], [1], None), ("QUANTIZE", [1], [2], None)], [0], [2])
     table = R.integers(-128, 128, (10, 6)).astype(np.int8)
-    t = [dict(shape=(10, 6), dtype="int8", data=table, scale=0.1, zp=3), dict(shape=(1,), dtype="int32", rows=10), qt((1, 6), 0.1, 3)]
+    t = [
+        dict(shape=(10, 6), dtype="int8", data=table, scale=0.1, zp=3),
+        dict(shape=(1,), dtype="int32", rows=10),
+        qt((1, 6), 0.1, 3),
+    ]
     case("gather", t, [("GATHER", [0, 1], [2], tflite.options("GatherOptions", axis=0))], [1], [2])
     t = [qt((1, 5), 0.05, 2), qt((1, 7), 0.05, 2), qt((1, 12), 0.05, 2)]
     case("concatenation", t, [("CONCATENATION", [0, 1], [2], tflite.options("ConcatenationOptions", axis=1))], [0, 1], [2])
-    t = [qt((1, 12), 0.05, 2), dict(shape=(), dtype="int32", data=np.array(1, np.int32))] + [qt((1, 4), 0.05, 2) for _ in range(3)]
+    t = [qt((1, 12), 0.05, 2), dict(shape=(), dtype="int32", data=np.array(1, np.int32))] + [
+        qt((1, 4), 0.05, 2) for _ in range(3)
+    ]
     case("split", t, [("SPLIT", [1, 0], [2, 3, 4], tflite.options("SplitOptions", numSplits=3))], [0], [2, 3, 4])
-    t = [qt((1, 2, 12), 0.05, 2), dict(shape=(3,), dtype="int32", data=np.array([0, 0, 4], np.int32)),
-         dict(shape=(3,), dtype="int32", data=np.array([1, 2, 9], np.int32)), dict(shape=(3,), dtype="int32", data=np.ones(3, np.int32)),
-         qt((1, 2, 5), 0.05, 2)]
+    t = [
+        qt((1, 2, 12), 0.05, 2),
+        dict(shape=(3,), dtype="int32", data=np.array([0, 0, 4], np.int32)),
+        dict(shape=(3,), dtype="int32", data=np.array([1, 2, 9], np.int32)),
+        dict(shape=(3,), dtype="int32", data=np.ones(3, np.int32)),
+        qt((1, 2, 5), 0.05, 2),
+    ]
     case("strided_slice", t, [("STRIDED_SLICE", [0, 1, 2, 3], [4], tflite.options("StridedSliceOptions"))], [0], [4])
     return cases
 
@@ -109,9 +148,27 @@ def kernel_build(tmp_path_factory):
     return cases, exe
 
 
-@pytest.mark.parametrize("family", ["fully_connected", "add", "sub", "mul", "softmax", "batch_matmul", "mean", "sum",
-                                    "logistic", "tanh", "quantize", "dequantize_quantize", "gather",
-                                    "concatenation", "split", "strided_slice"])
+@pytest.mark.parametrize(
+    "family",
+    [
+        "fully_connected",
+        "add",
+        "sub",
+        "mul",
+        "softmax",
+        "batch_matmul",
+        "mean",
+        "sum",
+        "logistic",
+        "tanh",
+        "quantize",
+        "dequantize_quantize",
+        "gather",
+        "concatenation",
+        "split",
+        "strided_slice",
+    ],
+)
 def test_kernel_bit_exact_with_tflm(kernel_build, family):
     cases, exe = kernel_build
     R = np.random.default_rng(1)
@@ -120,10 +177,16 @@ def test_kernel_bit_exact_with_tflm(kernel_build, family):
     for name in names:
         model, ins, n_out = cases[name]
         for _ in range(4):
-            xs = [R.integers(0, t.get("rows", 10), t["shape"]).astype(np.int32) if t["dtype"] == "int32"
-                  else R.integers(-128, 128, t["shape"]).astype(np.int8) for t in ins]
+            xs = [
+                R.integers(0, t.get("rows", 10), t["shape"]).astype(np.int32)
+                if t["dtype"] == "int32"
+                else R.integers(-128, 128, t["shape"]).astype(np.int8)
+                for t in ins
+            ]
             ref = np.concatenate([r.astype(np.int8).ravel() for r in tflm_run(model, xs, n_outputs=n_out)])
-            out = subprocess.run([str(exe), name], input=b"".join(x.tobytes() for x in xs), capture_output=True, check=True).stdout
+            out = subprocess.run(
+                [str(exe), name], input=b"".join(x.tobytes() for x in xs), capture_output=True, check=True
+            ).stdout
             np.testing.assert_array_equal(np.frombuffer(out, np.int8), ref, err_msg=name)
 
 

@@ -12,10 +12,10 @@ import h5py
 import numpy as np
 import pytest
 from PIL import Image
+from video_fixtures import frame_index, quadrant_frame, write_audio, write_video
 
 from tinycap import frames as F
 from tinycap.errors import TinyCapError
-from video_fixtures import frame_index, quadrant_frame, write_audio, write_video
 
 S = 32
 CENTRES = [0.2, 0.6, 1.0, 1.4, 1.8]  # segment centres of a 2 s clip cut in 5
@@ -36,32 +36,38 @@ def check_uniform(path, num_frames=5):
     return clip
 
 
-@pytest.mark.parametrize("name,codec,pix_fmt", [
-    ("h264.mp4", "libx264", "yuv420p"),
-    ("h264.mkv", "libx264", "yuv420p"),
-    ("vp9.webm", "libvpx-vp9", "yuv420p"),
-    ("vp8.webm", "libvpx", "yuv420p"),
-    ("mpeg4.avi", "mpeg4", "yuv420p"),
-    ("mjpeg.avi", "mjpeg", "yuvj420p"),
-    ("h264.mov", "libx264", "yuv420p"),
-    ("anim.gif", "gif", "pal8"),
-])
+@pytest.mark.parametrize(
+    "name,codec,pix_fmt",
+    [
+        ("h264.mp4", "libx264", "yuv420p"),
+        ("h264.mkv", "libx264", "yuv420p"),
+        ("vp9.webm", "libvpx-vp9", "yuv420p"),
+        ("vp8.webm", "libvpx", "yuv420p"),
+        ("mpeg4.avi", "mpeg4", "yuv420p"),
+        ("mjpeg.avi", "mjpeg", "yuvj420p"),
+        ("h264.mov", "libx264", "yuv420p"),
+        ("anim.gif", "gif", "pal8"),
+    ],
+)
 def test_containers(tmp_path, name, codec, pix_fmt):
     check_uniform(write_video(tmp_path / name, n=20, fps=10, codec=codec, pix_fmt=pix_fmt))
 
 
-@pytest.mark.parametrize("name,codec,pix_fmt", [
-    ("10bit.mp4", "libx264", "yuv420p10le"),
-    ("10bit444.mkv", "libx264", "yuv444p10le"),
-    ("hevc10.mkv", "libx265", "yuv420p10le"),
-    ("prores.mov", "prores_ks", "yuv422p10le"),
-    ("nv12.mp4", "libx264", "nv12"),
-    ("rgb.mkv", "libx264rgb", "rgb24"),
-    ("bgr0.mkv", "ffv1", "bgr0"),
-    ("alpha.webm", "libvpx-vp9", "yuva420p"),
-    ("yuv410.mkv", "ffv1", "yuv410p"),
-    ("gray16.mkv", "ffv1", "gray16le"),
-])
+@pytest.mark.parametrize(
+    "name,codec,pix_fmt",
+    [
+        ("10bit.mp4", "libx264", "yuv420p10le"),
+        ("10bit444.mkv", "libx264", "yuv444p10le"),
+        ("hevc10.mkv", "libx265", "yuv420p10le"),
+        ("prores.mov", "prores_ks", "yuv422p10le"),
+        ("nv12.mp4", "libx264", "nv12"),
+        ("rgb.mkv", "libx264rgb", "rgb24"),
+        ("bgr0.mkv", "ffv1", "bgr0"),
+        ("alpha.webm", "libvpx-vp9", "yuva420p"),
+        ("yuv410.mkv", "ffv1", "yuv410p"),
+        ("gray16.mkv", "ffv1", "gray16le"),
+    ],
+)
 def test_pixel_formats(tmp_path, name, codec, pix_fmt):
     quiet = {"x265-params": "log-level=error"} if codec == "libx265" else None
     check_uniform(write_video(tmp_path / name, n=20, codec=codec, pix_fmt=pix_fmt, options=quiet))
@@ -73,18 +79,27 @@ def test_grayscale_gives_three_equal_channels(tmp_path, name, codec):
     assert (clip[..., 0] == clip[..., 1]).all() and (clip[..., 1] == clip[..., 2]).all()
 
 
-@pytest.mark.parametrize("size,codec,pix_fmt", [
-    ((97, 55), "libx264", "yuv444p"),  # odd both ways, landscape
-    ((55, 97), "ffv1", "yuv420p"),  # odd, portrait, chroma-subsampled
-    ((8, 6), "libx264", "yuv444p"),  # far smaller than S: upscaled
-    ((2, 2), "ffv1", "bgr0"),
-    ((1920, 1080), "libx264", "yuv420p"),
-    ((4096, 2160), "mjpeg", "yuvj420p"),
-])
+@pytest.mark.parametrize(
+    "size,codec,pix_fmt",
+    [
+        ((97, 55), "libx264", "yuv444p"),  # odd both ways, landscape
+        ((55, 97), "ffv1", "yuv420p"),  # odd, portrait, chroma-subsampled
+        ((8, 6), "libx264", "yuv444p"),  # far smaller than S: upscaled
+        ((2, 2), "ffv1", "bgr0"),
+        ((1920, 1080), "libx264", "yuv420p"),
+        ((4096, 2160), "mjpeg", "yuvj420p"),
+    ],
+)
 def test_frame_sizes(tmp_path, size, codec, pix_fmt):
     n = 20 if size[0] * size[1] < 1e6 else 3
-    path = write_video(tmp_path / "clip.mkv", n=n, size=size, codec=codec, pix_fmt=pix_fmt,
-                       options={"preset": "ultrafast"} if codec == "libx264" else None)
+    path = write_video(
+        tmp_path / "clip.mkv",
+        n=n,
+        size=size,
+        codec=codec,
+        pix_fmt=pix_fmt,
+        options={"preset": "ultrafast"} if codec == "libx264" else None,
+    )
     clip, ts = F.sample_video(path, 5, S)
     assert clip.shape == (5, S, S, 3)
     expected = [(2 * i + 1) * n // 10 for i in range(5)]  # frame shown at centre (2i+1)/10 of n frames
@@ -95,20 +110,21 @@ def test_frame_sizes(tmp_path, size, codec, pix_fmt):
 @pytest.mark.parametrize("codec,pix_fmt", [("ffv1", "yuv444p"), ("libx264", "yuv420p")])
 def test_anamorphic_pixels_use_the_display_aspect(tmp_path, codec, pix_fmt):
     """A 64x64 coded frame with 2:1 pixels is 128x64 on screen: resized to 64x32 -> crop keeps the middle."""
-    path = write_video(tmp_path / "wide.mkv", n=2, size=(64, 64), codec=codec, pix_fmt=pix_fmt, sar=Fraction(2, 1),
-                       frame_fn=quadrant_frame)
+    path = write_video(
+        tmp_path / "wide.mkv", n=2, size=(64, 64), codec=codec, pix_fmt=pix_fmt, sar=Fraction(2, 1), frame_fn=quadrant_frame
+    )
     clip, _ = F.sample_video(path, 1, S)
     # on screen the red quadrant spans x 0..64 of 128, y 0..32 of 64; the centre crop keeps x 32..96
     red = clip[0, :, :, 0] > 128
     assert red[:14, :14].all() and not red[:14, 18:].any() and not red[18:].any()
 
 
-@pytest.mark.parametrize("name,codec", [("vfr.mp4", "libx264"), ("vfr.mkv", "libx264"), ("vfr.webm", "libvpx-vp9"),
-                                        ("vfr.gif", "gif")])
+@pytest.mark.parametrize(
+    "name,codec", [("vfr.mp4", "libx264"), ("vfr.mkv", "libx264"), ("vfr.webm", "libvpx-vp9"), ("vfr.gif", "gif")]
+)
 def test_variable_frame_rate(tmp_path, name, codec):
     times = [0, 0.1, 0.15, 0.2, 0.9, 1.0, 1.7, 1.75]  # the last frame lasts one nominal frame (0.1 s)
-    path = write_video(tmp_path / name, n=len(times), times=times, codec=codec,
-                       pix_fmt="pal8" if codec == "gif" else "yuv420p")
+    path = write_video(tmp_path / name, n=len(times), times=times, codec=codec, pix_fmt="pal8" if codec == "gif" else "yuv420p")
     duration = F.probe(path)
     assert duration == pytest.approx(1.85)
     clip, ts = F.sample_video(path, 5, S)
@@ -125,15 +141,23 @@ def test_repeats_frames_when_clip_is_short(tmp_path, n, expected):
     np.testing.assert_allclose(ts, np.array(expected) / 10, atol=1e-6)
 
 
-@pytest.mark.parametrize("rotation,mirror,red_at", [
-    (0, False, (8, 8)), (90, False, (24, 8)), (180, False, (24, 24)), (-90, False, (8, 24)),
-    (0, True, (8, 24)), (90, True, (24, 24)), (180, True, (24, 8)), (-90, True, (8, 8)),
-])
+@pytest.mark.parametrize(
+    "rotation,mirror,red_at",
+    [
+        (0, False, (8, 8)),
+        (90, False, (24, 8)),
+        (180, False, (24, 24)),
+        (-90, False, (8, 24)),
+        (0, True, (8, 24)),
+        (90, True, (24, 24)),
+        (180, True, (24, 8)),
+        (-90, True, (8, 8)),
+    ],
+)
 def test_rotation_metadata_is_applied(tmp_path, rotation, mirror, red_at):
     """Red top-left quadrant; the display matrix turns it counter-clockwise, then mirrors it left-right
     (all eight cases agree with the ffmpeg 5.1 command line's autorotate)."""
-    path = write_video(tmp_path / "rot.mp4", n=3, size=(64, 48), rotation=rotation, mirror=mirror,
-                       frame_fn=quadrant_frame)
+    path = write_video(tmp_path / "rot.mp4", n=3, size=(64, 48), rotation=rotation, mirror=mirror, frame_fn=quadrant_frame)
     clip, _ = F.sample_video(path, 1, S)
     red = {(y, x) for y in (8, 24) for x in (8, 24) if clip[0, y, x, 0] > 200 and clip[0, y, x, 1] < 60}
     assert red == {red_at}
@@ -160,10 +184,15 @@ def test_long_video_is_read_by_seeking(tmp_path, monkeypatch):
     assert len(decoded) < 60
 
 
-@pytest.mark.parametrize("name,codec,pix_fmt", [
-    ("coarse.avi", "mpeg4", "yuv420p"), ("coarse.gif", "gif", "pal8"),
-    ("coarse.ts", "mpeg2video", "yuv420p"), ("coarse.webm", "libvpx", "yuv420p"),
-])
+@pytest.mark.parametrize(
+    "name,codec,pix_fmt",
+    [
+        ("coarse.avi", "mpeg4", "yuv420p"),
+        ("coarse.gif", "gif", "pal8"),
+        ("coarse.ts", "mpeg2video", "yuv420p"),
+        ("coarse.webm", "libvpx", "yuv420p"),
+    ],
+)
 def test_frames_at_takes_the_frame_shown_at_each_time(tmp_path, name, codec, pix_fmt):
     """Containers with coarse time bases (AVI 1/10 s, GIF 1/100 s) or no index (MPEG-TS): never rounded up."""
     path = write_video(tmp_path / name, n=100, size=(32, 32), gop=12, codec=codec, pix_fmt=pix_fmt)
@@ -190,22 +219,31 @@ def put(path, data):
 
 BAD_INPUTS = {  # case: (make the file in a folder, the reason as a regular expression)
     "zero-byte": (lambda d: put(d / "empty.mp4", b""), r"empty file \(0 bytes\)"),
-    "text renamed .mp4": (lambda d: put(d / "notes.mp4", b"just some notes\n"),
-                          r"not a video file \(looks like text\)"),
-    "random bytes": (lambda d: put(d / "noise.mkv", bytes(range(256)) * 8),
-                     r"not a video file \(Invalid data found when processing input\)"),
+    "text renamed .mp4": (lambda d: put(d / "notes.mp4", b"just some notes\n"), r"not a video file \(looks like text\)"),
+    "random bytes": (
+        lambda d: put(d / "noise.mkv", bytes(range(256)) * 8),
+        r"not a video file \(Invalid data found when processing input\)",
+    ),
     "truncated mp4, index at the end": (
         lambda d: truncated(write_video(d / "cut.mp4", n=40)),
-        r"truncated or corrupt MP4/MOV file \(Invalid data found when processing input\)"),
+        r"truncated or corrupt MP4/MOV file \(Invalid data found when processing input\)",
+    ),
     "truncated mp4, faststart": (
         lambda d: truncated(write_video(d / "cut.mp4", n=40, container_options={"movflags": "faststart"})),
-        r"truncated: video data ends at [01]\.\d\d s, header says 4\.00 s"),
-    "truncated webm": (lambda d: truncated(write_video(d / "cut.webm", n=40, codec="libvpx-vp9")),
-                       r"truncated: video data ends at [0-3]\.\d\d s, header says 4\.00 s"),
-    "truncated avi": (lambda d: truncated(write_video(d / "cut.avi", n=40, codec="mjpeg", pix_fmt="yuvj420p")),
-                      r"truncated: video data ends at [0-3]\.\d\d s, header says [1-4]\.\d\d s"),
-    "truncated mkv": (lambda d: truncated(write_video(d / "cut.mkv", n=40)),
-                      r"no decodable video frames \(corrupt or truncated\)"),
+        r"truncated: video data ends at [01]\.\d\d s, header says 4\.00 s",
+    ),
+    "truncated webm": (
+        lambda d: truncated(write_video(d / "cut.webm", n=40, codec="libvpx-vp9")),
+        r"truncated: video data ends at [0-3]\.\d\d s, header says 4\.00 s",
+    ),
+    "truncated avi": (
+        lambda d: truncated(write_video(d / "cut.avi", n=40, codec="mjpeg", pix_fmt="yuvj420p")),
+        r"truncated: video data ends at [0-3]\.\d\d s, header says [1-4]\.\d\d s",
+    ),
+    "truncated mkv": (
+        lambda d: truncated(write_video(d / "cut.mkv", n=40)),
+        r"no decodable video frames \(corrupt or truncated\)",
+    ),
     "audio-only mp4": (lambda d: write_audio(d / "speech.mp4"), r"no video stream \(audio only\)"),
     "audio-only wav": (lambda d: write_audio(d / "speech.wav"), r"no video stream \(audio only\)"),
     "missing path": (lambda d: d / "nowhere.mp4", "file not found"),
@@ -277,8 +315,9 @@ def test_stage_writes_hdf5_and_failures(tmp_path, workers):
         np.testing.assert_allclose(f["timestamps_s"][:], [CENTRES] * 4, atol=1e-6)
         assert [indices(clip) for clip in f["frames"][:]] == [CENTRE_FRAMES] * 4
     failures = json.loads((out / "failures.json").read_text())
-    assert failures == [{"video_id": "bad0", "path": str(tmp_path / "videos/clips/bad0.mp4"),
-                         "reason": "not a video file (looks like text)"}]
+    assert failures == [
+        {"video_id": "bad0", "path": str(tmp_path / "videos/clips/bad0.mp4"), "reason": "not a video file (looks like text)"}
+    ]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -287,8 +326,10 @@ def test_stage_fails_cleanly_over_the_failure_ratio(tmp_path, workers):
     out = tmp_path / "frames"
     with pytest.raises(TinyCapError) as err:
         F.sample_frames(ann, out, 5, S, max_failure_ratio=0.25, workers=workers)  # 2 of 6 > 25 %
-    assert str(err.value) == (f"{ann}: 2 of 6 videos failed, more than frames.max_failure_ratio=0.25 "
-                              f"(first: {tmp_path / 'videos/clips/bad0.mp4'}: not a video file (looks like text))")
+    assert str(err.value) == (
+        f"{ann}: 2 of 6 videos failed, more than frames.max_failure_ratio=0.25 "
+        f"(first: {tmp_path / 'videos/clips/bad0.mp4'}: not a video file (looks like text))"
+    )
     assert not out.exists() and os.listdir(tmp_path) == ["videos"]  # nothing half-written, no temp left
 
 

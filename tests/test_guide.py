@@ -9,6 +9,7 @@ from tinycap import embeddings, guide
 from tinycap.errors import TinyCapError
 from tinycap.vocab import EOS, Vocab
 
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny models: one intra-op thread is several times faster than two on a busy 2-core machine."""
@@ -110,7 +111,9 @@ def test_guide_overfits_a_handful_of_clips(tmp_path):
         cap, cv = f["caption"][()], f["caption_video"][()]
         del f["caption"], f["caption_video"]
         f["caption"], f["caption_video"] = np.concatenate([cap, cap]), np.concatenate([cv, cv + 6]).astype(np.int32)
-    m = guide.train(tmp_path / "clip.h5", tmp_path / "guide", small_params(epochs=60, batch_size=6, lr=0.005, label_smoothing=0.0))
+    m = guide.train(
+        tmp_path / "clip.h5", tmp_path / "guide", small_params(epochs=60, batch_size=6, lr=0.005, label_smoothing=0.0)
+    )
     assert m["val"]["greedy"]["CIDEr"] > 9.0, m["val"]  # perfect captions score 10 on this set
     assert (tmp_path / "guide" / "vocab.json").is_file()
     model = guide.load(tmp_path / "guide" / "guide.pt", Vocab.load(tmp_path / "guide" / "vocab.json"))

@@ -72,8 +72,12 @@ def test_elf_sizes_agree_with_berkeley_size(calib):
     _, out = calib
     elf = out / toolchain.CALIB_ELF
     s = toolchain.elf_sizes(elf)
-    text, data, bss = map(int, subprocess.run(["arm-none-eabi-size", str(elf)], capture_output=True, text=True,
-                                              check=True).stdout.splitlines()[1].split()[:3])
+    text, data, bss = map(
+        int,
+        subprocess.run(["arm-none-eabi-size", str(elf)], capture_output=True, text=True, check=True)
+        .stdout.splitlines()[1]
+        .split()[:3],
+    )
     assert s["flash_bytes"] == text + data
     assert s["static_ram_bytes"] + s["stack_reserved"] == data + bss
 
@@ -179,7 +183,9 @@ def test_qemu_logits_are_printed_and_their_printing_is_not_counted(fixture_fw):
         np.testing.assert_array_equal(r["logits"][i], _fixture_logits(clip))
         with_logits, without = _caption_counts(r, i), _caption_counts(plain, i)
         assert set(with_logits) == set(without)  # no harness symbol leaks into the count
-        assert {k: v for k, v in with_logits.items() if k != "tc_caption"} == {k: v for k, v in without.items() if k != "tc_caption"}
+        assert {k: v for k, v in with_logits.items() if k != "tc_caption"} == {
+            k: v for k, v in without.items() if k != "tc_caption"
+        }
         assert 0 < with_logits["tc_caption"] - without["tc_caption"] <= 8 * (clip[1] % 4 + 1)  # the call, per step
 
 
@@ -241,10 +247,10 @@ def test_mca_instructions_flatten_it_blocks():
      1d2:      	.word	0x12345678
 """
     d = m7.mca_instructions(listing)
-    assert d[0x1c6] == "bne tc_target"
-    assert d[0x1c8] == "nop" and d[0x1ca] == "ldrb r3, [r1], #1" and d[0x1cc] == "add.w r0, r0, r3"
-    assert d[0x1d0] == "bls tc_target"  # outside the IT block a condition stays
-    assert 0x1d2 not in d
+    assert d[0x1C6] == "bne tc_target"
+    assert d[0x1C8] == "nop" and d[0x1CA] == "ldrb r3, [r1], #1" and d[0x1CC] == "add.w r0, r0, r3"
+    assert d[0x1D0] == "bls tc_target"  # outside the IT block a condition stays
+    assert 0x1D2 not in d
 
 
 @needs_toolchain
@@ -283,10 +289,17 @@ def test_macs_and_vocab_rows_from_tflite_shapes(tmp_path):
 
 def test_scale_to_vocab_is_linear_in_the_added_rows():
     metrics = {
-        "instructions": {"value": 1_000_000.0}, "cycles": {"value": 1_200_000.0},
-        "latency_ms": {"value": 2.5}, "energy_mj": {"value": 1.221}, "flash_bytes": {"value": 100_000},
-        "ram_bytes": {"value": 20_000}, "macs": 900_000.0, "decoder_steps": 10.0, "instr_per_mac": 1.1,
-        "fc_instr_per_mac": 1.0, "clock_hz": 480_000_000,
+        "instructions": {"value": 1_000_000.0},
+        "cycles": {"value": 1_200_000.0},
+        "latency_ms": {"value": 2.5},
+        "energy_mj": {"value": 1.221},
+        "flash_bytes": {"value": 100_000},
+        "ram_bytes": {"value": 20_000},
+        "macs": 900_000.0,
+        "decoder_steps": 10.0,
+        "instr_per_mac": 1.1,
+        "fc_instr_per_mac": 1.0,
+        "clock_hz": 480_000_000,
     }
     rows = {"macs": 192, "const_bytes": 192 + 96 + 4, "act_bytes": 1}
     s = m7.scale_to_vocab(metrics, rows, 1000, 5000, word_bytes=10.0, argmax_instr_per_entry=3.0)
@@ -311,12 +324,26 @@ def test_measure_writes_every_figure_with_its_method(fixture_fw, tmp_path):
     off_by_one = [x.copy() for x in logits]
     off_by_one[1][1, 5] += 1  # one logit of clip 1, 1 LSB
     params = m7.M7Params(timeout_s=60)
-    metrics, rows = m7.measure(root / "fw" / toolchain.QEMU_ELF, root / "fw" / toolchain.STM32_ELF, clips,
-                               macs_pooler={"FULLY_CONNECTED": 100}, macs_step={"FULLY_CONNECTED": 50},
-                               max_steps=4, params=params, workdir=tmp_path, reference_tokens={"tflm": wrong},
-                               reference_logits={"tflm": off_by_one, "host": logits})
-    for key, method in [("instructions", "emulated-exact"), ("cycles", "modelled"), ("latency_ms", "modelled"),
-                        ("energy_mj", "modelled"), ("flash_bytes", "emulated-exact"), ("ram_bytes", "emulated-exact")]:
+    metrics, rows = m7.measure(
+        root / "fw" / toolchain.QEMU_ELF,
+        root / "fw" / toolchain.STM32_ELF,
+        clips,
+        macs_pooler={"FULLY_CONNECTED": 100},
+        macs_step={"FULLY_CONNECTED": 50},
+        max_steps=4,
+        params=params,
+        workdir=tmp_path,
+        reference_tokens={"tflm": wrong},
+        reference_logits={"tflm": off_by_one, "host": logits},
+    )
+    for key, method in [
+        ("instructions", "emulated-exact"),
+        ("cycles", "modelled"),
+        ("latency_ms", "modelled"),
+        ("energy_mj", "modelled"),
+        ("flash_bytes", "emulated-exact"),
+        ("ram_bytes", "emulated-exact"),
+    ]:
         assert metrics[key]["method"] == method and metrics[key]["value"] > 0
     spin = [2 * (int(u[i, 0]) + 1) + 1 for i in range(3)]
     assert metrics["instructions"]["min"] > min(spin)  # the kernel plus tc_caption's own code
@@ -326,8 +353,13 @@ def test_measure_writes_every_figure_with_its_method(fixture_fw, tmp_path):
     tflm, host = metrics["parity"]["tflm"], metrics["parity"]["host"]
     assert metrics["parity_mismatches"] == 2 and tflm["token_mismatched_clips"] == [2] and tflm["first"][0]["clip"] == 2
     assert tflm["logit_mismatched_clips"] == [1] and tflm["max_logit_abs_diff"] == 1
-    assert tflm["first_logits"][0] == {"clip": 1, "step": 1, "logit": 5, "m7": int(logits[1][1, 5]),
-                                       "tflm": int(off_by_one[1][1, 5])}
+    assert tflm["first_logits"][0] == {
+        "clip": 1,
+        "step": 1,
+        "logit": 5,
+        "m7": int(logits[1][1, 5]),
+        "tflm": int(off_by_one[1][1, 5]),
+    }
     assert host["count"] == 0 and host["max_logit_abs_diff"] == 0 and host["logits_compared"] == 12 * (2 + 3 + 4)
     assert metrics["latency_ms"]["value"] == pytest.approx(metrics["cycles"]["value"] / 480e3)
     assert metrics["energy_mj"]["value"] == pytest.approx(metrics["latency_ms"]["value"] * 0.148 * 3.3)
@@ -335,13 +367,18 @@ def test_measure_writes_every_figure_with_its_method(fixture_fw, tmp_path):
     assert metrics["ram_bytes"]["value"] == sizes["static_ram_bytes"] + metrics["stack_peak_bytes"]
     # the input buffer (T int8 frame embeddings) is in the STM32H743 image's bss, so in RAM
     assert metrics["ram_breakdown"]["input_buffer_in_bss"] == 3 * 8 <= metrics["ram_breakdown"]["bss"]
-    with pytest.raises(TinyCapError, match=r"^benchmark_m7: 2 clip\(s\) differ .* first vs tflm: clip 2, m7 \[.*metrics/m7.json not written$"):
+    with pytest.raises(
+        TinyCapError, match=r"^benchmark_m7: 2 clip\(s\) differ .* first vs tflm: clip 2, m7 \[.*metrics/m7.json not written$"
+    ):
         m7.check_parity(metrics)
 
 
 def test_input_buffer_outside_bss_or_missing_is_an_error(monkeypatch):
-    nm = {"a.elf": "20000100 00000018 D tc_input_frames\n", "b.elf": "20000100 00000018 B other\n",
-          "c.elf": "20000100 00000018 B tc_input_frames\n"}
+    nm = {
+        "a.elf": "20000100 00000018 D tc_input_frames\n",
+        "b.elf": "20000100 00000018 B other\n",
+        "c.elf": "20000100 00000018 B tc_input_frames\n",
+    }
     monkeypatch.setattr(m7, "require_tools", lambda *names: None)
     monkeypatch.setattr(m7, "run_tool", lambda cmd, where: nm[cmd[-1]])
     with pytest.raises(TinyCapError, match="not in .bss"):
@@ -360,19 +397,31 @@ def test_benchmark_m7_writes_nothing_when_parity_fails(monkeypatch, tmp_path):
     spec = importlib.util.spec_from_file_location("benchmark_m7", toolchain.FIRMWARE_DIR.parent / "stages" / "benchmark_m7.py")
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
-    metrics = {"parity_mismatches": 1, "parity": {
-        "tflm": {"count": 0, "first": []},
-        "host": {"count": 1, "first": [], "first_logits": [{"clip": "v7", "step": 3, "logit": 41, "m7": -5, "host": -6}]}}}
+    metrics = {
+        "parity_mismatches": 1,
+        "parity": {
+            "tflm": {"count": 0, "first": []},
+            "host": {"count": 1, "first": [], "first_logits": [{"clip": "v7", "step": 3, "logit": 41, "m7": -5, "host": -6}]},
+        },
+    }
     monkeypatch.setattr(params_mod, "load", lambda *a, **k: {})
     monkeypatch.setattr(params_mod, "section", lambda params, name, cls: cls())
     monkeypatch.setattr(m7, "benchmark", lambda *a, **k: (metrics, [{"op": "tc_k_add", "instructions": 1.0}]))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "metrics" / "plots").mkdir(parents=True)
-    with pytest.raises(TinyCapError, match=r"^benchmark_m7: 1 clip\(s\) differ .* vs host: clip v7, step 3, logit 41, m7 -5, host -6; metrics/m7.json not written$"):
+    with pytest.raises(
+        TinyCapError,
+        match=r"^benchmark_m7: 1 clip\(s\) differ .* vs host: clip v7, step 3, logit 41, m7 -5, host -6; metrics/m7.json not written$",
+    ):
         stage.main()
     assert list((tmp_path / "metrics").rglob("*.json")) == []
-    metrics.update(parity_mismatches=0, instructions={"value": 1.0, "method": "emulated-exact"}, latency_ms={"value": 1.0},
-                   flash_bytes={"value": 1}, ram_bytes={"value": 1})
+    metrics.update(
+        parity_mismatches=0,
+        instructions={"value": 1.0, "method": "emulated-exact"},
+        latency_ms={"value": 1.0},
+        flash_bytes={"value": 1},
+        ram_bytes={"value": 1},
+    )
     metrics["parity"]["host"]["count"] = 0
     stage.main()  # parity holds: both files written
     assert sorted(p.name for p in (tmp_path / "metrics").rglob("*.json")) == ["m7.json", "m7_ops.json"]
@@ -404,8 +453,14 @@ def test_qemu_captions_of_the_tiny_model_match_tflm_and_host(tmp_path):
     tflm_tokens, tflm_logits, tflm = tflm_reference(src, frames)
     clips = quantize_frames(frames, tflm.frame_scale, tflm.frame_zero_point)
     host, host_logits = toolchain.run_host(toolchain.build_host(tmp_path / "gen", tmp_path / "host"), clips, logits=True)
-    r = m7.run_qemu(tmp_path / "fw" / toolchain.QEMU_ELF, clips.reshape(len(clips), -1), tmp_path / "run",
-                    toolchain.build_plugin(tmp_path / "plugin"), timeout_s=60, logits=True)
+    r = m7.run_qemu(
+        tmp_path / "fw" / toolchain.QEMU_ELF,
+        clips.reshape(len(clips), -1),
+        tmp_path / "run",
+        toolchain.build_plugin(tmp_path / "plugin"),
+        timeout_s=60,
+        logits=True,
+    )
     assert r["exit_status"] == 0
     assert r["tokens"] == tflm_tokens == host
     for ref in (tflm_logits, host_logits):

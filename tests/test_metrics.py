@@ -23,7 +23,10 @@ def test_bleu_and_rouge_by_hand():
     assert s == pytest.approx({"BLEU-4": (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25, "ROUGE-L": 5 / 6}, abs=1e-6)
     wrong = metrics.score({"x": "zebra", "y": "dog"}, {"x": ["a cat sits"], "y": ["a dog"]}, metrics=("CIDEr",))
     assert wrong["CIDEr"] < 5.0
-    assert metrics.score({"x": "", "y": "!"}, {"x": ["a cat"], "y": ["a dog"]}, metrics=("CIDEr", "ROUGE-L")) == {"CIDEr": 0.0, "ROUGE-L": 0.0}
+    assert metrics.score({"x": "", "y": "!"}, {"x": ["a cat"], "y": ["a dog"]}, metrics=("CIDEr", "ROUGE-L")) == {
+        "CIDEr": 0.0,
+        "ROUGE-L": 0.0,
+    }
 
 
 def test_score_bad_input_is_one_line(monkeypatch):
@@ -40,8 +43,11 @@ def test_score_bad_input_is_one_line(monkeypatch):
 
 
 def test_per_clip_cider_and_paired_drop():
-    refs = {"a": ["a red circle moves left", "the red ball slides left"], "b": ["a blue square grows", "the blue box gets bigger"],
-            "c": ["a green star spins", "the green star rotates"]}
+    refs = {
+        "a": ["a red circle moves left", "the red ball slides left"],
+        "b": ["a blue square grows", "the blue box gets bigger"],
+        "c": ["a green star spins", "the green star rotates"],
+    }
     before = {"a": "a red circle moves left", "b": "a blue square grows", "c": "a green star spins"}
     after = {**before, "c": "a green star"}
     per = metrics.cider_per_clip(before, refs)

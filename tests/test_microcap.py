@@ -1,13 +1,12 @@
 """MicroCap: the fixed architecture contract, loss terms, decoding rules, and the distillation stage."""
 
 import dataclasses
-import json
 import os
 
 import pytest
 import torch
-
 from test_guide import make_embeddings, one_thread, small_params  # noqa: F401 (one_thread: autouse fixture)
+
 from tinycap import guide, microcap
 from tinycap.errors import TinyCapError
 from tinycap.losses import attention_alignment, kd_kl
@@ -18,8 +17,24 @@ CFG = microcap.MicroCapConfig(vocab_size=30, dim=16, num_frames=5, pooling="atte
 
 
 def distill_params(**kw):
-    p = dict(embed_dim=16, hidden=24, epochs=2, batch_size=16, lr=0.01, alpha=0.5, beta=0.5, tau=2.0, guide_captions=0, ablation=False,
-             temporal_filter=True, temporal_mlp=8, scst_epochs=0, scst_lr=0.001, scst_samples=3, scst_val_window=1)
+    p = dict(
+        embed_dim=16,
+        hidden=24,
+        epochs=2,
+        batch_size=16,
+        lr=0.01,
+        alpha=0.5,
+        beta=0.5,
+        tau=2.0,
+        guide_captions=0,
+        ablation=False,
+        temporal_filter=True,
+        temporal_mlp=8,
+        scst_epochs=0,
+        scst_lr=0.001,
+        scst_samples=3,
+        scst_val_window=1,
+    )
     p.update(kw)
     return microcap.MicroCapParams(**p)
 
@@ -154,8 +169,15 @@ def trained(tmp_path_factory):
 
 def test_distill_writes_checkpoint_metrics_and_ablation(trained):
     d, m = trained
-    assert set(m["ablation"]) == {"split", "no_kd", "kl", "kl_attn", "kl_attn_seq", "kl_attn_seq_scst"} and m["ablation"]["split"] == "val"
-    assert (m["ablation"]["no_kd"]["alpha"], m["ablation"]["kl"]["beta"], m["ablation"]["kl_attn"]["guide_captions"]) == (0.0, 0.0, 0)
+    assert (
+        set(m["ablation"]) == {"split", "no_kd", "kl", "kl_attn", "kl_attn_seq", "kl_attn_seq_scst"}
+        and m["ablation"]["split"] == "val"
+    )
+    assert (m["ablation"]["no_kd"]["alpha"], m["ablation"]["kl"]["beta"], m["ablation"]["kl_attn"]["guide_captions"]) == (
+        0.0,
+        0.0,
+        0,
+    )
     assert m["variant"] == "kl_attn_seq_scst" and m["val"]["CIDEr"] == m["ablation"]["kl_attn_seq_scst"]["CIDEr"]
     assert m["ablation"]["kl_attn_seq_scst"]["scst_epochs"] == 1 == m["scst_epochs"]
     assert all(0.0 <= m["ablation"][k]["CIDEr"] <= 10.0 for k in ("no_kd", "kl", "kl_attn"))

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 import yaml
@@ -16,7 +16,7 @@ class Section:
     size: int = 64
     ratio: float = 0.5
     kind: Literal["a", "b"] = "a"
-    path: Optional[str] = None
+    path: str | None = None
 
 
 def write(tmp_path, obj):
@@ -33,12 +33,15 @@ def test_the_project_params_load_and_every_section_is_known():
     assert set(p) == set(params.TOP_LEVEL) | set(params.SECTIONS)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"poolng": "mean"}, "unknown top-level key(s) poolng"),
-    ({"pooling": "max"}, "top-level 'pooling' must be mean | attention, got 'max'"),
-    ({"num_frames": "5"}, "top-level 'num_frames' must be int, got '5'"),
-    ({"seed": None}, "top-level 'seed' must be int, got None"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"poolng": "mean"}, "unknown top-level key(s) poolng"),
+        ({"pooling": "max"}, "top-level 'pooling' must be mean | attention, got 'max'"),
+        ({"num_frames": "5"}, "top-level 'num_frames' must be int, got '5'"),
+        ({"seed": None}, "top-level 'seed' must be int, got None"),
+    ],
+)
 def test_top_level_errors_name_the_key(tmp_path, change, message):
     path = write(tmp_path, {**TOP, **change})
     with pytest.raises(TinyCapError) as e:
@@ -49,9 +52,11 @@ def test_top_level_errors_name_the_key(tmp_path, change, message):
 def test_section_values_are_coerced_and_checked():
     p = {"s": {"size": 32, "ratio": 1, "kind": "b", "path": None}}
     assert params.section(p, "s", Section) == Section(32, 1.0, "b", None)
-    for bad, message in [({"size": "32"}, "params.yaml: s.size: expected int, got '32'"),
-                         ({"size": True}, "params.yaml: s.size: expected int, got True"),
-                         ({"kind": "c"}, "params.yaml: s.kind: 'c' is not one of a, b")]:
+    for bad, message in [
+        ({"size": "32"}, "params.yaml: s.size: expected int, got '32'"),
+        ({"size": True}, "params.yaml: s.size: expected int, got True"),
+        ({"kind": "c"}, "params.yaml: s.kind: 'c' is not one of a, b"),
+    ]:
         with pytest.raises(TinyCapError) as e:
             params.section({"s": {**p["s"], **bad}}, "s", Section)
         assert str(e.value) == message

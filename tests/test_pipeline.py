@@ -5,7 +5,6 @@ import json
 
 import h5py
 import pytest
-
 from conftest import run
 
 UPSTREAM_OF_POOL = ["synth_videos", "sample_frames", "clip_train", "clip_embed"]
@@ -14,13 +13,31 @@ SCORES = ["BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
 REQUIRED_METRICS = {
     "clip": ["val.t2v_R@1", "val.t2v_R@5", "val.v2t_R@1", "params_count", "train_seconds"],
     "pool": ["val.t2v_R@1", "test.t2v_R@1", "order_dependent.t2v_R@1"],
-    "encoder": ["params_count", "macs_per_frame", "input_size", "train_seconds", "val.cosine_to_teacher",
-                "test.cosine_to_teacher", "val.student.t2v_R@1", "val.clip.t2v_R@1", "int8.int8_bytes", "int8.ops",
-                "int8.tflm_cosine_to_float_student"],
+    "encoder": [
+        "params_count",
+        "macs_per_frame",
+        "input_size",
+        "train_seconds",
+        "val.cosine_to_teacher",
+        "test.cosine_to_teacher",
+        "val.student.t2v_R@1",
+        "val.clip.t2v_R@1",
+        "int8.int8_bytes",
+        "int8.ops",
+        "int8.tflm_cosine_to_float_student",
+    ],
     "eval": [f"{v}.{s}.{m}" for v in ["guide", "microcap_fp32", "microcap_int8_tflm"] for s in ["test", "novel"] for m in SCORES],
     "microcap": ["params_count", "guide_params_count", "ablation.no_kd.CIDEr", "ablation.kl.CIDEr", "ablation.kl_attn.CIDEr"],
-    "quantize": ["fp32_bytes", "int8_bytes", "ops", "arena_bytes", "cider_fp32", "cider_int8_tflm", "cider_rel_drop",
-                 "token_agreement_tflm_vs_tflite"],
+    "quantize": [
+        "fp32_bytes",
+        "int8_bytes",
+        "ops",
+        "arena_bytes",
+        "cider_fp32",
+        "cider_int8_tflm",
+        "cider_rel_drop",
+        "token_agreement_tflm_vs_tflite",
+    ],
     "m7": [f"{k}.value" for k in ["instructions", "cycles", "latency_ms", "energy_mj", "flash_bytes", "ram_bytes"]]
     + ["macs", "instr_per_mac", "clock_hz", "parity_mismatches"],
 }
@@ -38,10 +55,18 @@ DOWNSTREAM_OF_POOL = ["pool", "distill_microcap", "quantize_int8", "build_tflm",
 
 def test_repro_writes_every_artifact(tiny_project):
     p = tiny_project
-    for path in ["data/videos/annotations.json", "data/frames/frames.h5", "data/embeddings/clip.h5",
-                 "data/pooled/pooled.h5", "data/encoder/student_emb.h5", "data/encoder/encoder_int8.tflite",
-                 "data/guide/vocab.json", "data/microcap/microcap.pt",
-                 "data/int8/microcap_decoder_int8.tflite", "data/eval/report.html"]:
+    for path in [
+        "data/videos/annotations.json",
+        "data/frames/frames.h5",
+        "data/embeddings/clip.h5",
+        "data/pooled/pooled.h5",
+        "data/encoder/student_emb.h5",
+        "data/encoder/encoder_int8.tflite",
+        "data/guide/vocab.json",
+        "data/microcap/microcap.pt",
+        "data/int8/microcap_decoder_int8.tflite",
+        "data/eval/report.html",
+    ]:
         assert (p / path).is_file(), path
     with h5py.File(p / "data/embeddings/clip.h5") as f:
         V, T, D = f["frame_emb"].shape

@@ -91,8 +91,12 @@ def int8(artifacts):
     """The whole quantize() on the tiny artifacts: data/int8 equivalent + metrics."""
     out = artifacts / "int8"
     metrics = quantize.quantize(
-        artifacts / "microcap.pt", artifacts / "clip.h5", artifacts / "vocab.json", out,
-        quantize.QuantizeParams(calibration_clips=16), ARCH,
+        artifacts / "microcap.pt",
+        artifacts / "clip.h5",
+        artifacts / "vocab.json",
+        out,
+        quantize.QuantizeParams(calibration_clips=16),
+        ARCH,
     )
     return out, metrics
 
@@ -127,7 +131,9 @@ def test_temporal_filter_and_mlp_mirror(artifacts, pooling, temporal_mlp):
     differs from the float one by a few int8 steps."""
     torch.manual_seed(2)
     frames, *_ = quantize.load_clips(artifacts / "clip.h5")
-    cfg = microcap.MicroCapConfig(vocab_size=16, dim=D, **dict(ARCH, pooling=pooling, temporal_filter=True, temporal_mlp=temporal_mlp))
+    cfg = microcap.MicroCapConfig(
+        vocab_size=16, dim=D, **dict(ARCH, pooling=pooling, temporal_filter=True, temporal_mlp=temporal_mlp)
+    )
     model = microcap.MicroCap(cfg).eval()
     with torch.no_grad():
         model.temporal_filter.copy_(torch.randn(T, D) * 0.5)
@@ -190,8 +196,13 @@ def interpreter_io(data):
 
     def describe(d):
         scale, zp = d["quantization"]
-        return {"name": names[d["index"]], "shape": [int(s) for s in d["shape"]], "dtype": np.dtype(d["dtype"]).name,
-                "scale": float(scale), "zero_point": int(zp)}
+        return {
+            "name": names[d["index"]],
+            "shape": [int(s) for s in d["shape"]],
+            "dtype": np.dtype(d["dtype"]).name,
+            "scale": float(scale),
+            "zero_point": int(zp),
+        }
 
     return {"inputs": [describe(d) for d in it.get_input_details()], "outputs": [describe(d) for d in it.get_output_details()]}
 
@@ -221,7 +232,9 @@ def test_cider_drop_per_split_and_over_both(int8):
 
 
 def test_drop_is_undefined_when_fp32_scores_zero():
-    assert quantize._drop({"fp32": {"a": 1.0, "b": 0.5}, "int8_tflm": {"a": 0.9, "b": 0.5}})["rel_drop"] == pytest.approx(0.1 / 1.5)
+    assert quantize._drop({"fp32": {"a": 1.0, "b": 0.5}, "int8_tflm": {"a": 0.9, "b": 0.5}})["rel_drop"] == pytest.approx(
+        0.1 / 1.5
+    )
     assert quantize._drop({"fp32": {"a": 0.0}, "int8_tflm": {"a": 0.2}}) == {"fp32": 0.0, "int8_tflm": 0.2, "rel_drop": None}
 
 
@@ -265,7 +278,9 @@ def test_calibration_pins_a_context_band_and_the_mlp_saturation(artifacts):
     frames, vids, splits, refs = quantize.load_clips(artifacts / "clip.h5")
     train = np.flatnonzero(splits == "train")[:16]
     seqs = [[1, 5, 2]] * len(train)
-    full, rep_full = quantize.calibrate(model, frames[train], seqs, frames[train], quantize.QuantizeParams(context_percentile=100.0))
+    full, rep_full = quantize.calibrate(
+        model, frames[train], seqs, frames[train], quantize.QuantizeParams(context_percentile=100.0)
+    )
     band, rep = quantize.calibrate(model, frames[train], seqs, frames[train], quantize.QuantizeParams(context_percentile=99.0))
     raw = np.concatenate([s["context"] for s in rep_full[DECODER]])
     assert full.ranges["context"] == (raw.min(), raw.max())
@@ -332,7 +347,9 @@ def test_bad_inputs(artifacts, tmp_path):
         quantize.quantize(*args, quantize.QuantizeParams(16), dict(ARCH, hidden=32))
     with pytest.raises(TinyCapError, match="no calibration clips"):
         quantize.quantize(*args, quantize.QuantizeParams(0), ARCH)
-    with pytest.raises(TinyCapError, match=r"quantize.logits_margin: a winning logit of the val captions .* is below the int8 logits window"):
+    with pytest.raises(
+        TinyCapError, match=r"quantize.logits_margin: a winning logit of the val captions .* is below the int8 logits window"
+    ):
         quantize.quantize(*args, quantize.QuantizeParams(16, logits_margin=-100.0), ARCH)
     assert not list(tmp_path.glob("int8/*.tflite"))
     model = microcap.load(artifacts / "microcap.pt")
@@ -348,8 +365,14 @@ if __name__ == "__main__":
         torch.set_num_threads(1)
         with tempfile.TemporaryDirectory() as tmp:
             root = tiny_artifacts(Path(tmp))
-            quantize.quantize(root / "microcap.pt", root / "clip.h5", root / "vocab.json", root / "int8",
-                              quantize.QuantizeParams(calibration_clips=16), ARCH)
+            quantize.quantize(
+                root / "microcap.pt",
+                root / "clip.h5",
+                root / "vocab.json",
+                root / "int8",
+                quantize.QuantizeParams(calibration_clips=16),
+                ARCH,
+            )
             GOLDEN.parent.mkdir(exist_ok=True)
             GOLDEN.write_text(json.dumps(golden_outputs(root / "int8", root)) + "\n")
             print(f"wrote {GOLDEN}")

@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_readme_results_match_the_committed_metrics():
     block = results.readme_block((ROOT / "README.md").read_text())
     assert block is not None, "README.md has no results markers"
-    assert block == results.tables(ROOT / "metrics"), "README results differ from metrics/: run python scripts/results_table.py --write"
+    assert block == results.tables(ROOT / "metrics"), (
+        "README results differ from metrics/: run python scripts/results_table.py --write"
+    )
 
 
 def test_tables_follow_the_metrics(tmp_path):

@@ -7,12 +7,12 @@ import subprocess
 import sys
 import time
 
+import cli_fixtures
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-import cli_fixtures
 from tinycap.vocab import Vocab
 
 LIMIT_MB = 0.25  # upload limit of the test server: 262144 bytes
@@ -29,8 +29,21 @@ class Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.tmp_dir = tmp_dir
-        cmd = [sys.executable, "-m", "tinycap.cli", "serve", "--port", str(self.port), "--data", str(data),
-               "--tmp-dir", str(tmp_dir), "--max-upload-mb", str(LIMIT_MB), *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "tinycap.cli",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data",
+            str(data),
+            "--tmp-dir",
+            str(tmp_dir),
+            "--max-upload-mb",
+            str(LIMIT_MB),
+            *args,
+        ]
         self.proc = subprocess.Popen(cmd, env=cli_fixtures.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def wait(self, timeout=180):
@@ -74,8 +87,11 @@ def files(servers, tmp_path_factory):
     clips = sorted((data / "videos" / "clips").glob("*.mp4"))[:2]
     img = d / "still.png"
     Image.fromarray((np.indices((64, 48)).sum(0)[..., None] * [3, 1, 2] % 256).astype(np.uint8)).save(img)
-    return {"a.mp4": (clips[0].read_bytes(), "video/mp4"), "b.mp4": (clips[1].read_bytes(), "video/mp4"),
-            "still.png": (img.read_bytes(), "image/png")}
+    return {
+        "a.mp4": (clips[0].read_bytes(), "video/mp4"),
+        "b.mp4": (clips[1].read_bytes(), "video/mp4"),
+        "still.png": (img.read_bytes(), "image/png"),
+    }
 
 
 def post(url, name, body, ctype, **kw):
@@ -114,7 +130,11 @@ def test_limits_and_bad_uploads(servers):
 
     def chunks():  # no Content-Length: the limit is enforced while streaming
         boundary = b"XbOuNdArY"
-        yield b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="big.mp4"\r\nContent-Type: video/mp4\r\n\r\n'
+        yield (
+            b"--"
+            + boundary
+            + b'\r\nContent-Disposition: form-data; name="file"; filename="big.mp4"\r\nContent-Type: video/mp4\r\n\r\n'
+        )
         for _ in range(8):
             yield os.urandom(50_000)
         yield b"\r\n--" + boundary + b"--\r\n"

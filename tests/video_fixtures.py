@@ -21,16 +21,16 @@ def index_frame(i, width, height):
         raise ValueError(f"frame index {i} does not fit in two base-{LEVELS} digits")
     img = np.empty((height, width, 3), np.uint8)
     img[:, : width // 2] = 8 + 16 * (i // LEVELS)
-    img[:, width // 2:] = 8 + 16 * (i % LEVELS)
+    img[:, width // 2 :] = 8 + 16 * (i % LEVELS)
     return img
 
 
 def frame_index(img):
     """Read back the index of an `index_frame` from the centre rows of each half."""
     h, w = img.shape[:2]
-    rows = img[h // 4: 3 * h // 4].astype(np.float64)
-    left = rows[:, w // 8: 3 * w // 8].mean()
-    right = rows[:, 5 * w // 8: 7 * w // 8].mean()
+    rows = img[h // 4 : 3 * h // 4].astype(np.float64)
+    left = rows[:, w // 8 : 3 * w // 8].mean()
+    right = rows[:, 5 * w // 8 : 7 * w // 8].mean()
     digit = lambda level: int(np.clip(round((level - 8) / 16), 0, LEVELS - 1))
     return digit(left) * LEVELS + digit(right)
 
@@ -42,9 +42,22 @@ def quadrant_frame(i, width, height):
     return img
 
 
-def write_video(path, n=20, fps=10, size=(64, 48), codec="libx264", pix_fmt="yuv420p", times=None,
-                rotation=0, mirror=False, gop=None, sar=None, frame_fn=index_frame,
-                options=None, container_options=None):
+def write_video(
+    path,
+    n=20,
+    fps=10,
+    size=(64, 48),
+    codec="libx264",
+    pix_fmt="yuv420p",
+    times=None,
+    rotation=0,
+    mirror=False,
+    gop=None,
+    sar=None,
+    frame_fn=index_frame,
+    options=None,
+    container_options=None,
+):
     """Encode `n` frames of `frame_fn(i, width, height)` into `path` and return `path`.
 
     times: optional presentation times in seconds (variable frame rate), one per frame.
@@ -104,7 +117,7 @@ def write_audio(path, seconds=1.0, rate=16000):
         t = np.arange(int(seconds * rate)) / rate
         wave = (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
         for start in range(0, len(wave), samples):
-            chunk = wave[start:start + samples]
+            chunk = wave[start : start + samples]
             frame = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
             frame.sample_rate = rate
             frame.pts = start

@@ -172,7 +172,9 @@ class Captioner:
             raise
         except Exception as e:  # a corrupt or foreign checkpoint: one line, not a traceback
             where = data_dir / ("int8" if model == "int8" else model)
-            raise TinyCapError(where, f"cannot load the {model} model: corrupt or not a tinycap checkpoint ({type(e).__name__})") from None
+            raise TinyCapError(
+                where, f"cannot load the {model} model: corrupt or not a tinycap checkpoint ({type(e).__name__})"
+            ) from None
         self.num_frames = trained_frames if num_frames is None else int(num_frames)
         if self.num_frames < 1:
             raise TinyCapError("--num-frames", f"must be >= 1, got {num_frames}")
@@ -183,8 +185,11 @@ class Captioner:
                     f"{self.model_path} was trained on {trained_frames} frames; another count needs --model microcap --pooling mean",
                 )
             if self.model.temporal_filter is not None or self.model.temporal_mlp is not None:
-                raise TinyCapError("--num-frames", f"{self.model_path} has a temporal filter or MLP for {trained_frames} frames; "
-                                                   "another count needs a model without them")
+                raise TinyCapError(
+                    "--num-frames",
+                    f"{self.model_path} has a temporal filter or MLP for {trained_frames} frames; "
+                    "another count needs a model without them",
+                )
         self._lock = threading.Lock()
         self._rng = np.random.default_rng(self.decode_opts.seed)
 
@@ -304,7 +309,11 @@ class Captioner:
             emb = self.embed(frames_mod.frames_at(path, times, self.frame_size))  # (n*T, D)
             for j, (start, end) in enumerate(part):
                 out = self.caption_embeddings(emb[j * T : (j + 1) * T])
-                yield start, end, {"caption": out["caption"], "attention": out["attention"], "frame_times_s": times[j * T : (j + 1) * T]}
+                yield (
+                    start,
+                    end,
+                    {"caption": out["caption"], "attention": out["attention"], "frame_times_s": times[j * T : (j + 1) * T]},
+                )
             if progress:
                 progress(len(part))
 
@@ -322,7 +331,11 @@ class Captioner:
                 with self._torch.inference_mode():
                     x = self._torch.from_numpy(emb)[None]  # (1, T, D) or (1, T, G, D)
                     tokens, attention = self._decode_guide(x) if self.model_name == "guide" else self._decode_microcap(x)
-        return {"caption": self.vocab.decode(tokens), "tokens": [int(t) for t in tokens], "attention": [round(float(w), 6) for w in attention]}
+        return {
+            "caption": self.vocab.decode(tokens),
+            "tokens": [int(t) for t in tokens],
+            "attention": [round(float(w), 6) for w in attention],
+        }
 
     def _decode_microcap(self, x):
         torch = self._torch

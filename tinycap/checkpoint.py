@@ -24,7 +24,9 @@ def load(path, config_cls, model_cls, kind, vocab=None):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         cfg = config_cls(**ckpt["config"])
     except Exception as e:  # unreadable file, not a dict, wrong config keys
-        raise TinyCapError(path, f"not a {kind} checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise TinyCapError(
+            path, f"not a {kind} checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
     if vocab is not None:
         vocab.check(ckpt.get("vocab_sha"), cfg.vocab_size, path)
     model = model_cls(cfg)

@@ -32,9 +32,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network here: pretrained weights come from the local cache
 
@@ -62,7 +62,7 @@ open_clip.add_model_config(CONFIG_DIR)
 @dataclass
 class ClipParams:  # params.yaml `clip:` (clip_train reads the first six, clip_embed the last two)
     model: str = "tinyclip-vit-64"  # open_clip config name: tinycap/model_configs/*.json or any open_clip model
-    pretrained: Optional[str] = None  # open_clip pretrained tag (local cache only) or a checkpoint path; null = random init
+    pretrained: str | None = None  # open_clip pretrained tag (local cache only) or a checkpoint path; null = random init
     epochs: int = 14  # contrastive passes over the train clips; 0 = export the weights as they are
     batch_size: int = 32  # clips per step (all T frames of each, one random caption each)
     lr: float = 0.0005  # AdamW peak learning rate, linear warmup then cosine decay
@@ -232,8 +232,9 @@ def check_frames(frames, image_size, where="frames"):
         raise TinyCapError(where, f"frames must be [..., S, S, 3] RGB, got shape {frames.shape}")
     if frames.shape[-2] != image_size:
         raise TinyCapError(
-            where, f"frames are {frames.shape[-2]}x{frames.shape[-2]} px but the CLIP model expects "
-            f"{image_size}x{image_size} (set frames.size: {image_size} and rerun sample_frames)"
+            where,
+            f"frames are {frames.shape[-2]}x{frames.shape[-2]} px but the CLIP model expects "
+            f"{image_size}x{image_size} (set frames.size: {image_size} and rerun sample_frames)",
         )
 
 
@@ -249,7 +250,7 @@ def embed_frames(bundle, frames, batch_size=256, grid=False, progress=False):
     visual.output_tokens = grid
     try:
         for i in tqdm(range(0, len(frames), batch_size), desc="frames", unit="batch", disable=not progress):
-            x = _to_input(frames[i:i + batch_size], bundle.mean, bundle.std)
+            x = _to_input(frames[i : i + batch_size], bundle.mean, bundle.std)
             if grid:
                 pooled, tokens = visual(x)  # (B, D), (B, G, width)
                 if visual.proj is not None:
@@ -272,7 +273,7 @@ def embed_texts(bundle, texts, batch_size=256):
     """list of str -> L2-normalised float32 (N, D)."""
     out = []
     for i in range(0, len(texts), batch_size):
-        tokens = bundle.tokenizer(list(texts[i:i + batch_size]))  # (B, context_length)
+        tokens = bundle.tokenizer(list(texts[i : i + batch_size]))  # (B, context_length)
         out.append(F.normalize(bundle.model.encode_text(tokens), dim=-1).numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, bundle.dim), np.float32)
 
@@ -362,7 +363,7 @@ def video_features(model, frames, mean, std, batch_clips=64):
     """uint8 (V, T, S, S, 3) -> (mean-pooled (V, D) normalised, frame features (V, T, D)) numpy."""
     pooled, feats = [], []
     for i in range(0, len(frames), batch_clips):
-        f = _encode_clips(model, frames[i:i + batch_clips], mean, std)  # (B, T, D)
+        f = _encode_clips(model, frames[i : i + batch_clips], mean, std)  # (B, T, D)
         pooled.append(F.normalize(f.mean(1), dim=-1).numpy())
         feats.append(f.numpy())
     return np.concatenate(pooled), np.concatenate(feats)
@@ -424,8 +425,12 @@ def train(frames_path, annotations_path, out_dir, cfg: ClipParams, seed=0, live_
     fingerprint = _fingerprint(ClipParams(**{**asdict(cfg), "grid": False, "embed_batch_size": 0}), seed, clips)
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
     resume = Path(resume_path) if resume_path else None
     if cfg.epochs > 0 and resume and resume.is_file():
         state = torch.load(resume, map_location="cpu", weights_only=True)
@@ -453,7 +458,7 @@ def train(frames_path, annotations_path, out_dir, cfg: ClipParams, seed=0, live_
         gen = torch.Generator().manual_seed(seed * 1000 + epoch)  # per epoch: resuming replays the same order
         order = train_rows[torch.randperm(len(train_rows), generator=gen).numpy()]
         for i in range(steps_per_epoch):
-            rows = np.sort(order[i * cfg.batch_size:(i + 1) * cfg.batch_size])
+            rows = np.sort(order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
             caps = [clips["captions"][r][int(torch.randint(len(clips["captions"][r]), (1,), generator=gen))] for r in rows]
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total, cfg.lr)
@@ -482,9 +487,15 @@ def train(frames_path, annotations_path, out_dir, cfg: ClipParams, seed=0, live_
             live.log_metric("val/t2v_R@1", val["t2v_R@1"])
             if val.get("order_dependent_forward_%") is not None:
                 live.log_metric("val/order_dependent_forward_%", val["order_dependent_forward_%"])
-        state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                 "step": step, "epoch": epoch + 1, "train_seconds": train_seconds, "cpu_seconds": cpu_seconds,
-                 "fingerprint": fingerprint}
+        state = {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "step": step,
+            "epoch": epoch + 1,
+            "train_seconds": train_seconds,
+            "cpu_seconds": cpu_seconds,
+            "fingerprint": fingerprint,
+        }
         if resume:
             with atomic_path(resume) as tmp:
                 torch.save(state, tmp)
@@ -497,27 +508,28 @@ def train(frames_path, annotations_path, out_dir, cfg: ClipParams, seed=0, live_
         metrics["val"] = val_retrieval(model, clips, val_rows, mean, std, tokenizer)
     else:
         metrics["val"] = {"t2v_R@1": None, "t2v_R@5": None, "v2t_R@1": None}
-    metrics.update({
-        "params_count": sum(p.numel() for p in model.parameters()),
-        "params_count_image": sum(p.numel() for p in model.visual.parameters()),
-        "embed_dim": dim,
-        "image_size": int(size),
-        "train_seconds": round(train_seconds, 1),
-        "train_cpu_seconds": round(cpu_seconds, 1),
-        "train_clips": int(len(train_rows)),
-        "steps": step,
-        "chance_t2v_R@1": round(100.0 / max(1, len(val_rows)), 2),
-        "method": "val retrieval among the val clips: cosine of L2-normalised caption embeddings and the mean of "
-                  "L2-normalised frame embeddings; R@K in %, MdR = median rank; order_dependent_forward_%: share of "
-                  "the val captions of order-dependent clips closer to the late-weighted than to the early-weighted "
-                  "pooling of their clip's frames (50 = blind to order); train_seconds = wall time of the training loop "
-                  f"with {torch.get_num_threads()} torch threads (train_cpu_seconds: CPU time of all threads; on a "
-                  "shared machine wall time overstates the cost)",
-    })
+    metrics.update(
+        {
+            "params_count": sum(p.numel() for p in model.parameters()),
+            "params_count_image": sum(p.numel() for p in model.visual.parameters()),
+            "embed_dim": dim,
+            "image_size": int(size),
+            "train_seconds": round(train_seconds, 1),
+            "train_cpu_seconds": round(cpu_seconds, 1),
+            "train_clips": int(len(train_rows)),
+            "steps": step,
+            "chance_t2v_R@1": round(100.0 / max(1, len(val_rows)), 2),
+            "method": "val retrieval among the val clips: cosine of L2-normalised caption embeddings and the mean of "
+            "L2-normalised frame embeddings; R@K in %, MdR = median rank; order_dependent_forward_%: share of "
+            "the val captions of order-dependent clips closer to the late-weighted than to the early-weighted "
+            "pooling of their clip's frames (50 = blind to order); train_seconds = wall time of the training loop "
+            f"with {torch.get_num_threads()} torch threads (train_cpu_seconds: CPU time of all threads; on a "
+            "shared machine wall time overstates the cost)",
+        }
+    )
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        save_model(tmp, model, cfg.model, model_cfg, pre, pretrained=cfg.pretrained, epoch=cfg.epochs, step=step,
-                   seed=seed)
+        save_model(tmp, model, cfg.model, model_cfg, pre, pretrained=cfg.pretrained, epoch=cfg.epochs, step=step, seed=seed)
     if resume:
         resume.unlink(missing_ok=True)
     return metrics
@@ -532,8 +544,11 @@ def embed(clip_dir, frames_path, annotations_path, out_path, grid=False, batch_s
     clips = read_clips(frames_path, annotations_path, load_frames=False)
     V, T, S = clips["shape"][:3]
     if S != bundle.image_size:
-        raise TinyCapError(frames_path, f"frames are {S}x{S} px but the CLIP model in {clip_dir} expects "
-                           f"{bundle.image_size}x{bundle.image_size} (set frames.size: {bundle.image_size})")
+        raise TinyCapError(
+            frames_path,
+            f"frames are {S}x{S} px but the CLIP model in {clip_dir} expects "
+            f"{bundle.image_size}x{bundle.image_size} (set frames.size: {bundle.image_size})",
+        )
     captions = [c for caps in clips["captions"] for c in caps]
     caption_video = np.array([i for i, caps in enumerate(clips["captions"]) for _ in caps], dtype=np.int32)
     t0 = time.time()
@@ -544,16 +559,16 @@ def embed(clip_dir, frames_path, annotations_path, out_path, grid=False, batch_s
         grid_emb = None
         with h5py.File(frames_path, "r") as f:
             for a in tqdm(range(0, V, videos_per_batch), desc="clip_embed", unit="batch"):
-                chunk = f["frames"][a:a + videos_per_batch]  # (b, T, S, S, 3)
+                chunk = f["frames"][a : a + videos_per_batch]  # (b, T, S, S, 3)
                 flat = chunk.reshape(-1, S, S, 3)
                 if grid:
                     emb, g = embed_frames(bundle, flat, batch_size, grid=True)
                     if grid_emb is None:
                         grid_emb = out.create_dataset("grid_emb", (V, T, g.shape[1], D), dtype="f4")
-                    grid_emb[a:a + len(chunk)] = g.reshape(len(chunk), T, -1, D)
+                    grid_emb[a : a + len(chunk)] = g.reshape(len(chunk), T, -1, D)
                 else:
                     emb = embed_frames(bundle, flat, batch_size)
-                frame_emb[a:a + len(chunk)] = emb.reshape(len(chunk), T, D)
+                frame_emb[a : a + len(chunk)] = emb.reshape(len(chunk), T, D)
         frame_seconds = time.time() - t0
         out["video_id"] = clips["video_id"].astype("S")
         out["split"] = clips["split"].astype("S")
@@ -565,6 +580,11 @@ def embed(clip_dir, frames_path, annotations_path, out_path, grid=False, batch_s
             out["order_dependent"] = clips["order_dependent"]
         out.attrs["model"] = bundle.name
         out.attrs["logit_scale"] = bundle.model.logit_scale.exp().item()
-    log.info("embedded %d frames in %.1f s (%.0f frames/s), %d captions", V * T, frame_seconds,
-             V * T / max(frame_seconds, 1e-9), len(captions))
+    log.info(
+        "embedded %d frames in %.1f s (%.0f frames/s), %d captions",
+        V * T,
+        frame_seconds,
+        V * T / max(frame_seconds, 1e-9),
+        len(captions),
+    )
     return {"frames": V * T, "frame_seconds": frame_seconds, "captions": len(captions)}

@@ -27,14 +27,14 @@ def check_ops(graph):
     for op in graph.ops:
         if op.name not in LOWERINGS:
             raise TinyCapError(
-                graph.path, f"op {op.name} (op #{op.index}) is not supported by the firmware runtime "
-                f"(supported: {', '.join(LOWERINGS)})"
+                graph.path,
+                f"op {op.name} (op #{op.index}) is not supported by the firmware runtime (supported: {', '.join(LOWERINGS)})",
             )
 
 
 def _c_array(ctype, name, values, align=4, per_line=24):
     vals = [str(int(v)) for v in np.asarray(values).ravel()]
-    lines = [", ".join(vals[i: i + per_line]) for i in range(0, len(vals), per_line)] or ["0"]
+    lines = [", ".join(vals[i : i + per_line]) for i in range(0, len(vals), per_line)] or ["0"]
     body = ",\n  ".join(lines)
     return f"static const {ctype} {name}[{max(len(vals), 1)}] __attribute__((aligned({align}))) = {{\n  {body}\n}};\n"
 
@@ -69,6 +69,7 @@ class GraphCode:
 
 def _bcast(shape_out, s1, s2):
     """4-D strides of inputs 1/2 over the output shape (0 on broadcast axes)."""
+
     def pad(s):
         return (1,) * (4 - len(s)) + tuple(s)
 
@@ -127,7 +128,7 @@ class Codegen:
         gc.copies = []  # (src tensor, dst tensor) for alias groups touching both an input and an output
         where = {}  # tensor -> C expression of its base pointer (int8_t* or const)
         arena_groups = []
-        for root, members in groups.items():
+        for members in groups.values():
             ins = [m for m in members if m in g.inputs]
             outs = [m for m in members if m in g.outputs]
             consts = [m for m in members if g.tensors[m].data is not None]
@@ -173,7 +174,7 @@ class Codegen:
             placed = []
             for members, first, last, size in sorted(gc.plan, key=lambda x: -x[3]):
                 offset = 0
-                for (o2, s2, f2, l2) in sorted(placed):
+                for o2, s2, f2, l2 in sorted(placed):
                     if l2 < first or f2 > last:
                         continue
                     if offset + size <= o2:
@@ -199,8 +200,10 @@ class Codegen:
                 f = op.outputs[0]
                 users = [u for u in g.ops if f in u.inputs]
                 if f in g.outputs or not users or any(u.name != "QUANTIZE" for u in users):
-                    raise TinyCapError(f"{g.path}: op #{op.index} DEQUANTIZE",
-                                       "float tensors are not supported (only DEQUANTIZE feeding QUANTIZE fuses)")
+                    raise TinyCapError(
+                        f"{g.path}: op #{op.index} DEQUANTIZE",
+                        "float tensors are not supported (only DEQUANTIZE feeding QUANTIZE fuses)",
+                    )
                 gc.fused[f] = op
         self._storage(gc)
         gc.pending = []
@@ -225,7 +228,7 @@ class Codegen:
 
     def _ref(self, gc, i):
         t = gc.g.tensors[i]
-        return gc.tensor_const(t) if t.data is not None else "{t%d}" % i
+        return gc.tensor_const(t) if t.data is not None else f"{{t{i}}}"
 
     def _op_fully_connected(self, gc, op):
         x, w = self._t(gc, op.inputs[0]), self._t(gc, op.inputs[1])
@@ -264,7 +267,9 @@ class Codegen:
         rn = gc.const("int32_t", f"{name}_rq", np.array(rows, np.int64))
         gc.data.append(f"static const tc_fc_params {gc.p}_{name} = {{{wn}, {rn}, {fast}, {k}, {k4}, {n}, {y.zp}, {lo}, {hi}}};\n")
         batches = x.size // k
-        return [f"tc_k_fully_connected(&{gc.p}_{name}, {batches}, {self._ref(gc, x.index)}, {self._ref(gc, y.index)}, tc_fc_scratch);"]
+        return [
+            f"tc_k_fully_connected(&{gc.p}_{name}, {batches}, {self._ref(gc, x.index)}, {self._ref(gc, y.index)}, tc_fc_scratch);"
+        ]
 
     def _binary(self, gc, op):
         a, b, y = self._t(gc, op.inputs[0]), self._t(gc, op.inputs[1]), self._t(gc, op.outputs[0])
@@ -301,8 +306,10 @@ class Codegen:
                     terms = [multiply_by_quantized_multiplier((q - zp) * (1 << 20), m, s) for q in range(-128, 128)]
                     gc.luts[key] = gc.const("int32_t", f"addterm{len(gc.luts)}", terms)
                 tables.append(gc.luts[key])
-            return [f"tc_k_add_tables(&{name}, {tables[0]}, {tables[1]}, {y.size}, {self._ref(gc, a.index)}, "
-                    f"{self._ref(gc, b.index)}, {self._ref(gc, y.index)});"]
+            return [
+                f"tc_k_add_tables(&{name}, {tables[0]}, {tables[1]}, {y.size}, {self._ref(gc, a.index)}, "
+                f"{self._ref(gc, b.index)}, {self._ref(gc, y.index)});"
+            ]
         gc.data.append(bc[1])
         return [f"tc_k_add(&{name}, &{bc[0]}, {self._ref(gc, a.index)}, {self._ref(gc, b.index)}, {self._ref(gc, y.index)});"]
 
@@ -338,9 +345,11 @@ class Codegen:
             raise TinyCapError(f"{gc.g.path}: op #{op.index} QUANTIZE", "only int8 -> float -> int8 chains are supported")
         key = ("DEQUANTIZE+QUANTIZE", float(src.s), src.zp, float(y.s), y.zp)
         if key not in gc.luts:
-            t = [dict(shape=(256,), dtype="int8", scale=src.scale[:1], zp=src.zero_point[:1]),
-                 dict(shape=(256,), dtype="float32"),
-                 dict(shape=(256,), dtype="int8", scale=y.scale[:1], zp=y.zero_point[:1])]
+            t = [
+                dict(shape=(256,), dtype="int8", scale=src.scale[:1], zp=src.zero_point[:1]),
+                dict(shape=(256,), dtype="float32"),
+                dict(shape=(256,), dtype="int8", scale=y.scale[:1], zp=y.zero_point[:1]),
+            ]
             model = build_model(t, [("DEQUANTIZE", [0], [1], None), ("QUANTIZE", [1], [2], None)], [0], [2])
             table = tflm_run(model, [np.arange(-128, 128, dtype=np.int8)])[0].astype(np.int8)
             gc.luts[key] = gc.const("int8_t", f"lut{len(gc.luts)}", table)
@@ -384,7 +393,7 @@ class Codegen:
         name = f"{gc.p}_op{op.index}"
         gc.data.append(
             f"static const tc_mean_params {name} = {{{int(np.prod(x.shape[:a]))}, {count}, "
-            f"{int(np.prod(x.shape[a + 1:]))}, {x.zp}, {m}, {sh}, {y.zp}}};\n"
+            f"{int(np.prod(x.shape[a + 1 :]))}, {x.zp}, {m}, {sh}, {y.zp}}};\n"
         )
         return [f"tc_k_mean(&{name}, {self._ref(gc, x.index)}, {self._ref(gc, y.index)});"]
 
@@ -397,7 +406,9 @@ class Codegen:
         rows = p.shape[0]
         row_len = p.size // rows
         table = self._ref(gc, p.index) if p.data is None else gc.tensor_const(p)
-        return [f"tc_k_gather({table}, {rows}, {row_len}, {p.zp}, {self._ref(gc, idx.index)}, {idx.size}, {self._ref(gc, y.index)});"]
+        return [
+            f"tc_k_gather({table}, {rows}, {row_len}, {p.zp}, {self._ref(gc, idx.index)}, {idx.size}, {self._ref(gc, y.index)});"
+        ]
 
     def _op_softmax(self, gc, op):
         x, y = self._t(gc, op.inputs[0]), self._t(gc, op.outputs[0])
@@ -421,8 +432,10 @@ class Codegen:
         for i in op.inputs:
             t = self._t(gc, i)
             if t.dtype != y.dtype or (t.dtype == "int8" and (float(t.s) != float(y.s) or t.zp != y.zp)):
-                raise TinyCapError(f"{gc.g.path}: op #{op.index} CONCATENATION",
-                                   "inputs must share the output's type and quantisation (as TFLM requires)")
+                raise TinyCapError(
+                    f"{gc.g.path}: op #{op.index} CONCATENATION",
+                    "inputs must share the output's type and quantisation (as TFLM requires)",
+                )
         outer = int(np.prod(y.shape[:axis]))
         dst_step = int(np.prod(y.shape[axis:])) * y.nbytes // y.size
         stmts, off = [], 0
@@ -430,7 +443,9 @@ class Codegen:
             t = self._t(gc, i)
             ln = int(np.prod(t.shape[axis:])) * t.nbytes // t.size
             src = self._ref(gc, i) if t.data is None else gc.tensor_const(t)
-            stmts.append(f"tc_k_copy({outer}, {ln}, (const int8_t *){src}, {ln}, (int8_t *){self._ref(gc, y.index)} + {off}, {dst_step});")
+            stmts.append(
+                f"tc_k_copy({outer}, {ln}, (const int8_t *){src}, {ln}, (int8_t *){self._ref(gc, y.index)} + {off}, {dst_step});"
+            )
             off += ln
         return stmts
 
@@ -441,11 +456,13 @@ class Codegen:
             raise TinyCapError(where, f"slice {x.shape} -> {y.shape} not supported (one axis only)")
         axis = cut[0] if cut else 0
         item = x.nbytes // x.size
-        inner = int(np.prod(x.shape[axis + 1:])) * item
+        inner = int(np.prod(x.shape[axis + 1 :])) * item
         outer = int(np.prod(x.shape[:axis]))
         ln = y.shape[axis] * inner
-        return (f"tc_k_copy({outer}, {ln}, (const int8_t *){self._ref(gc, x.index)} + {begin[axis] * inner}, "
-                f"{x.shape[axis] * inner}, (int8_t *){self._ref(gc, y.index)}, {ln});")
+        return (
+            f"tc_k_copy({outer}, {ln}, (const int8_t *){self._ref(gc, x.index)} + {begin[axis] * inner}, "
+            f"{x.shape[axis] * inner}, (int8_t *){self._ref(gc, y.index)}, {ln});"
+        )
 
     def _op_split(self, gc, op):
         ax_t, x = self._t(gc, op.inputs[0]), self._t(gc, op.inputs[1])
@@ -490,19 +507,34 @@ class Codegen:
         self._place()
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        h = ["/* Generated by tinycap/firmware.py — do not edit. */", "#ifndef TC_GRAPHS_H", "#define TC_GRAPHS_H",
-             "#include <stdint.h>", "", f"#define TC_ARENA_BYTES {max(self.arena_bytes, 16)}",
-             f"#define TC_FC_SCRATCH_BYTES {self.fc_max_k4 * 2}", ""]
-        c = ["/* Generated by tinycap/firmware.py — do not edit. */", "#include <string.h>",
-             '#include "tc_kernels.h"', '#include "tc_graphs.h"', "",
-             "static int8_t tc_arena[TC_ARENA_BYTES] __attribute__((aligned(16), unused));",
-             f"static uint32_t tc_fc_scratch[{self.fc_max_k4 // 2}] __attribute__((unused)); /* FC scratch, passed in */", ""]
+        h = [
+            "/* Generated by tinycap/firmware.py — do not edit. */",
+            "#ifndef TC_GRAPHS_H",
+            "#define TC_GRAPHS_H",
+            "#include <stdint.h>",
+            "",
+            f"#define TC_ARENA_BYTES {max(self.arena_bytes, 16)}",
+            f"#define TC_FC_SCRATCH_BYTES {self.fc_max_k4 * 2}",
+            "",
+        ]
+        c = [
+            "/* Generated by tinycap/firmware.py — do not edit. */",
+            "#include <string.h>",
+            '#include "tc_kernels.h"',
+            '#include "tc_graphs.h"',
+            "",
+            "static int8_t tc_arena[TC_ARENA_BYTES] __attribute__((aligned(16), unused));",
+            f"static uint32_t tc_fc_scratch[{self.fc_max_k4 // 2}] __attribute__((unused)); /* FC scratch, passed in */",
+            "",
+        ]
         for name, gc in self.graphs.items():
             g = gc.g
             ins = [g.tensors[i] for i in g.inputs]
             outs = [g.tensors[i] for i in g.outputs]
-            h.append(f"/* {name}: inputs {', '.join(f'{t.name} {t.dtype}{list(t.shape)}' for t in ins)}; "
-                     f"outputs {', '.join(f'{t.name} {t.dtype}{list(t.shape)}' for t in outs)} */")
+            h.append(
+                f"/* {name}: inputs {', '.join(f'{t.name} {t.dtype}{list(t.shape)}' for t in ins)}; "
+                f"outputs {', '.join(f'{t.name} {t.dtype}{list(t.shape)}' for t in outs)} */"
+            )
             h.append(f"void tc_{name}_run(const void *const *in, void *const *out);")
             h.append(f"#define TC_{name.upper()}_NUM_INPUTS {len(ins)}")
             h.append(f"#define TC_{name.upper()}_NUM_OUTPUTS {len(outs)}")
@@ -513,8 +545,10 @@ class Codegen:
             c.extend(self._emit(gc))
             c.append("}\n")
         # generic table for the graph test harness
-        h.append("typedef struct { const char *name; void (*run)(const void *const *, void *const *);"
-                 " int n_in, n_out; const int32_t *in_bytes, *out_bytes; } tc_graph_info;")
+        h.append(
+            "typedef struct { const char *name; void (*run)(const void *const *, void *const *);"
+            " int n_in, n_out; const int32_t *in_bytes, *out_bytes; } tc_graph_info;"
+        )
         h.append("extern const tc_graph_info tc_graph_table[];")
         h.append(f"#define TC_NUM_GRAPHS {len(self.graphs)}")
         h.append("#endif")
@@ -522,8 +556,12 @@ class Codegen:
         for name, gc in self.graphs.items():
             g = gc.g
             c.append(f"static const int32_t tc_{name}_in_bytes[] = {{{', '.join(str(g.tensors[i].nbytes) for i in g.inputs)}}};")
-            c.append(f"static const int32_t tc_{name}_out_bytes[] = {{{', '.join(str(g.tensors[i].nbytes) for i in g.outputs)}}};")
-            entries.append(f'  {{"{name}", tc_{name}_run, {len(g.inputs)}, {len(g.outputs)}, tc_{name}_in_bytes, tc_{name}_out_bytes}}')
+            c.append(
+                f"static const int32_t tc_{name}_out_bytes[] = {{{', '.join(str(g.tensors[i].nbytes) for i in g.outputs)}}};"
+            )
+            entries.append(
+                f'  {{"{name}", tc_{name}_run, {len(g.inputs)}, {len(g.outputs)}, tc_{name}_in_bytes, tc_{name}_out_bytes}}'
+            )
         c.append("const tc_graph_info tc_graph_table[] = {\n" + ",\n".join(entries) + "\n};")
         (out_dir / "tc_graphs.h").write_text("\n".join(h) + "\n")
         (out_dir / "tc_graphs.c").write_text("\n".join(c) + "\n")
@@ -561,7 +599,9 @@ def _ctype(t):
 
 def lut_from_tflm(op_name, x, y, opts):
     """The 256 outputs of an elementwise int8 op for inputs -128..127, computed by TFLM."""
-    t = [dict(shape=(256,), dtype="int8", scale=x.scale[:1], zp=x.zero_point[:1]),
-         dict(shape=(256,), dtype="int8", scale=y.scale[:1], zp=y.zero_point[:1])]
+    t = [
+        dict(shape=(256,), dtype="int8", scale=x.scale[:1], zp=x.zero_point[:1]),
+        dict(shape=(256,), dtype="int8", scale=y.scale[:1], zp=y.zero_point[:1]),
+    ]
     model = build_model(t, [(op_name, [0], [1], opts)], [0], [1])
     return tflm_run(model, [np.arange(-128, 128, dtype=np.int8)])[0].astype(np.int8)

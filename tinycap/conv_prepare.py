@@ -19,6 +19,7 @@ import struct
 import numpy as np
 
 from tinycap.errors import TinyCapError
+
 # The fixed-point Prepare helpers; they are moving to tinycap.fixedpoint: change this one import then.
 from tinycap.fixedpoint import activation_range, quantize_multiplier
 
@@ -83,9 +84,27 @@ class ConvKernel:
         return self.batches * self.out_h * self.out_w * self.out_c * per_out
 
     def pack(self):
-        head = [self.kind, self.batches, self.in_h, self.in_w, self.in_c, self.out_h, self.out_w, self.out_c,
-                self.k_h, self.k_w, self.stride_h, self.stride_w, self.pad_h, self.pad_w, self.in_offset,
-                self.out_offset, self.act_min, self.act_max, int(self.bias is not None)]
+        head = [
+            self.kind,
+            self.batches,
+            self.in_h,
+            self.in_w,
+            self.in_c,
+            self.out_h,
+            self.out_w,
+            self.out_c,
+            self.k_h,
+            self.k_w,
+            self.stride_h,
+            self.stride_w,
+            self.pad_h,
+            self.pad_w,
+            self.in_offset,
+            self.out_offset,
+            self.act_min,
+            self.act_max,
+            int(self.bias is not None),
+        ]
         parts = [struct.pack(f"<{len(head)}i", *head), np.ascontiguousarray(self.weights, np.int8).tobytes()]
         if self.bias is not None:
             parts.append(np.ascontiguousarray(self.bias, "<i4").tobytes())
@@ -106,8 +125,7 @@ class MeanKernel:
     out_zp: int
 
     def pack(self):
-        return struct.pack("<9i", KIND_MEAN, 1, self.outer, self.axis, self.inner, self.in_zp, self.mult,
-                           self.shift, self.out_zp)
+        return struct.pack("<9i", KIND_MEAN, 1, self.outer, self.axis, self.inner, self.in_zp, self.mult, self.shift, self.out_zp)
 
 
 @dataclasses.dataclass
@@ -182,11 +200,30 @@ def conv_kernel(graph, op):
     mults, shifts = zip(*(quantize_multiplier(float(x.s) * float(s) / float(y.s)) for s in ws))
     act = getattr(opts, "fusedActivationFunction", 0)
     act_min, act_max = activation_range(act, y.s, y.zp, where)
-    return ConvKernel(kind, _pos(x.shape[0]), _pos(x.shape[1]), _pos(x.shape[2]), _pos(x.shape[3]), out_h, out_w,
-                      _pos(out_c), _pos(k_h), _pos(k_w), opts.strideH, opts.strideW, pad_h, pad_w, -x.zp, y.zp,
-                      act_min, act_max, np.asarray(w.data, np.int8),
-                      None if b is None else np.asarray(b.data, np.int32),
-                      np.asarray(mults, np.int32), np.asarray(shifts, np.int32))
+    return ConvKernel(
+        kind,
+        _pos(x.shape[0]),
+        _pos(x.shape[1]),
+        _pos(x.shape[2]),
+        _pos(x.shape[3]),
+        out_h,
+        out_w,
+        _pos(out_c),
+        _pos(k_h),
+        _pos(k_w),
+        opts.strideH,
+        opts.strideW,
+        pad_h,
+        pad_w,
+        -x.zp,
+        y.zp,
+        act_min,
+        act_max,
+        np.asarray(w.data, np.int8),
+        None if b is None else np.asarray(b.data, np.int32),
+        np.asarray(mults, np.int32),
+        np.asarray(shifts, np.int32),
+    )
 
 
 def average_pool_kernel(graph, op):
@@ -200,8 +237,22 @@ def average_pool_kernel(graph, op):
     opts = op.options
     out_h, out_w, pad_h, pad_w = _spatial(x, y, opts.filterHeight, opts.filterWidth, opts, where)
     act_min, act_max = activation_range(opts.fusedActivationFunction, y.s, y.zp, where)
-    return PoolKernel(_pos(x.shape[0]), _pos(x.shape[1]), _pos(x.shape[2]), _pos(x.shape[3]), out_h, out_w,
-                      opts.filterHeight, opts.filterWidth, opts.strideH, opts.strideW, pad_h, pad_w, act_min, act_max)
+    return PoolKernel(
+        _pos(x.shape[0]),
+        _pos(x.shape[1]),
+        _pos(x.shape[2]),
+        _pos(x.shape[3]),
+        out_h,
+        out_w,
+        opts.filterHeight,
+        opts.filterWidth,
+        opts.strideH,
+        opts.strideW,
+        pad_h,
+        pad_w,
+        act_min,
+        act_max,
+    )
 
 
 def mean_kernel(graph, op):
@@ -220,7 +271,7 @@ def mean_kernel(graph, op):
     m, sh = quantize_multiplier(float(x.s) / float(y.s))
     fold = min(count.bit_length() - 1, 32, 31 + sh)  # 63 - CountLeadingZeros(count), clamped as TFLM
     m, sh = (m << fold) // count, sh - fold
-    return MeanKernel(int(np.prod(x.shape[:axes[0]])), count, int(np.prod(x.shape[axes[-1] + 1:])), x.zp, m, sh, y.zp)
+    return MeanKernel(int(np.prod(x.shape[: axes[0]])), count, int(np.prod(x.shape[axes[-1] + 1 :])), x.zp, m, sh, y.zp)
 
 
 def prepare(graph, op):

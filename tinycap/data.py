@@ -34,7 +34,7 @@ import multiprocessing
 import re
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import av
 import numpy as np
@@ -54,7 +54,7 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".gif", ".m4v")
 class DataParams:
     source: Literal["synth", "msrvtt", "vatex"]  # synth renders clips; msrvtt/vatex index real ones
     annotations: Any  # real data: one JSON path, or {split: path}; ignored (null) for synth
-    videos_dir: Optional[str]  # real data: folder with <video_id>.<ext> files
+    videos_dir: str | None  # real data: folder with <video_id>.<ext> files
     videos_per_split: dict  # synth: {train: n, val: n, test: n, novel: n}
     size: int  # synth: frame side in pixels (even: yuv420p)
     fps: int  # synth: frames per second
@@ -183,30 +183,77 @@ DIRECTIONS = {
 VERBS = {
     "move_up": [("rises", "rising"), ("floats up", "floating up"), ("rises to the top", "rising to the top")],
     "move_down": [("falls", "falling"), ("drops down", "dropping down"), ("sinks to the bottom", "sinking to the bottom")],
-    "grow": [("grows", "growing"), ("gets bigger", "getting bigger"), ("grows larger", "growing larger"),
-             ("expands", "expanding"), ("becomes larger", "becoming larger"), ("increases in size", "increasing in size")],
-    "shrink": [("shrinks", "shrinking"), ("gets smaller", "getting smaller"), ("becomes smaller", "becoming smaller"),
-               ("contracts", "contracting"), ("decreases in size", "decreasing in size"), ("shrinks down", "shrinking down")],
-    "rotate": [("rotates", "rotating"), ("spins", "spinning"), ("turns around", "turning around"),
-               ("rotates in place", "rotating in place"), ("spins around", "spinning around")],
-    "bounce": [("bounces", "bouncing"), ("bounces up and down", "bouncing up and down"), ("hops", "hopping"),
-               ("jumps up and down", "jumping up and down"), ("keeps bouncing", "bouncing")],
-    "fade_in": [("fades in", "fading in"), ("slowly appears", "slowly appearing"),
-                ("gradually appears", "gradually appearing"), ("becomes visible", "becoming visible")],
-    "fade_out": [("fades out", "fading out"), ("slowly disappears", "slowly disappearing"),
-                 ("gradually vanishes", "gradually vanishing"), ("fades away", "fading away")],
-    "change_colour": [("turns {c}", "turning {c}"), ("becomes {c}", "becoming {c}"),
-                      ("changes colour to {c}", "changing colour to {c}"), ("changes to {c}", "changing to {c}")],
+    "grow": [
+        ("grows", "growing"),
+        ("gets bigger", "getting bigger"),
+        ("grows larger", "growing larger"),
+        ("expands", "expanding"),
+        ("becomes larger", "becoming larger"),
+        ("increases in size", "increasing in size"),
+    ],
+    "shrink": [
+        ("shrinks", "shrinking"),
+        ("gets smaller", "getting smaller"),
+        ("becomes smaller", "becoming smaller"),
+        ("contracts", "contracting"),
+        ("decreases in size", "decreasing in size"),
+        ("shrinks down", "shrinking down"),
+    ],
+    "rotate": [
+        ("rotates", "rotating"),
+        ("spins", "spinning"),
+        ("turns around", "turning around"),
+        ("rotates in place", "rotating in place"),
+        ("spins around", "spinning around"),
+    ],
+    "bounce": [
+        ("bounces", "bouncing"),
+        ("bounces up and down", "bouncing up and down"),
+        ("hops", "hopping"),
+        ("jumps up and down", "jumping up and down"),
+        ("keeps bouncing", "bouncing"),
+    ],
+    "fade_in": [
+        ("fades in", "fading in"),
+        ("slowly appears", "slowly appearing"),
+        ("gradually appears", "gradually appearing"),
+        ("becomes visible", "becoming visible"),
+    ],
+    "fade_out": [
+        ("fades out", "fading out"),
+        ("slowly disappears", "slowly disappearing"),
+        ("gradually vanishes", "gradually vanishing"),
+        ("fades away", "fading away"),
+    ],
+    "change_colour": [
+        ("turns {c}", "turning {c}"),
+        ("becomes {c}", "becoming {c}"),
+        ("changes colour to {c}", "changing colour to {c}"),
+        ("changes to {c}", "changing to {c}"),
+    ],
 }
 # two-object verb phrases: (plural, gerund)
 VERBS_PAIR = {
-    "approach": [("move toward each other", "moving toward each other"), ("approach each other", "approaching each other"),
-                 ("come together", "coming together"), ("get closer", "getting closer"),
-                 ("move closer together", "moving closer together")],
-    "separate": [("move apart", "moving apart"), ("move away from each other", "moving away from each other"),
-                 ("separate", "separating"), ("drift apart", "drifting apart"), ("get farther apart", "getting farther apart")],
-    "pass": [("pass each other", "passing each other"), ("cross paths", "crossing paths"),
-             ("move past each other", "moving past each other"), ("swap sides", "swapping sides")],
+    "approach": [
+        ("move toward each other", "moving toward each other"),
+        ("approach each other", "approaching each other"),
+        ("come together", "coming together"),
+        ("get closer", "getting closer"),
+        ("move closer together", "moving closer together"),
+    ],
+    "separate": [
+        ("move apart", "moving apart"),
+        ("move away from each other", "moving away from each other"),
+        ("separate", "separating"),
+        ("drift apart", "drifting apart"),
+        ("get farther apart", "getting farther apart"),
+    ],
+    "pass": [
+        ("pass each other", "passing each other"),
+        ("cross paths", "crossing paths"),
+        ("move past each other", "moving past each other"),
+        ("swap sides", "swapping sides"),
+    ],
 }
 
 
@@ -314,8 +361,21 @@ def _polygon(shape, radius, angle):
             r = 1.15 if k % 2 == 0 else 0.48
             pts.append((r * math.cos(a), r * math.sin(a)))
     elif shape == "cross":
-        w, l = 0.36, 1.0
-        pts = [(-w, -l), (w, -l), (w, -w), (l, -w), (l, w), (w, w), (w, l), (-w, l), (-w, w), (-l, w), (-l, -w), (-w, -w)]
+        w, arm = 0.36, 1.0
+        pts = [
+            (-w, -arm),
+            (w, -arm),
+            (w, -w),
+            (arm, -w),
+            (arm, w),
+            (w, w),
+            (w, arm),
+            (-w, arm),
+            (-w, w),
+            (-arm, w),
+            (-arm, -w),
+            (-w, -w),
+        ]
     else:
         raise ValueError(shape)
     c, s = math.cos(angle), math.sin(angle)
@@ -341,6 +401,7 @@ def _coverage(shape, cx, cy, radius, angle, size):
 
 def _background(rng, kind, size):
     """(size, size, 3) float32 background: muted, dark to mid tones so every object colour stands out."""
+
     def tone():
         base = rng.uniform(25, 110)
         return np.clip(base + rng.uniform(-20, 20, 3), 0, 255)
@@ -526,16 +587,18 @@ def synth_annotations(cfg, seed):
             if split == "train":
                 train_sets.add(attribute_set(scene))
             video_id = f"synth{n:05d}"
-            videos.append({
-                "video_id": video_id,
-                "split": split,
-                "path": f"clips/{video_id}.mp4",
-                "fps": cfg.fps,
-                "num_frames": n_frames,
-                "width": cfg.size,
-                "height": cfg.size,
-                **scene,
-            })
+            videos.append(
+                {
+                    "video_id": video_id,
+                    "split": split,
+                    "path": f"clips/{video_id}.mp4",
+                    "fps": cfg.fps,
+                    "num_frames": n_frames,
+                    "width": cfg.size,
+                    "height": cfg.size,
+                    **scene,
+                }
+            )
             sentences += [{"video_id": video_id, "caption": c} for c in captions_for(rng, scene, cfg.captions_per_video)]
             pixel_seeds.append([seed, n])
             n += 1
@@ -549,9 +612,10 @@ def render_synth(cfg, seed, out_dir, workers=2):
     out_dir = Path(out_dir)
     index, pixel_seeds = synth_annotations(cfg, seed)
     (out_dir / "clips").mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out_dir / v["path"]), {k: v[k] for k in ("action", "objects", "background")},
-             s, cfg.size, v["num_frames"], cfg.fps)
-            for v, s in zip(index["videos"], pixel_seeds)]
+    jobs = [
+        (str(out_dir / v["path"]), {k: v[k] for k in ("action", "objects", "background")}, s, cfg.size, v["num_frames"], cfg.fps)
+        for v, s in zip(index["videos"], pixel_seeds)
+    ]
     bar = dict(total=len(jobs), desc="synth_videos", unit="clip", mininterval=1.0)
     if workers > 1:
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
@@ -624,8 +688,7 @@ def _vatex_split_from_name(path):
     for key, split in (("train", "train"), ("val", "val"), ("test", "test")):
         if key in name:
             return split
-    raise TinyCapError(path, "cannot tell the split from the file name (train/val/test); "
-                             "give data.annotations as {split: path}")
+    raise TinyCapError(path, "cannot tell the split from the file name (train/val/test); give data.annotations as {split: path}")
 
 
 def parse_vatex(path, split=None):
@@ -686,8 +749,13 @@ def index_real(cfg, out_dir):
             index["sentences"] += [{"video_id": vid, "caption": c} for c in captions[vid]]
     if missing:
         shown = ", ".join(m["video_id"] for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
-        log.warning("%d of %d annotated videos have no file in %s (listed in missing.json): %s",
-                    len(missing), len(seen), videos_dir, shown)
+        log.warning(
+            "%d of %d annotated videos have no file in %s (listed in missing.json): %s",
+            len(missing),
+            len(seen),
+            videos_dir,
+            shown,
+        )
     if not index["videos"]:
         raise TinyCapError(videos_dir, f"none of the {len(seen)} annotated videos has a file here")
     out_dir = Path(out_dir)
@@ -738,6 +806,8 @@ def summary(index):
         if name != "train":
             out["splits"][name]["attribute_sets_in_train"] = len(split_sets & sets.get("train", set()))
     if synthetic:
-        out["method"] = ("attribute set = action, background and each object's colour, end colour, shape and size; "
-                         "test clips are redrawn until their set is not a train clip's")
+        out["method"] = (
+            "attribute set = action, background and each object's colour, end colour, shape and size; "
+            "test clips are redrawn until their set is not a train clip's"
+        )
     return out

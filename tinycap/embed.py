@@ -51,8 +51,13 @@ def find_videos(inputs):
     videos, missing, seen, files = [], [], set(), set()
     for given in map(Path, inputs):
         if given.is_dir():
-            found = sorted(p for p in given.rglob("*") if p.suffix.lower() in VIDEO_EXTS and p.is_file()
-                           and not any(part.startswith(".") for part in p.relative_to(given).parts))
+            found = sorted(
+                p
+                for p in given.rglob("*")
+                if p.suffix.lower() in VIDEO_EXTS
+                and p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(given).parts)
+            )
             pairs = [(p.relative_to(given).as_posix(), p) for p in found]
         elif given.exists() or given.is_symlink():
             pairs = [(given.name, given)]
@@ -172,8 +177,12 @@ def write_output(out, fmt, config, entries, failures):
             for e in entries:
                 name = _npy_name(e["video_id"])
                 np.save(tmp / name, e["frame_emb"].astype(np.float32))
-                index.append({**{k: e[k] for k in meta_keys}, "file": name, "timestamps_s": [float(t) for t in e["timestamps_s"]]})
-            (tmp / "index.json").write_text(json.dumps({"config": config, "videos": index, "failures": failures}, indent=1) + "\n")
+                index.append(
+                    {**{k: e[k] for k in meta_keys}, "file": name, "timestamps_s": [float(t) for t in e["timestamps_s"]]}
+                )
+            (tmp / "index.json").write_text(
+                json.dumps({"config": config, "videos": index, "failures": failures}, indent=1) + "\n"
+            )
         else:
             videos = [
                 {
@@ -199,8 +208,15 @@ def read_output(out, fmt):
                 strs = {k: [s.decode() if isinstance(s, bytes) else s for s in f[k][:]] for k in ("video_id", "path", "key")}
                 fe, ts, size, mtime = f["frame_emb"][:], f["timestamps_s"][:], f["size"][:], f["mtime_ns"][:]
             rows = [
-                {"video_id": strs["video_id"][i], "path": strs["path"][i], "key": strs["key"][i], "size": int(size[i]),
-                 "mtime_ns": int(mtime[i]), "frame_emb": fe[i], "timestamps_s": ts[i]}
+                {
+                    "video_id": strs["video_id"][i],
+                    "path": strs["path"][i],
+                    "key": strs["key"][i],
+                    "size": int(size[i]),
+                    "mtime_ns": int(mtime[i]),
+                    "frame_emb": fe[i],
+                    "timestamps_s": ts[i],
+                }
                 for i in range(len(fe))
             ]
         else:
@@ -208,10 +224,14 @@ def read_output(out, fmt):
             config, rows = index["config"], []
             for v in index["videos"]:
                 fe = np.load(out / v["file"]) if fmt == "npy" else np.asarray(v["frame_emb"], np.float32)
-                rows.append({k: v[k] for k in ("video_id", "path", "key", "size", "mtime_ns")}
-                            | {"frame_emb": fe, "timestamps_s": np.asarray(v["timestamps_s"], np.float32)})
+                rows.append(
+                    {k: v[k] for k in ("video_id", "path", "key", "size", "mtime_ns")}
+                    | {"frame_emb": fe, "timestamps_s": np.asarray(v["timestamps_s"], np.float32)}
+                )
     except (OSError, KeyError, ValueError, TypeError) as e:
-        raise TinyCapError(out, f"exists but is not a {fmt} embeddings output ({type(e).__name__}); move it away or pick another --out") from None
+        raise TinyCapError(
+            out, f"exists but is not a {fmt} embeddings output ({type(e).__name__}); move it away or pick another --out"
+        ) from None
     return config, {r["key"]: r for r in rows}
 
 
@@ -231,7 +251,12 @@ def embed_videos(inputs, out, encoder, num_frames, fmt="h5", batch_frames=64, pr
         raise TinyCapError("--num-frames", f"must be >= 1, got {num_frames}")
     t0 = time.perf_counter()
     out = Path(out)
-    config = {"clip": clip_fingerprint(encoder.clip_dir), "num_frames": int(num_frames), "frame_size": int(encoder.frame_size), "dim": int(encoder.dim)}
+    config = {
+        "clip": clip_fingerprint(encoder.clip_dir),
+        "num_frames": int(num_frames),
+        "frame_size": int(encoder.frame_size),
+        "dim": int(encoder.dim),
+    }
     videos, failures = find_videos(inputs)
     old_config, done = read_output(out, fmt)
     if old_config is not None and old_config != config:

@@ -48,7 +48,6 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import h5py
 import numpy as np
@@ -77,7 +76,7 @@ class EncoderParams:  # params.yaml `encoder:` (distill_encoder)
     input_size: int = 32  # side of the student's input, <= frames.size (smaller: frames resized in the stage)
     stem: int = 24  # channels of the stride-2 3x3 stem conv
     blocks: list[list[int]] = field(default_factory=lambda: [[48, 1], [64, 2], [64, 1], [128, 2], [128, 1]])  # [channels, stride]
-    dim: Optional[int] = None  # embedding size; null = the teacher's D (clip.h5 frame_emb), any other value must equal it
+    dim: int | None = None  # embedding size; null = the teacher's D (clip.h5 frame_emb), any other value must equal it
     epochs: int = 15  # passes over all train frames; the epoch with the best val cosine is kept
     batch_size: int = 64  # frames per step
     lr: float = 0.004  # AdamW peak, linear warmup then cosine decay
@@ -147,8 +146,17 @@ class Encoder(nn.Module):
 
 
 def check_config(cfg, where="encoder config"):
-    bad = [b for b in cfg.blocks if not (isinstance(b, (list, tuple)) and len(b) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in b) and b[0] > 0 and b[1] in (1, 2))]
+    bad = [
+        b
+        for b in cfg.blocks
+        if not (
+            isinstance(b, (list, tuple))
+            and len(b) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in b)
+            and b[0] > 0
+            and b[1] in (1, 2)
+        )
+    ]
     if bad:
         raise TinyCapError(where, f"blocks must be [channels > 0, stride 1|2] pairs, got {bad[0]!r}")
     for name in ("input_size", "stem", "dim", "stem_stride"):
@@ -245,11 +253,15 @@ def check_frames_file(path, frames_size, emb):
     if len(shape) != 5 or shape[-1] != 3 or dtype != np.uint8:
         raise TinyCapError(path, f"frames must be uint8 [V,T,S,S,3] RGB, got {dtype} {list(shape)}")
     if shape[2] != frames_size or shape[3] != frames_size:
-        raise TinyCapError(path, f"frames are {shape[2]}x{shape[3]} px but params frames.size is {frames_size} "
-                           "(rerun sample_frames)")
+        raise TinyCapError(
+            path, f"frames are {shape[2]}x{shape[3]} px but params frames.size is {frames_size} (rerun sample_frames)"
+        )
     if list(shape[:2]) != list(emb.frame_emb.shape[:2]) or video_id != list(emb.video_id):
-        raise TinyCapError(path, f"videos/frames {list(shape[:2])} do not match the teacher embeddings "
-                           f"{list(emb.frame_emb.shape[:2])} (rerun clip_embed)")
+        raise TinyCapError(
+            path,
+            f"videos/frames {list(shape[:2])} do not match the teacher embeddings "
+            f"{list(emb.frame_emb.shape[:2])} (rerun clip_embed)",
+        )
     return shape
 
 
@@ -263,7 +275,7 @@ def read_frames(path, rows, size, chunk=256):
         runs = np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1) if len(rows) else []  # consecutive rows
         for run in runs:
             for a in range(0, len(run), chunk):
-                block = ds[run[a]:run[a] + len(run[a:a + chunk])]  # (b, T, S, S, 3): one contiguous read
+                block = ds[run[a] : run[a] + len(run[a : a + chunk])]  # (b, T, S, S, 3): one contiguous read
                 small = resize_frames(block.reshape(-1, *block.shape[2:]), size)
                 out.append(small.reshape(len(block), T, size, size, 3))
     return np.concatenate(out) if out else np.zeros((0, 0, size, size, 3), np.uint8)
@@ -297,7 +309,7 @@ def translate(pixels, shift, gen):
     B, S = pixels.shape[:2]
     padded = F.pad(pixels.permute(0, 3, 1, 2).float(), (shift, shift, shift, shift), mode="replicate")
     dy, dx = torch.randint(0, 2 * shift + 1, (2, B), generator=gen)
-    out = torch.stack([padded[b, :, dy[b]:dy[b] + S, dx[b]:dx[b] + S] for b in range(B)])
+    out = torch.stack([padded[b, :, dy[b] : dy[b] + S, dx[b] : dx[b] + S] for b in range(B)])
     return out.permute(0, 2, 3, 1)
 
 
@@ -306,8 +318,10 @@ def embed_pixels(model, pixels, batch_size=256):
     """uint8 (N, S, S, 3) -> float32 (N, D) L2-normalised, eval mode."""
     was = model.training
     model.eval()
-    out = [model(torch.from_numpy(np.ascontiguousarray(pixels[i:i + batch_size]))).numpy()
-           for i in range(0, len(pixels), batch_size)]
+    out = [
+        model(torch.from_numpy(np.ascontiguousarray(pixels[i : i + batch_size]))).numpy()
+        for i in range(0, len(pixels), batch_size)
+    ]
     model.train(was)
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, model.cfg.dim), np.float32)
 
@@ -335,7 +349,7 @@ def train(model, pixels, targets, val_pixels, val_targets, p: EncoderParams, see
         perm = torch.randperm(len(x), generator=gen)
         losses = []
         for i in range(steps_per_epoch):
-            idx = perm[i * p.batch_size:(i + 1) * p.batch_size]
+            idx = perm[i * p.batch_size : (i + 1) * p.batch_size]
             if len(idx) < 2:
                 continue  # BatchNorm needs two frames
             for g in opt.param_groups:
@@ -348,8 +362,13 @@ def train(model, pixels, targets, val_pixels, val_targets, p: EncoderParams, see
             step += 1
         val = float((embed_pixels(model, val_pixels) * val_targets).sum(1).mean()) if len(val_pixels) else -float(epoch)
         history.append(round(val, 5))
-        log.info("epoch %d loss %.4f val cosine %.4f (%.0f s)", epoch + 1, np.mean(losses) if losses else float("nan"),
-                 val, time.time() - t0)
+        log.info(
+            "epoch %d loss %.4f val cosine %.4f (%.0f s)",
+            epoch + 1,
+            np.mean(losses) if losses else float("nan"),
+            val,
+            time.time() - t0,
+        )
         if val > best:
             best, best_epoch = val, epoch + 1
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -357,8 +376,13 @@ def train(model, pixels, targets, val_pixels, val_targets, p: EncoderParams, see
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return {"best_epoch": best_epoch if best_state is not None else 0, "val_cosine_per_epoch": history,
-            "steps": step, "train_seconds": train_seconds, "start_val_cosine": start}
+    return {
+        "best_epoch": best_epoch if best_state is not None else 0,
+        "val_cosine_per_epoch": history,
+        "steps": step,
+        "train_seconds": train_seconds,
+        "start_val_cosine": start,
+    }
 
 
 # ----------------------------------------------------------------------------- TensorFlow mirror and int8
@@ -392,8 +416,10 @@ class TFEncoder:
 
         self.tf = tf
         self.size = model.cfg.input_size
-        self.layers = [(kind, tf.constant(w.astype(np.float32)), tf.constant(b.astype(np.float32)), s)
-                       for kind, w, b, s in folded_layers(model)]
+        self.layers = [
+            (kind, tf.constant(w.astype(np.float32)), tf.constant(b.astype(np.float32)), s)
+            for kind, w, b, s in folded_layers(model)
+        ]
 
     def features(self, q):
         """q (B, S, S, 3) -> the last block's feature map (B, S', S', C)."""
@@ -435,7 +461,7 @@ def convert_int8(mirror, calibration):
         q[0, 0, 0, 0], q[0, 0, 1, 0] = -128.0, 127.0
     conv = tf.lite.TFLiteConverter.from_concrete_functions([mirror.concrete()], tf.Module())
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ({"pixels": q[i:i + 1]} for i in range(len(q)))
+    conv.representative_dataset = lambda: ({"pixels": q[i : i + 1]} for i in range(len(q)))
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
@@ -457,9 +483,15 @@ def graph_info(data):
     it = _tflite_interpreter(data)
     ops = sorted({op["op_name"] for op in it._get_ops_details()})
     (inp,), (out,) = it.get_input_details(), it.get_output_details()
-    io = {name: {"scale": float(d["quantization"][0]), "zero_point": int(d["quantization"][1]),
-                 "dtype": np.dtype(d["dtype"]).name, "shape": [int(s) for s in d["shape"]]}
-          for name, d in (("input", inp), ("output", out))}
+    io = {
+        name: {
+            "scale": float(d["quantization"][0]),
+            "zero_point": int(d["quantization"][1]),
+            "dtype": np.dtype(d["dtype"]).name,
+            "shape": [int(s) for s in d["shape"]],
+        }
+        for name, d in (("input", inp), ("output", out))
+    }
     return ops, io
 
 
@@ -485,8 +517,10 @@ def run_tflm(data, pixels, cfg):
         it.invoke()
         y = np.array(it.get_output(0), np.float32)
         if y.shape != (1, cfg.dim):
-            raise TinyCapError("encoder int8 graph", f"TFLM output has shape {list(y.shape)}, expected [1, {cfg.dim}] "
-                               f"(tf.lite reads {io['output']['shape']})")
+            raise TinyCapError(
+                "encoder int8 graph",
+                f"TFLM output has shape {list(y.shape)}, expected [1, {cfg.dim}] (tf.lite reads {io['output']['shape']})",
+            )
         out.append((y[0] - zp) * scale)
     return np.stack(out) if out else np.zeros((0, cfg.dim), np.float32)
 
@@ -537,11 +571,15 @@ def export_int8(model, calibration, val_pixels, val_teacher):
 def resolve_config(p: EncoderParams, teacher_dim, frames_size, emb_path):
     """EncoderConfig from params and the teacher; one line when they disagree."""
     if p.dim is not None and p.dim != teacher_dim:
-        raise TinyCapError("params.yaml: encoder.dim", f"{p.dim} but the teacher embeddings in {emb_path} have "
-                           f"D = {teacher_dim} (set encoder.dim: null or {teacher_dim})")
+        raise TinyCapError(
+            "params.yaml: encoder.dim",
+            f"{p.dim} but the teacher embeddings in {emb_path} have D = {teacher_dim} (set encoder.dim: null or {teacher_dim})",
+        )
     if p.input_size > frames_size:
-        raise TinyCapError("params.yaml: encoder.input_size", f"{p.input_size} is larger than frames.size "
-                           f"{frames_size} (the student only downsizes)")
+        raise TinyCapError(
+            "params.yaml: encoder.input_size",
+            f"{p.input_size} is larger than frames.size {frames_size} (the student only downsizes)",
+        )
     for name in ("epochs", "batch_size", "calibration_frames", "tflm_frames"):
         if getattr(p, name) < (0 if name == "epochs" else 1):
             raise TinyCapError(f"params.yaml: encoder.{name}", f"must be positive, got {getattr(p, name)}")
@@ -566,8 +604,15 @@ def run(frames_path, emb_path, out_dir, p: EncoderParams, frames_size, seed=0):
     val_pix = read_frames(frames_path, val_rows, S).reshape(-1, S, S, 3)
     train_t = emb.frame_emb[train_rows].reshape(-1, D)
     val_t = emb.frame_emb[val_rows].reshape(-1, D)
-    log.info("student: %d params, %d MACs/frame, %d train / %d val frames of %dx%d", sum(
-        x.numel() for x in model.parameters()), count_macs(cfg), len(train_pix), len(val_pix), S, S)
+    log.info(
+        "student: %d params, %d MACs/frame, %d train / %d val frames of %dx%d",
+        sum(x.numel() for x in model.parameters()),
+        count_macs(cfg),
+        len(train_pix),
+        len(val_pix),
+        S,
+        S,
+    )
     fit = train(model, train_pix, train_t, val_pix, val_t, p, seed)
 
     student = np.zeros((V, T, D), np.float32)  # every clip, read in chunks (224 px frames do not fit at once)
@@ -611,30 +656,38 @@ def run(frames_path, emb_path, out_dir, p: EncoderParams, frames_size, seed=0):
         metrics["int8"] = int8_metrics
     metrics["method"] = {
         "params_count": "trainable PyTorch parameters (BatchNorm gamma/beta included); params_count_folded: "
-                        "weights + biases of the exported graph after folding BatchNorm",
+        "weights + biases of the exported graph after folding BatchNorm",
         "macs_per_frame": "counted from the architecture: conv n_out^2*C_out*C_in*k^2, depthwise n_out^2*C*k^2, "
-                          "pointwise n_out^2*C_in*C_out, linear C*D (TF SAME, n_out = ceil(n_in/stride)); pooling, "
-                          "biases, activations and the L2 norm not counted",
+        "pointwise n_out^2*C_in*C_out, linear C*D (TF SAME, n_out = ceil(n_in/stride)); pooling, "
+        "biases, activations and the L2 norm not counted",
         "cosine_to_teacher": "mean over every frame of the split of cos(student frame embedding, CLIP frame_emb)",
         "retrieval": "text->video within the split: CLIP caption text_emb against the mean of the L2-normalised "
-                     "frame embeddings of each clip, student vs CLIP's own (tinycap.retrieval, R@K in %); "
-                     "order_dependent_forward_%: share of the captions of order-dependent clips closer to the "
-                     "late-weighted (weights 0..T-1) than to the early-weighted pooling of the clip's frames (50 = blind "
-                     "to frame order, as in metrics/clip.json)",
+        "frame embeddings of each clip, student vs CLIP's own (tinycap.retrieval, R@K in %); "
+        "order_dependent_forward_%: share of the captions of order-dependent clips closer to the "
+        "late-weighted (weights 0..T-1) than to the early-weighted pooling of the clip's frames (50 = blind "
+        "to frame order, as in metrics/clip.json)",
         "epoch": "the epoch with the best mean val cosine is kept (test never used for selection)",
         "train_seconds": f"wall time of the training loop with {torch.get_num_threads()} torch thread(s), "
-                         "excluding reading frames and the int8 export",
+        "excluding reading frames and the int8 export",
         "int8": "folded student rebuilt in TF (float parity: max |diff| of embeddings vs PyTorch on 16 val frames), "
-                "full-integer PTQ calibrated on calibration_frames train frames spread over the split, int8 input = "
-                "pixel - 128 (scale 1, zero point 0), run frame by frame in tflite_micro.runtime on tflm_frames val "
-                "frames spread over the split; cosines of its dequantised output to the float student and CLIP",
+        "full-integer PTQ calibrated on calibration_frames train frames spread over the split, int8 input = "
+        "pixel - 128 (scale 1, zero point 0), run frame by frame in tflite_micro.runtime on tflm_frames val "
+        "frames spread over the split; cosines of its dequantised output to the float student and CLIP",
     }
 
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        torch.save(encoder_checkpoint(model, step=fit["steps"], epoch=fit["best_epoch"], seed=seed,
-                                      val_cosine=metrics.get("val", {}).get("cosine_to_teacher")), tmp / CHECKPOINT_FILE)
+        torch.save(
+            encoder_checkpoint(
+                model,
+                step=fit["steps"],
+                epoch=fit["best_epoch"],
+                seed=seed,
+                val_cosine=metrics.get("val", {}).get("cosine_to_teacher"),
+            ),
+            tmp / CHECKPOINT_FILE,
+        )
         write_student_embeddings(tmp / EMBEDDINGS_FILE, student, emb_path)
         if tflite is not None:
             (tmp / TFLITE_FILE).write_bytes(tflite)

@@ -4,13 +4,11 @@ it (`action_named`, see action_classifier): the slot CIDEr averages over with th
 """
 
 import base64
-import functools
 import html
 import io
 import logging
 import math
 import re
-import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +47,9 @@ def load_int8_captions(path):
     if not path.is_file():
         return None
     data = read_json(path)
-    ok = isinstance(data, dict) and all(isinstance(v, dict) and all(isinstance(c, str) for c in v.values()) for v in data.values())
+    ok = isinstance(data, dict) and all(
+        isinstance(v, dict) and all(isinstance(c, str) for c in v.values()) for v in data.values()
+    )
     if not ok:
         raise TinyCapError(path, "expected {split: {video_id: caption}}")
     return {vid: cap for split in data.values() for vid, cap in split.items()}
@@ -94,7 +94,12 @@ def action_classifier(annotations_path):
 
     def classify(caption):
         known = [w for w in words(caption) if total[w]]
-        return max(actions, key=lambda a: sum(math.log((per_action[a][w] + 0.1) / (n[a] + 1)) - math.log((total[w] + 0.1) / (count + 1)) for w in known))
+        return max(
+            actions,
+            key=lambda a: sum(
+                math.log((per_action[a][w] + 0.1) / (n[a] + 1)) - math.log((total[w] + 0.1) / (count + 1)) for w in known
+            ),
+        )
 
     return classify, {vid: v["action"] for vid, v in videos.items()}
 
@@ -149,7 +154,9 @@ def write_report(path, clips, frames_path, notes):
             parts.append(f"<tr><td class='w'>reference</td><td class='w'>{html.escape(r)}</td></tr>")
         parts.append("</table></div>")
     if notes:
-        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in notes.items()) + "</ul>")
+        parts.append(
+            "<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in notes.items()) + "</ul>"
+        )
     parts.append("</body></html>")
     Path(path).write_text("\n".join(parts))
 
@@ -183,13 +190,17 @@ def evaluate(emb_path, annotations_path, frames_path, guide_dir, microcap_dir, i
             "microcap_fp32": {emb.video_id[r]: c for r, c in microcap_mod.decode_rows(student, frames, rows, vocab).items()},
         }
         if guide.beam > 1:  # the guide decoded like MicroCap (greedy): the like-for-like comparison
-            preds["guide_greedy"] = {emb.video_id[r]: c for r, c in guide_mod.decode_rows(guide, memory, rows, vocab, beam=1).items()}
+            preds["guide_greedy"] = {
+                emb.video_id[r]: c for r, c in guide_mod.decode_rows(guide, memory, rows, vocab, beam=1).items()
+            }
         if int8 is not None:
             have = {v: int8[v] for v in refs if v in int8}
             if len(have) == len(refs):
                 preds["microcap_int8_tflm"] = have
             else:
-                notes[f"microcap_int8_tflm.{split}"] = f"captions_tflm.json covers {len(have)} of {len(refs)} {split} clips: not scored"
+                notes[f"microcap_int8_tflm.{split}"] = (
+                    f"captions_tflm.json covers {len(have)} of {len(refs)} {split} clips: not scored"
+                )
         with torch.no_grad():
             weights = student.encode(frames[torch.as_tensor(rows)])[2].numpy()  # (N, T)
         for variant, pred in preds.items():
@@ -220,7 +231,9 @@ def evaluate(emb_path, annotations_path, frames_path, guide_dir, microcap_dir, i
                           "predictions": {k: v[vid] for k, v in preds.items()}})  # fmt: skip
     for variant in VARIANTS:
         if variant not in metrics:
-            notes.setdefault(variant, "the guide decodes greedily (guide.beam 1): see guide" if variant == "guide_greedy" else "not scored")
+            notes.setdefault(
+                variant, "the guide decodes greedily (guide.beam 1): see guide" if variant == "guide_greedy" else "not scored"
+            )
     for teacher in ("guide", "guide_greedy"):
         if teacher not in metrics:
             continue

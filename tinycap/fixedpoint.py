@@ -62,6 +62,7 @@ def multiply_by_quantized_multiplier(x, mult, shift):
 
 def activation_range(act, scale, zp, where):
     """CalculateActivationRangeQuantized for int8."""
+
     def q(f):
         return zp + _round(float(np.float32(f) / np.float32(scale)))
 

@@ -151,9 +151,15 @@ def sample_frames(annotations_path, out_dir, num_frames, size, max_failure_ratio
             results = map(_sample_job, jobs)
         with h5py.File(tmp / "frames.h5", "w") as f:
             # one chunk per video; gzip level 1 keeps synthetic clips at about a quarter of their raw size
-            frames = f.create_dataset("frames", (n, num_frames, size, size, 3), np.uint8,
-                                      maxshape=(None, num_frames, size, size, 3), chunks=(1, num_frames, size, size, 3),
-                                      compression="gzip", compression_opts=1)
+            frames = f.create_dataset(
+                "frames",
+                (n, num_frames, size, size, 3),
+                np.uint8,
+                maxshape=(None, num_frames, size, size, 3),
+                chunks=(1, num_frames, size, size, 3),
+                compression="gzip",
+                compression_opts=1,
+            )
             stamps = f.create_dataset("timestamps_s", (n, num_frames), np.float32, maxshape=(None, num_frames))
             progress = tqdm(results, total=n, desc="sample_frames", unit="video", mininterval=1.0)
             for v, (clip, ts, reason) in zip(videos, progress):
@@ -175,8 +181,15 @@ def sample_frames(annotations_path, out_dir, num_frames, size, max_failure_ratio
         write_json(tmp / "failures.json", failures)
     seconds = time.perf_counter() - t0
     summary = {"videos": len(ids), "failures": len(failures), "frames": len(ids) * num_frames, "seconds": seconds}
-    log.info("sampled %d frames from %d videos in %.1f s with %d worker(s) (%.0f frames/s); %d failed",
-             summary["frames"], len(ids), seconds, workers, summary["frames"] / max(seconds, 1e-9), len(failures))
+    log.info(
+        "sampled %d frames from %d videos in %.1f s with %d worker(s) (%.0f frames/s); %d failed",
+        summary["frames"],
+        len(ids),
+        seconds,
+        workers,
+        summary["frames"] / max(seconds, 1e-9),
+        len(failures),
+    )
     return summary
 
 
@@ -263,8 +276,7 @@ class _Video:
             return header
         step_s = (self.step or 0) * self.tb
         if own and end < header - max(2 * step_s, header / 20):
-            raise TinyCapError(self.path, f"truncated: video data ends at {float(end):.2f} s, "
-                                          f"header says {float(header):.2f} s")
+            raise TinyCapError(self.path, f"truncated: video data ends at {float(end):.2f} s, header says {float(header):.2f} s")
         return end
 
     def _packets_end(self, seek_to):
@@ -387,8 +399,7 @@ class _Video:
         if target >= pts + 2 * shown + 1:
             end = float((pts + shown - self.start) * self.tb)
             want = float((target - self.start) * self.tb)
-            raise TinyCapError(self.path, f"truncated: video data ends at {end:.2f} s, "
-                                          f"header says at least {want:.2f} s")
+            raise TinyCapError(self.path, f"truncated: video data ends at {end:.2f} s, header says at least {want:.2f} s")
         return self._prev
 
     def _to_rgb(self, frame, size):
@@ -396,9 +407,15 @@ class _Video:
         sar = self.stream.sample_aspect_ratio
         width = frame.width * sar if sar and sar > 0 else frame.width
         nw, nh = _scaled_size(width, frame.height, size)
-        rgb = self.reformatter.reformat(frame, width=nw, height=nh, format="rgb24",
-                                        interpolation=Interpolation.BILINEAR,
-                                        src_color_range=frame.color_range, threads=1)
+        rgb = self.reformatter.reformat(
+            frame,
+            width=nw,
+            height=nh,
+            format="rgb24",
+            interpolation=Interpolation.BILINEAR,
+            src_color_range=frame.color_range,
+            threads=1,
+        )
         return _display_orientation(_centre_crop(rgb.to_ndarray(), size), frame)
 
 
@@ -431,7 +448,7 @@ def _open_failure(head, error):
     """One-line reason for a file ffmpeg cannot open, from its first bytes."""
     detail = error.strerror or str(error)
     for offset, magic, name in _SIGNATURES:
-        if head[offset:offset + len(magic)] == magic:
+        if head[offset : offset + len(magic)] == magic:
             return f"truncated or corrupt {name} file ({detail})"
     if b"\0" not in head:
         try:
@@ -454,9 +471,9 @@ def _display_orientation(arr, frame):
     m = np.frombuffer(bytes(side), "<i4")[[0, 1, 3, 4]] / 65536.0
     a, b, c, d = np.round(m / max(np.abs(m).max(), 1e-9)).astype(int)
     if b == c == 0 and abs(a) == abs(d) == 1:
-        out = arr[:: d, :: a]
+        out = arr[::d, ::a]
     elif a == d == 0 and abs(b) == abs(c) == 1:
-        out = arr.transpose(1, 0, 2)[:: b, :: c]
+        out = arr.transpose(1, 0, 2)[::b, ::c]
     else:
         out = np.rot90(arr, round(frame.rotation / 90) % 4)  # counter-clockwise quarter turns
     return np.ascontiguousarray(out)
@@ -471,7 +488,7 @@ def _scaled_size(width, height, size):
 def _centre_crop(arr, size):
     h, w = arr.shape[:2]
     y, x = (h - size) // 2, (w - size) // 2
-    return arr[y:y + size, x:x + size]
+    return arr[y : y + size, x : x + size]
 
 
 def _read_video_list(annotations_path):
@@ -485,12 +502,13 @@ def _read_video_list(annotations_path):
         missing = [k for k in ("video_id", "split", "path") if not isinstance(v, dict) or k not in v]
         if missing:
             raise TinyCapError(annotations_path, f"videos[{i}]: missing key(s) {', '.join(missing)}")
-        out.append({"video_id": str(v["video_id"]), "split": str(v["split"]),
-                    "file": annotations_path.parent / v["path"]})
+        out.append({"video_id": str(v["video_id"]), "split": str(v["split"]), "file": annotations_path.parent / v["path"]})
     return out
 
 
 def _too_many(failures, n, max_failure_ratio):
     first = failures[0]
-    return (f"{len(failures)} of {n} videos failed, more than frames.max_failure_ratio={max_failure_ratio} "
-            f"(first: {first['path']}: {first['reason']})")
+    return (
+        f"{len(failures)} of {n} videos failed, more than frames.max_failure_ratio={max_failure_ratio} "
+        f"(first: {first['path']}: {first['reason']})"
+    )

@@ -33,7 +33,9 @@ def tflite_interpreter(model_bytes):
     """tf.lite.Interpreter of .tflite bytes (the reference int8 runtime next to TFLM), not yet allocated."""
     import tensorflow as tf
 
-    with warnings.catch_warnings():  # tf.lite.Interpreter warns it moves to ai_edge_litert, also under pytest (which resets filters)
+    with (
+        warnings.catch_warnings()
+    ):  # tf.lite.Interpreter warns it moves to ai_edge_litert, also under pytest (which resets filters)
         warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
         return tf.lite.Interpreter(model_content=model_bytes)
 
@@ -82,8 +84,11 @@ def check_shared_quant(quant, where):
     for a, b in pairs:
         qa, qb = q(*a), q(*b)
         if not same_quantisation(qa, qb):
-            raise TinyCapError(where, f"quantisation of {a[0]}.{a[2]} ({qa['scale']}, {qa['zero_point']}) differs from "
-                                      f"{b[0]}.{b[2]} ({qb['scale']}, {qb['zero_point']})")
+            raise TinyCapError(
+                where,
+                f"quantisation of {a[0]}.{a[2]} ({qa['scale']}, {qa['zero_point']}) differs from "
+                f"{b[0]}.{b[2]} ({qb['scale']}, {qb['zero_point']})",
+            )
 
 
 # ----------------------------------------------------------------------------------------------

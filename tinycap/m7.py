@@ -22,7 +22,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 
@@ -32,16 +32,26 @@ from tinycap.errors import TinyCapError
 from tinycap.int8 import quantize_frames, tflm_reference
 from tinycap.io import read_json
 from tinycap.tflite import graph_macs, vocab_rows
-from tinycap.toolchain import (QEMU_ELF, STM32_ELF, build_calib, build_host, build_plugin, elf_sizes, require_tools,
-                               run_host, run_tool)
+from tinycap.toolchain import (
+    QEMU_ELF,
+    STM32_ELF,
+    build_calib,
+    build_host,
+    build_plugin,
+    elf_sizes,
+    require_tools,
+    run_host,
+    run_tool,
+)
 
 log = logging.getLogger(__name__)
 
 # Functions of firmware/m7/main.c, marker.c and semihost.c that run between two tc_mark() calls: the
 # call into tc_caption() and back, and the step callback printing the logits (with -l) and the console
 # functions it calls. They are the harness, not the inference, so they are not counted.
-HARNESS_SYMBOLS = frozenset({"main", "run", "caption_clip", "tc_mark", "print_step_logits", "out_str", "out_u32",
-                             "out_flush", "sh_write0", "sh_call"})
+HARNESS_SYMBOLS = frozenset(
+    {"main", "run", "caption_clip", "tc_mark", "print_step_logits", "out_str", "out_u32", "out_flush", "sh_write0", "sh_call"}
+)
 # The firmware's input buffer (firmware/m7/main.c): one clip of int8 frame embeddings, in .bss.
 INPUT_BUFFER = "tc_input_frames"
 
@@ -55,7 +65,7 @@ class M7Params:
     cycle_model: Literal["llvm-mca", "cpi"] = "llvm-mca"  # llvm-mca: per executed block, Cortex-M7 model
     splits: list[str] = field(default_factory=lambda: ["test", "novel"])  # clips captioned under QEMU
     timeout_s: int = 600  # wall-clock limit of one QEMU run
-    scale_vocab_size: Optional[int] = 5000  # also model a MicroCap with this vocabulary (MSR-VTT sized); null: off
+    scale_vocab_size: int | None = 5000  # also model a MicroCap with this vocabulary (MSR-VTT sized); null: off
 
 
 # ---------------------------------------------------------------------------------------- symbols
@@ -133,8 +143,11 @@ def run_qemu(elf, clips, workdir, plugin, timeout_s=600, logits=False):
     n = len(clips)
     if sorted(tokens) != list(range(n)) or sorted(captions) != list(range(n)):
         raise TinyCapError(elf, f"firmware printed results for {len(tokens)} of {n} clips")
-    result.update(tokens=[tokens[i] for i in range(n)], captions=[captions[i] for i in range(n)],
-                  logits=_parse_logits(out, n, elf) if logits else None)
+    result.update(
+        tokens=[tokens[i] for i in range(n)],
+        captions=[captions[i] for i in range(n)],
+        logits=_parse_logits(out, n, elf) if logits else None,
+    )
     if len(result["segments"]) != 2 * n + 1:
         raise TinyCapError(counts, f"expected {2 * n + 1} segments (2 marks per clip), got {len(result['segments'])}")
     return result
@@ -163,14 +176,24 @@ def run_elf(elf, workdir, plugin, timeout_s, args=()):
     counts = workdir / "counts.txt"
     semi = "enable=on,target=native" + "".join(f",arg={a}" for a in args)
     cmd = [
-        "qemu-system-arm", "-M", "mps2-an500", "-nographic", "-monitor", "none",
-        "-semihosting-config", semi, "-kernel", str(elf),
-        "-plugin", f"{plugin},out={counts},mark={syms.address('tc_mark'):#x}",
+        "qemu-system-arm",
+        "-M",
+        "mps2-an500",
+        "-nographic",
+        "-monitor",
+        "none",
+        "-semihosting-config",
+        semi,
+        "-kernel",
+        str(elf),
+        "-plugin",
+        f"{plugin},out={counts},mark={syms.address('tc_mark'):#x}",
     ]
     try:
         # QEMU writes the semihosting console to stderr: read both as one stream.
-        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           timeout=timeout_s, stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL
+        )
     except subprocess.TimeoutExpired:
         raise TinyCapError("qemu-system-arm", f"timed out after {timeout_s} s running {elf.name}") from None
     if p.returncode != 0:
@@ -246,8 +269,9 @@ def block_cycles(elf, block_addrs):
     scheduling model: llvm-mca's steady-state cycles per iteration of the block (100 iterations),
     i.e. a fully pipelined core with zero-wait-state memory (TCM / cache hits), no branch penalty."""
     require_tools("llvm-objdump", "llvm-mca")
-    text = run_tool(["llvm-objdump", "-d", "--no-show-raw-insn", "--triple=thumbv7em-none-eabihf",
-                 "--mcpu=cortex-m7", str(elf)], elf)
+    text = run_tool(
+        ["llvm-objdump", "-d", "--no-show-raw-insn", "--triple=thumbv7em-none-eabihf", "--mcpu=cortex-m7", str(elf)], elf
+    )
     dis = mca_instructions(text)
     blocks = sorted(set(block_addrs))
     lines = [".syntax unified", ".thumb", "tc_target:"]
@@ -258,8 +282,19 @@ def block_cycles(elf, block_addrs):
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "blocks.s"
         src.write_text("\n".join(lines) + "\n")
-        out = run_tool(["llvm-mca", "-mtriple=thumbv7em-none-eabihf", "-mcpu=cortex-m7", "-iterations=100",
-                    "-timeline=false", "-resource-pressure=false", "-instruction-info=false", str(src)], "llvm-mca")
+        out = run_tool(
+            [
+                "llvm-mca",
+                "-mtriple=thumbv7em-none-eabihf",
+                "-mcpu=cortex-m7",
+                "-iterations=100",
+                "-timeline=false",
+                "-resource-pressure=false",
+                "-instruction-info=false",
+                str(src),
+            ],
+            "llvm-mca",
+        )
     cycles = {}
     for m in re.finditer(r"Code Region - b(\d+)\s+Iterations:\s+(\d+)\s+Instructions:\s+\d+\s+Total Cycles:\s+(\d+)", out):
         cycles[blocks[int(m.group(1))]] = int(m.group(3)) / int(m.group(2))
@@ -286,10 +321,12 @@ def scale_to_vocab(metrics, rows, vocab_size, new_vocab_size, word_bytes, argmax
     cycles = (instr + add_instr) * metrics["cycles"]["value"] / instr
     latency_ms = cycles / metrics["clock_hz"] * 1e3
     power_w = metrics["energy_mj"]["value"] / metrics["latency_ms"]["value"]
-    how = (f"extrapolated from vocab {vocab_size} to {new_vocab_size} with this run's FC instructions/MAC "
-           f"({fc_ipm:.3f}), argmax instructions/logit ({argmax_instr_per_entry:.2f}) and cycles/instruction; "
-           f"per added word {rows['macs']} MACs/step, {rows['const_bytes']} + {word_bytes:.1f} flash bytes, "
-           f"{rows['act_bytes']} RAM bytes (from the decoder .tflite shapes)")
+    how = (
+        f"extrapolated from vocab {vocab_size} to {new_vocab_size} with this run's FC instructions/MAC "
+        f"({fc_ipm:.3f}), argmax instructions/logit ({argmax_instr_per_entry:.2f}) and cycles/instruction; "
+        f"per added word {rows['macs']} MACs/step, {rows['const_bytes']} + {word_bytes:.1f} flash bytes, "
+        f"{rows['act_bytes']} RAM bytes (from the decoder .tflite shapes)"
+    )
     return {
         "vocab_size": new_vocab_size,
         "method": "modelled",
@@ -342,17 +379,28 @@ def benchmark(firmware_dir, int8_dir, embeddings_path, vocab_path, params, workd
     macs_pooler = graph_macs(int8_dir / quant["models"]["pooler_int8"]["file"])
     decoder = int8_dir / quant["models"]["decoder_int8"]["file"]
     macs_step = graph_macs(decoder)
-    metrics, op_rows = measure(elf_qemu, elf_stm32, clips, macs_pooler, macs_step, quant["max_steps"], params,
-                               workdir, reference_tokens=reference, clip_ids=[str(vids[i]) for i in idx],
-                               reference_logits={"tflm": tflm_logits, "host": host_logits})
+    metrics, op_rows = measure(
+        elf_qemu,
+        elf_stm32,
+        clips,
+        macs_pooler,
+        macs_step,
+        quant["max_steps"],
+        params,
+        workdir,
+        reference_tokens=reference,
+        clip_ids=[str(vids[i]) for i in idx],
+        reference_logits={"tflm": tflm_logits, "host": host_logits},
+    )
     if params.scale_vocab_size:
         logits = [d for d in quant["models"]["decoder_int8"]["outputs"] if d["name"] == "logits"]
         vocab_size = int(logits[0]["shape"][-1])
         words = vocab.load(vocab_path).tokens
         word_bytes = sum(len(w.encode()) + 1 for w in words) / len(words) + 4  # text + NUL + pointer
         argmax = metrics["per_op_instructions"].get("tc_k_argmax", 0.0) / (metrics["decoder_steps"] * vocab_size)
-        metrics["scaled_vocab"] = scale_to_vocab(metrics, vocab_rows(decoder, vocab_size), vocab_size,
-                                                 params.scale_vocab_size, word_bytes, argmax)
+        metrics["scaled_vocab"] = scale_to_vocab(
+            metrics, vocab_rows(decoder, vocab_size), vocab_size, params.scale_vocab_size, word_bytes, argmax
+        )
     return metrics, op_rows
 
 
@@ -372,8 +420,11 @@ def compare_tokens(tokens, ref, name, clip_name):
     """Token sequences of the M7 vs a reference: {count, token_mismatched_clips, first: [{clip, m7, <name>}, ...]}."""
     bad = [i for i, (a, b) in enumerate(zip(tokens, ref)) if list(a) != list(b)]
     missing = [clip_name(i) for i in range(min(len(ref), len(tokens)), max(len(ref), len(tokens)))]
-    return {"count": len(bad) + len(missing), "token_mismatched_clips": [clip_name(i) for i in bad] + missing,
-            "first": [{"clip": clip_name(i), "m7": tokens[i], name: list(ref[i])} for i in bad[:10]]}
+    return {
+        "count": len(bad) + len(missing),
+        "token_mismatched_clips": [clip_name(i) for i in bad] + missing,
+        "first": [{"clip": clip_name(i), "m7": tokens[i], name: list(ref[i])} for i in bad[:10]],
+    }
 
 
 def compare_logits(logits, ref, name, clip_name):
@@ -394,8 +445,7 @@ def compare_logits(logits, ref, name, clip_name):
             elif len(first) < 10:
                 first.append({"clip": clip_name(i), "steps_m7": len(a), f"steps_{name}": len(b)})
     bad += [clip_name(i) for i in range(min(len(ref), len(logits)), max(len(ref), len(logits)))]
-    return {"logit_mismatched_clips": bad, "logits_compared": compared, "max_logit_abs_diff": worst,
-            "first_logits": first}
+    return {"logit_mismatched_clips": bad, "logits_compared": compared, "max_logit_abs_diff": worst, "first_logits": first}
 
 
 def check_parity(metrics):
@@ -406,12 +456,26 @@ def check_parity(metrics):
     name, m = next((k, v) for k, v in metrics["parity"].items() if v["count"])
     first = (m.get("first") or m.get("first_logits") or [{}])[0]
     what = ", ".join(f"{k} {v}" for k, v in first.items())
-    raise TinyCapError("benchmark_m7", f"{metrics['parity_mismatches']} clip(s) differ between the M7 build and "
-                                       f"the references, first vs {name}: {what}; metrics/m7.json not written")
+    raise TinyCapError(
+        "benchmark_m7",
+        f"{metrics['parity_mismatches']} clip(s) differ between the M7 build and "
+        f"the references, first vs {name}: {what}; metrics/m7.json not written",
+    )
 
 
-def measure(elf_qemu, elf_stm32, clips, macs_pooler, macs_step, max_steps, params, workdir,
-            reference_tokens=None, clip_ids=None, reference_logits=None):
+def measure(
+    elf_qemu,
+    elf_stm32,
+    clips,
+    macs_pooler,
+    macs_step,
+    max_steps,
+    params,
+    workdir,
+    reference_tokens=None,
+    clip_ids=None,
+    reference_logits=None,
+):
     """Run every clip under QEMU and build metrics/m7.json (dict) and the per-op plot rows.
 
     clips: int8 [N, T*D]; macs_pooler / macs_step: {op type: MACs} of the pooler graph and of one
@@ -437,13 +501,17 @@ def measure(elf_qemu, elf_stm32, clips, macs_pooler, macs_step, max_steps, param
         inference = {bid: tuple(a for a in addrs if syms(a) not in HARNESS_SYMBOLS) for bid, addrs in blocks.items()}
         used = {inference[b] for i in range(len(clips)) for b in r["segments"][2 * i + 1] if inference[b]}
         per_block = block_cycles(elf_qemu, used)
-        cycles = np.array([
-            sum(n * per_block[inference[b]] for b, n in r["segments"][2 * i + 1].items() if inference[b])
-            for i in range(len(clips))
-        ])
-        cycle_model = ("llvm-mca -mcpu=cortex-m7 (LLVM Cortex-M7 scheduling model): steady-state cycles per "
-                       "iteration of every executed block x its exact execution count; zero-wait-state memory, "
-                       "no branch-misprediction penalty")
+        cycles = np.array(
+            [
+                sum(n * per_block[inference[b]] for b, n in r["segments"][2 * i + 1].items() if inference[b])
+                for i in range(len(clips))
+            ]
+        )
+        cycle_model = (
+            "llvm-mca -mcpu=cortex-m7 (LLVM Cortex-M7 scheduling model): steady-state cycles per "
+            "iteration of every executed block x its exact execution count; zero-wait-state memory, "
+            "no branch-misprediction penalty"
+        )
     else:
         cycles = instructions * params.cpi
         cycle_model = f"instructions x CPI {params.cpi}"
@@ -471,26 +539,50 @@ def measure(elf_qemu, elf_stm32, clips, macs_pooler, macs_step, max_steps, param
         m.update(compare_logits(r["logits"], ref, name, clip_name))
         m["count"] = len(set(m["token_mismatched_clips"]) | set(m["logit_mismatched_clips"]))
     metrics = {
-        "instructions": {"value": float(instructions.mean()), "method": "emulated-exact",
-                         "min": int(instructions.min()), "max": int(instructions.max()),
-                         "how": "QEMU mps2-an500 TCG plugin (firmware/qemu_plugin), instructions executed inside "
-                                "tc_caption() and its callees, mean per caption"
-                                + ("; the logits printed for parity: the step callback is left out, tc_caption's call "
-                                   "of it (2 instructions per step) is in" if reference_logits else "")},
+        "instructions": {
+            "value": float(instructions.mean()),
+            "method": "emulated-exact",
+            "min": int(instructions.min()),
+            "max": int(instructions.max()),
+            "how": "QEMU mps2-an500 TCG plugin (firmware/qemu_plugin), instructions executed inside "
+            "tc_caption() and its callees, mean per caption"
+            + (
+                "; the logits printed for parity: the step callback is left out, tc_caption's call "
+                "of it (2 instructions per step) is in"
+                if reference_logits
+                else ""
+            ),
+        },
         "cycles": {"value": mean_cycles, "method": "modelled", "model": cycle_model},
         "latency_ms": {"value": latency_s * 1e3, "method": "modelled", "model": f"cycles / clock_hz ({params.clock_hz} Hz)"},
-        "energy_mj": {"value": latency_s * params.run_current_a * params.supply_v * 1e3, "method": "modelled",
-                      "model": f"latency x run_current_a ({params.run_current_a} A, datasheet) x supply_v ({params.supply_v} V)"},
-        "run_current_a": {"value": params.run_current_a, "method": "datasheet",
-                          "source": "STM32H743 DS12110, run mode 480 MHz VOS0, all peripherals off, typical"},
-        "flash_bytes": {"value": sizes["flash_bytes"], "method": "emulated-exact",
-                        "how": "text + rodata + data of the STM32H743 ELF (arm-none-eabi-size -A)"},
-        "ram_bytes": {"value": sizes["static_ram_bytes"] + r["stack_peak_bytes"], "method": "emulated-exact",
-                      "how": f"data + bss of the STM32H743 ELF (the bss holds the input buffer {INPUT_BUFFER}, "
-                             f"{input_buffer} B: T int8 frame embeddings) + peak stack (painted stack, high-water mark "
-                             "after all captions under QEMU; the STM32H743 image is the same code, another link map)"},
-        "ram_breakdown": {"data": sizes["data"], "bss": sizes["bss"], "input_buffer_in_bss": input_buffer,
-                          "stack_peak": r["stack_peak_bytes"]},
+        "energy_mj": {
+            "value": latency_s * params.run_current_a * params.supply_v * 1e3,
+            "method": "modelled",
+            "model": f"latency x run_current_a ({params.run_current_a} A, datasheet) x supply_v ({params.supply_v} V)",
+        },
+        "run_current_a": {
+            "value": params.run_current_a,
+            "method": "datasheet",
+            "source": "STM32H743 DS12110, run mode 480 MHz VOS0, all peripherals off, typical",
+        },
+        "flash_bytes": {
+            "value": sizes["flash_bytes"],
+            "method": "emulated-exact",
+            "how": "text + rodata + data of the STM32H743 ELF (arm-none-eabi-size -A)",
+        },
+        "ram_bytes": {
+            "value": sizes["static_ram_bytes"] + r["stack_peak_bytes"],
+            "method": "emulated-exact",
+            "how": f"data + bss of the STM32H743 ELF (the bss holds the input buffer {INPUT_BUFFER}, "
+            f"{input_buffer} B: T int8 frame embeddings) + peak stack (painted stack, high-water mark "
+            "after all captions under QEMU; the STM32H743 image is the same code, another link map)",
+        },
+        "ram_breakdown": {
+            "data": sizes["data"],
+            "bss": sizes["bss"],
+            "input_buffer_in_bss": input_buffer,
+            "stack_peak": r["stack_peak_bytes"],
+        },
         "macs": float(macs.mean()),
         "macs_pooler": macs_pooler,
         "macs_decoder_step": macs_step,

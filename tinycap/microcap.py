@@ -292,7 +292,10 @@ def sample(model, frames, k, gen):
 
 def _check_scst(p):
     if p.scst_epochs and p.scst_samples < 2:
-        raise TinyCapError("params.yaml: microcap.scst_samples", f"must be at least 2 (the baseline of a sample is the others' mean), got {p.scst_samples}")
+        raise TinyCapError(
+            "params.yaml: microcap.scst_samples",
+            f"must be at least 2 (the baseline of a sample is the others' mean), got {p.scst_samples}",
+        )
     if p.scst_epochs > 0 and p.scst_val_window < 1:
         raise TinyCapError("params.yaml: microcap.scst_val_window", f"must be at least 1, got {p.scst_val_window}")
 
@@ -317,7 +320,9 @@ def scst_finetune(model, p, frames, references, val_cider, seed, live=None):
     for epoch in range(p.scst_epochs):
         model.train()
         total = 0.0
-        for b in tqdm(list(batches(len(rows), p.batch_size, gen)), desc=f"microcap scst epoch {epoch + 1}/{p.scst_epochs}", leave=False):
+        for b in tqdm(
+            list(batches(len(rows), p.batch_size, gen)), desc=f"microcap scst epoch {epoch + 1}/{p.scst_epochs}", leave=False
+        ):
             clips = rows[b]
             seqs, logp = sample(model, frames[clips], k, gen)
             r = torch.tensor([reward.score(s, references[int(clips[j // k])]) for j, s in enumerate(seqs)]).view(-1, k)  # (B, k)
@@ -335,15 +340,28 @@ def scst_finetune(model, p, frames, references, val_cider, seed, live=None):
             if best is None or mean > best["val_CIDEr_window_mean"]:
                 best = {"epoch": epoch + 1, "val_CIDEr": history[-1], "val_CIDEr_window_mean": mean}
                 best_state = {name: v.clone() for name, v in model.state_dict().items()}
-        log.info("microcap scst epoch %d: sampled captions' CIDEr-D %.4f, val CIDEr %.4f", epoch + 1, total / (len(rows) * k), history[-1])
+        log.info(
+            "microcap scst epoch %d: sampled captions' CIDEr-D %.4f, val CIDEr %.4f",
+            epoch + 1,
+            total / (len(rows) * k),
+            history[-1],
+        )
         if live is not None:
             live.log_metric("scst/reward", total / (len(rows) * k))
             live.log_metric("val/CIDEr", history[-1])
             live.next_step()
     model.load_state_dict(best_state)
-    log.info("microcap scst: kept epoch %d (val CIDEr %.4f, mean over its window %.4f)", best["epoch"], best["val_CIDEr"],
-             best["val_CIDEr_window_mean"])
-    return model.eval(), {**best, "val_CIDEr_history": [round(v, 4) for v in history], "train_seconds": round(time.time() - t0, 1)}
+    log.info(
+        "microcap scst: kept epoch %d (val CIDEr %.4f, mean over its window %.4f)",
+        best["epoch"],
+        best["val_CIDEr"],
+        best["val_CIDEr_window_mean"],
+    )
+    return model.eval(), {
+        **best,
+        "val_CIDEr_history": [round(v, 4) for v in history],
+        "train_seconds": round(time.time() - t0, 1),
+    }
 
 
 @torch.no_grad()
@@ -411,7 +429,10 @@ def distill(emb_path, pooled_dir, guide_dir, out_dir, p: MicroCapParams, pooling
     vocab = Vocab.load(Path(guide_dir) / "vocab.json")
     guide = guide_mod.load(Path(guide_dir) / "guide.pt", vocab)
     if guide.cfg.max_len != max_len:
-        raise TinyCapError(Path(guide_dir) / "guide.pt", f"trained with max_len {guide.cfg.max_len}, params.yaml guide.max_len is {max_len}; rerun train_guide")
+        raise TinyCapError(
+            Path(guide_dir) / "guide.pt",
+            f"trained with max_len {guide.cfg.max_len}, params.yaml guide.max_len is {max_len}; rerun train_guide",
+        )
     train_rows, val_rows = emb.videos("train", emb_path), emb.videos("val", emb_path)
     tokens = torch.from_numpy(encode_captions(vocab, emb.caption, max_len))
     cap_video = torch.from_numpy(emb.caption_video)
@@ -434,8 +455,17 @@ def distill(emb_path, pooled_dir, guide_dir, out_dir, p: MicroCapParams, pooling
     data["guide_logits"], data["guide_att"] = guide_targets(guide, memory, data["video"], data["inputs"])
 
     V, T, D = frames.shape
-    cfg = MicroCapConfig(vocab_size=len(vocab), dim=D, num_frames=T, pooling=pooling, embed_dim=p.embed_dim, hidden=p.hidden,
-                         max_len=max_len, temporal_filter=p.temporal_filter, temporal_mlp=p.temporal_mlp)
+    cfg = MicroCapConfig(
+        vocab_size=len(vocab),
+        dim=D,
+        num_frames=T,
+        pooling=pooling,
+        embed_dim=p.embed_dim,
+        hidden=p.hidden,
+        max_len=max_len,
+        temporal_filter=p.temporal_filter,
+        temporal_mlp=p.temporal_mlp,
+    )
     # variant: (alpha, beta, train on the guide's captions too); the shipped model is trained first
     shipped = "kl_attn_seq" if p.guide_captions else "kl_attn"
     variants = {shipped: (p.alpha, p.beta, bool(p.guide_captions))}

@@ -61,7 +61,7 @@ def from_dict(raw, cls, where):
         raise TinyCapError(where, f"unknown key(s) {', '.join(unknown)}; expected {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
     values = {}
-    for key, field in fields.items():
+    for key in fields:
         if key not in raw:  # dataclass defaults document the values; params.yaml must still give each key
             raise TinyCapError(where, f"missing key '{key}'")
         values[key] = _coerce(raw[key], hints[key], f"{where}.{key}")

@@ -176,10 +176,10 @@ def train_pooler(pooler, emb, cfg: PoolParams, seed, live_dir=None):
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     live = _live(live_dir)
     pooler.train()
-    for epoch in tqdm(range(cfg.epochs), desc="pool", unit="epoch"):
+    for _ in tqdm(range(cfg.epochs), desc="pool", unit="epoch"):
         order = train[torch.randperm(len(train), generator=gen).numpy()]
         for i in range(steps_per_epoch):
-            vids = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            vids = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             pick = [caps[v][int(torch.randint(len(caps[v]), (1,), generator=gen))] for v in vids]
             pooled = F.normalize(pooler(frames[vids])[0], dim=-1)  # (B, D)
             scale = logit_scale.exp().clamp(max=100)
@@ -245,7 +245,8 @@ def evaluate(video_emb, emb, backwards_emb):
         out["order_dependent"] = _split_retrieval(video_emb, emb, "test", od)
         test_od = np.flatnonzero(od & (emb.split[cv] == "test"))
         out["order_dependent"]["forward_over_backwards_%"] = forward_preference(
-            video_emb, backwards_emb, emb.text_emb, cv, test_od)
+            video_emb, backwards_emb, emb.text_emb, cv, test_od
+        )
         out["order_independent"] = _split_retrieval(video_emb, emb, "test", ~od)
     else:  # real data: no attributes to break down by
         out["order_dependent"] = {"t2v_R@1": None}

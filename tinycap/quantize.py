@@ -562,7 +562,12 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
             io = io_details(data)
             arena, report = measure_arena(path, len(io["inputs"]))
             quant["models"][key] = {
-                "file": path.name, "bytes": len(data), "ops": ops, "arena_bytes": arena, **io, "allocation_report": report,
+                "file": path.name,
+                "bytes": len(data),
+                "ops": ops,
+                "arena_bytes": arena,
+                **io,
+                "allocation_report": report,
             }
             log.info("%s: %d bytes, arena %d bytes, ops %s", path.name, len(data), arena, " ".join(ops))
     check_shared_quant(quant, out_dir)
@@ -590,7 +595,9 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
         cider[split] = _drop(per_clip[split])
         cider[split]["captions_changed"] = sum(fp32[v] != int8[v] for v in fp32)
     if len(per_clip) > 1:  # every evaluated clip at once: the tightest interval (each split keeps its own CIDEr IDF)
-        cider["+".join(per_clip)] = _drop({k: {v: c for s in per_clip.values() for v, c in s[k].items()} for k in ("fp32", "int8_tflm")})
+        cider["+".join(per_clip)] = _drop(
+            {k: {v: c for s in per_clip.values() for v, c in s[k].items()} for k in ("fp32", "int8_tflm")}
+        )
     write_json(out_dir / "captions_tflm.json", captions_tflm)
 
     order = all_eval.tolist()

@@ -58,8 +58,11 @@ def media_kind(content_type, filename):
         if ext in IMAGE_EXTS:
             return "image"
     shown = ctype or "no content type"
-    raise HTTPError(415, f"unsupported media type ({shown}, file name {filename!r}): send a video "
-                         f"({', '.join(sorted(VIDEO_EXTS))}) or an image ({', '.join(sorted(IMAGE_EXTS))})")
+    raise HTTPError(
+        415,
+        f"unsupported media type ({shown}, file name {filename!r}): send a video "
+        f"({', '.join(sorted(VIDEO_EXTS))}) or an image ({', '.join(sorted(IMAGE_EXTS))})",
+    )
 
 
 class _Upload:
@@ -72,15 +75,18 @@ class _Upload:
         self._fh = None
         self._in_file = False
         self._headers, self._field, self._value = {}, b"", b""
-        self.parser = MultipartParser(boundary, callbacks={
-            "on_part_begin": self._part_begin,
-            "on_header_field": lambda d, s, e: self._add("_field", d[s:e]),
-            "on_header_value": lambda d, s, e: self._add("_value", d[s:e]),
-            "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished,
-            "on_part_data": self._data,
-            "on_part_end": self._part_end,
-        })
+        self.parser = MultipartParser(
+            boundary,
+            callbacks={
+                "on_part_begin": self._part_begin,
+                "on_header_field": lambda d, s, e: self._add("_field", d[s:e]),
+                "on_header_value": lambda d, s, e: self._add("_value", d[s:e]),
+                "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished,
+                "on_part_data": self._data,
+                "on_part_end": self._part_end,
+            },
+        )
 
     def _add(self, name, data):
         setattr(self, name, getattr(self, name) + data)
@@ -136,11 +142,21 @@ class _Upload:
 _FORM_SCHEMA = {
     "requestBody": {
         "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object",
-            "required": ["file"],
-            "properties": {"file": {"type": "string", "format": "binary", "description": "a video (mp4, webm, avi, ...) or an image (png, jpg, ...)"}},
-        }}},
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "a video (mp4, webm, avi, ...) or an image (png, jpg, ...)",
+                        }
+                    },
+                }
+            }
+        },
     },
     "responses": {
         "413": {"description": "upload larger than the limit"},
