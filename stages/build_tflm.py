@@ -10,7 +10,7 @@ from tinycap.io import atomic_path, write_json
 
 
 def main():
-    cfg = params.section(params.load(), "firmware", firmware.FirmwareConfig)
+    cfg = params.section(params.load(), "firmware", firmware.FirmwareParams)
     with atomic_path("data/firmware") as tmp:
         metrics = firmware.build("data/int8", "data/guide/vocab.json", "data/embeddings/clip.h5", tmp, cfg)
     write_json("metrics/firmware.json", metrics)

@@ -318,7 +318,7 @@ def stage_build(tmp_path_factory):
         f["split"] = np.array(["test", "novel"] * (len(clips) // 2), dtype="S")
         f["caption"] = np.array([b"a clip"])
         f["caption_video"] = np.array([0], np.int32)
-    metrics = F.build(src, src / "vocab.json", tmp / "clip.h5", tmp / "firmware", F.FirmwareConfig())
+    metrics = F.build(src, src / "vocab.json", tmp / "clip.h5", tmp / "firmware", F.FirmwareParams())
     return src, tmp / "firmware", metrics, clips
 
 

@@ -25,13 +25,13 @@ from tinycap.io import read_json
 from tinycap.toolchain import FIRMWARE_DIR, RUNTIME_DIR, build_elfs, build_host, run_host
 from tinycap.vocab import Vocab
 
-log = logging.getLogger("build_tflm")
+log = logging.getLogger(__name__)
 
 TFLM_APP_DIR = FIRMWARE_DIR / "tflm_app"
 
 
 @dataclasses.dataclass
-class FirmwareConfig:
+class FirmwareParams:
     parity_splits: list[str] = dataclasses.field(default_factory=lambda: ["test", "novel"])  # every clip of
     # these splits is captioned by the host build and by TFLM; any token difference fails the build
 
