@@ -1,7 +1,6 @@
 """MicroCap: the fixed architecture contract, loss terms, decoding rules, and the distillation stage."""
 
 import dataclasses
-import os
 
 import pytest
 import torch
@@ -262,16 +261,3 @@ def test_distill_bad_inputs(trained, tmp_path):
     with pytest.raises(TinyCapError, match="pooler.pt: file not found"):
         microcap.distill(d / "clip.h5", tmp_path, *args[2:], pooling="attention", max_len=10)
     assert not (tmp_path / "mc").exists()
-
-
-def test_in_forked_process_returns_the_value_or_one_line():
-    big = torch.arange(1000.0)  # read by the child without pickling
-    assert microcap.in_forked_process(lambda: float(big.sum())).result() == 499500.0
-
-    def fail():
-        raise TinyCapError("x.h5", "broken")
-
-    with pytest.raises(TinyCapError, match="ablation variants failed: TinyCapError: x.h5: broken"):
-        microcap.in_forked_process(fail).result()
-    with pytest.raises(TinyCapError, match=r"ablation variants failed: the process died \(exit code 3\)"):
-        microcap.in_forked_process(lambda: os._exit(3)).result()

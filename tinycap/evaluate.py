@@ -23,6 +23,7 @@ from tinycap.embeddings import load_embeddings
 from tinycap.errors import TinyCapError
 from tinycap.io import atomic_path, read_json, write_json
 from tinycap.metrics import SPICE_NOTE, score
+from tinycap.parallel import in_forked_process
 from tinycap.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -181,18 +182,25 @@ def evaluate(emb_path, annotations_path, frames_path, guide_dir, microcap_dir, i
     frames = torch.from_numpy(emb.frame_emb)
     memory = guide_mod.memory_input(emb)
 
+    # the guide's beam search, the slowest decoding, runs on the other core while the rest decodes here
+    beam = in_forked_process(
+        lambda: {s: guide_mod.decode_rows(guide, memory, emb.videos(s, emb_path), vocab, beam=guide.beam) for s in p.splits},
+        "evaluate: guide beam search",
+    )
+    greedy = {}
+    for split in p.splits:
+        rows = emb.videos(split, emb_path)
+        greedy[split] = {"microcap_fp32": microcap_mod.decode_rows(student, frames, rows, vocab)}
+        if guide.beam > 1:  # the guide decoded like MicroCap (greedy): the like-for-like comparison
+            greedy[split]["guide_greedy"] = guide_mod.decode_rows(guide, memory, rows, vocab, beam=1)
+    beam = beam.result()
+
     metrics, predictions, clips = {}, {}, []
     for split in p.splits:
         rows = emb.videos(split, emb_path)
         refs = emb.references(rows)
-        preds = {
-            "guide": {emb.video_id[r]: c for r, c in guide_mod.decode_rows(guide, memory, rows, vocab, beam=guide.beam).items()},
-            "microcap_fp32": {emb.video_id[r]: c for r, c in microcap_mod.decode_rows(student, frames, rows, vocab).items()},
-        }
-        if guide.beam > 1:  # the guide decoded like MicroCap (greedy): the like-for-like comparison
-            preds["guide_greedy"] = {
-                emb.video_id[r]: c for r, c in guide_mod.decode_rows(guide, memory, rows, vocab, beam=1).items()
-            }
+        decoded = {"guide": beam[split], **greedy[split]}
+        preds = {variant: {emb.video_id[r]: c for r, c in caps.items()} for variant, caps in decoded.items()}
         if int8 is not None:
             have = {v: int8[v] for v in refs if v in int8}
             if len(have) == len(refs):

@@ -30,7 +30,6 @@ Greedy decoding starts from <bos>, stops at <eos>, and runs at most max_len - 1 
 
 import logging
 import math
-import multiprocessing
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ from tinycap.errors import TinyCapError
 from tinycap.io import atomic_path
 from tinycap.losses import attention_alignment, kd_kl
 from tinycap.metrics import score
+from tinycap.parallel import in_forked_process
 from tinycap.pool import AttentionPool, build_pooler, load_pooler
 from tinycap.vocab import BOS, EOS, PAD, Vocab
 
@@ -385,41 +385,6 @@ def decode_rows(model, frames, rows, vocab, batch_size=256):
     return out
 
 
-class _ForkedResult:
-    def __init__(self, process, pipe):
-        self.process, self.pipe = process, pipe
-
-    def result(self):
-        """Wait for the forked function's return value; its exception is raised here as one line."""
-        try:
-            status, value = self.pipe.recv()
-        except EOFError:
-            self.process.join()
-            status, value = "error", f"the process died (exit code {self.process.exitcode})"
-        self.process.join()
-        if status == "error":
-            raise TinyCapError("distill_microcap", f"ablation variants failed: {value}")
-        return value
-
-
-def in_forked_process(fn):
-    """Start fn() in a forked child (it shares the parent's tensors copy-on-write: nothing is pickled
-    but the result) and return a handle whose result() waits for the value fn returns."""
-    ctx = multiprocessing.get_context("fork")
-    receiver, sender = ctx.Pipe(duplex=False)
-
-    def run():
-        try:
-            sender.send(("ok", fn()))
-        except Exception as e:  # sent as text: an exception may not unpickle in the parent
-            sender.send(("error", f"{type(e).__name__}: {e}"))
-
-    process = ctx.Process(target=run, daemon=True)
-    process.start()
-    sender.close()
-    return _ForkedResult(process, receiver)
-
-
 def distill(emb_path, pooled_dir, guide_dir, out_dir, p: MicroCapParams, pooling, max_len, seed=0, live_dir=None):
     """Train MicroCap from the guide; write out_dir/microcap.pt; return the metrics (val CIDEr, ablation)."""
     if pooling not in ("mean", "attention"):
@@ -494,9 +459,15 @@ def distill(emb_path, pooled_dir, guide_dir, out_dir, p: MicroCapParams, pooling
         return model, {"alpha": alpha, "beta": beta, "guide_captions": p.guide_captions if seq else 0, **s, **info}
 
     # the ablation variants train in a forked process on the other core while the shipped one trains
-    # here; every variant seeds its own RNGs, so each model is the same as trained one after another
+    # here, one thread each (also without the ablation, so the shipped model is the same either way);
+    # every variant seeds its own RNGs, so each model is the same as trained one after another
+    torch.set_num_threads(1)
     others = [name for name in variants if name != shipped]
-    ablation = in_forked_process(lambda: {name: train_variant(name)[1] for name in others}) if others else None
+    ablation = (
+        in_forked_process(lambda: {name: train_variant(name)[1] for name in others}, "microcap ablation variants")
+        if others
+        else None
+    )
     main, results[shipped] = train_variant(shipped)
     if p.scst_epochs:  # the shipped student, fine-tuned on CIDEr-D itself
         train_refs = emb.references(train_rows)
