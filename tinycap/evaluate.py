@@ -195,39 +195,62 @@ def evaluate(emb_path, annotations_path, frames_path, guide_dir, microcap_dir, i
             greedy[split]["guide_greedy"] = guide_mod.decode_rows(guide, memory, rows, vocab, beam=1)
     beam = beam.result()
 
-    metrics, predictions, clips = {}, {}, []
+    preds, refs = {}, {}
     for split in p.splits:
         rows = emb.videos(split, emb_path)
-        refs = emb.references(rows)
+        refs[split] = emb.references(rows)
         decoded = {"guide": beam[split], **greedy[split]}
-        preds = {variant: {emb.video_id[r]: c for r, c in caps.items()} for variant, caps in decoded.items()}
+        preds[split] = {variant: {emb.video_id[r]: c for r, c in caps.items()} for variant, caps in decoded.items()}
         if int8 is not None:
-            have = {v: int8[v] for v in refs if v in int8}
-            if len(have) == len(refs):
-                preds["microcap_int8_tflm"] = have
+            have = {v: int8[v] for v in refs[split] if v in int8}
+            if len(have) == len(refs[split]):
+                preds[split]["microcap_int8_tflm"] = have
             else:
                 notes[f"microcap_int8_tflm.{split}"] = (
-                    f"captions_tflm.json covers {len(have)} of {len(refs)} {split} clips: not scored"
+                    f"captions_tflm.json covers {len(have)} of {len(refs[split])} {split} clips: not scored"
                 )
-        with torch.no_grad():
-            weights = student.encode(frames[torch.as_tensor(rows)])[2].numpy()  # (N, T)
-        for variant, pred in preds.items():
-            s = score(pred, refs, notes=notes)
+
+    def score_all(jobs):
+        """{(split, variant): scores} of the given jobs, and the notes on metrics that could not be computed."""
+        entries, job_notes = {}, {}
+        for split, variant in jobs:
+            pred = preds[split][variant]
+            s = score(pred, refs[split], notes=job_notes)
             log.info("%s %s: %s", variant, split, {k: round(v, 4) for k, v in s.items()})
-            entry = metrics.setdefault(variant, {}).setdefault(split, {**s, "clips": len(pred)})
+            entry = entries[split, variant] = {**s, "clips": len(pred)}
             if order_dep is not None:
                 sub = [v for v in pred if v in order_dep]
                 if sub:
-                    entry["order_dependent"] = {**score({v: pred[v] for v in sub}, refs, notes=notes), "clips": len(sub)}
+                    entry["order_dependent"] = {
+                        **score({v: pred[v] for v in sub}, refs[split], notes=job_notes),
+                        "clips": len(sub),
+                    }
             if actions is not None:
                 entry["action_named"] = round(float(np.mean([classify(c) == action[v] for v, c in pred.items()])), 4)
+        return entries, job_notes
+
+    # half of the scoring (pycocoevalcap, METEOR's JVM) on the other core
+    jobs = [(split, variant) for split in p.splits for variant in preds[split]]
+    other_half = in_forked_process(lambda: score_all(jobs[1::2]), "evaluate: scoring")
+    entries, job_notes = score_all(jobs[0::2])
+    more, more_notes = other_half.result()
+    entries.update(more)
+    notes.update({**job_notes, **more_notes})
+    metrics, predictions, clips = {}, {}, []
+    for split, variant in jobs:
+        metrics.setdefault(variant, {})[split] = entries[split, variant]
+    for split in p.splits:
+        rows = emb.videos(split, emb_path)
+        refs_split, preds_split = refs[split], preds[split]
+        with torch.no_grad():
+            weights = student.encode(frames[torch.as_tensor(rows)])[2].numpy()  # (N, T)
         if actions is not None:
-            named = [classify(r) == action[v] for v in refs for r in refs[v]]
+            named = [classify(r) == action[v] for v in refs_split for r in refs_split[v]]
             metrics.setdefault("action_named_references", {})[split] = round(float(np.mean(named)), 4)
         predictions[split] = {
             emb.video_id[r]: {
-                "references": refs[emb.video_id[r]],
-                **{variant: pred[emb.video_id[r]] for variant, pred in preds.items()},
+                "references": refs_split[emb.video_id[r]],
+                **{variant: pred[emb.video_id[r]] for variant, pred in preds_split.items()},
                 "microcap_weights": [round(float(w), 4) for w in weights[i]],
             }
             for i, r in enumerate(rows)
@@ -235,8 +258,8 @@ def evaluate(emb_path, annotations_path, frames_path, guide_dir, microcap_dir, i
         n_report = p.report_clips // len(p.splits) + (1 if p.splits.index(split) < p.report_clips % len(p.splits) else 0)
         for i in np.linspace(0, len(rows) - 1, num=min(n_report, len(rows))).round().astype(int):
             vid = emb.video_id[rows[i]]
-            clips.append({"video_id": vid, "split": split, "references": refs[vid], "weights": predictions[split][vid]["microcap_weights"],
-                          "predictions": {k: v[vid] for k, v in preds.items()}})  # fmt: skip
+            clips.append({"video_id": vid, "split": split, "references": refs_split[vid], "weights": predictions[split][vid]["microcap_weights"],
+                          "predictions": {k: v[vid] for k, v in preds_split.items()}})  # fmt: skip
     for variant in VARIANTS:
         if variant not in metrics:
             notes.setdefault(

@@ -7,6 +7,7 @@ cider_per_clip() and paired_drop() give a score difference with its paired-boots
 """
 
 import functools
+import os
 import shutil
 
 import numpy as np
@@ -41,9 +42,11 @@ def _tokenize(captions, java):
     return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
 
 
-@functools.lru_cache(maxsize=1)
-def _meteor():
-    """One METEOR JVM per process: it loads its paraphrase table at start (tens of seconds on 2 cores)."""
+@functools.cache
+def _meteor(pid):
+    """One METEOR JVM per process: it loads its paraphrase table at start (tens of seconds on 2 cores).
+    Keyed by `pid` so a forked child starts its own instead of writing into its parent's pipes, and
+    never evicted: dropping the inherited one would run its __del__, which kills the parent's JVM."""
     return Meteor()
 
 
@@ -89,7 +92,7 @@ def score(predictions, references, metrics=METRICS, notes=None):
         out["BLEU-4"] = float(Bleu(4).compute_score(gts, res, verbose=0)[0][3])
     if "METEOR" in metrics:
         try:
-            out["METEOR"] = float(_meteor().compute_score(gts, res)[0])
+            out["METEOR"] = float(_meteor(os.getpid()).compute_score(gts, res)[0])
         except (ValueError, BrokenPipeError) as e:
             _meteor.cache_clear()
             if notes is not None:
