@@ -257,3 +257,51 @@ TC_NOINLINE void tc_k_softmax(const tc_softmax_params *p, int32_t outer, int32_t
     }
   }
 }
+
+/* ---- L2_NORMALIZATION (TFLM reference_integer_ops::L2Normalization) ------------------------ */
+
+/* GetInvSqrtQuantizedMultiplierExp (TFLM common.h) with reverse_shift = -1: 1 / sqrt(x) as a
+ * multiplier and a TFLM shift (> 0: left), Newton-Raphson in gemmlowp Q3.28 fixed point. */
+static void inv_sqrt_quantized_multiplier(int32_t x, int32_t *mult, int32_t *shift) {
+  if (x <= 1) { /* 0 (no signal) and 1 as TFLM: the largest multiplier */
+    *mult = INT32_MAX;
+    *shift = 0;
+    return;
+  }
+  int32_t right = 11;
+  while (x >= (1 << 29)) {
+    x /= 4;
+    ++right;
+  }
+  const int32_t pairs = (count_leading_zeros((uint32_t)x) - 1) / 2 - 1;
+  right -= pairs;
+  x = (int32_t)((uint32_t)x << (2 * pairs)); /* now in [2^27, 2^29) */
+  const int32_t half_input = rounding_divide_by_power_of_two(x >> 1, 1); /* Q3.28 */
+  const int32_t half_three = (1 << 28) + (1 << 27);                      /* 1.5 in Q3.28 */
+  int32_t r = 1 << 28;                                                   /* 1.0 in Q3.28 */
+  for (int i = 0; i < 5; ++i) {
+    /* x3 = Rescale<3>(r * r * r): Q6 * Q3 = Q9 raw, back to Q3 by a saturating << 6 */
+    int32_t r3 = saturating_left_shift(saturating_rounding_doubling_high_mul(saturating_rounding_doubling_high_mul(r, r), r), 6);
+    int32_t d = (int32_t)((uint32_t)saturating_rounding_doubling_high_mul(half_three, r) -
+                          (uint32_t)saturating_rounding_doubling_high_mul(half_input, r3)); /* Q6 */
+    r = saturating_left_shift(d, 3);
+  }
+  r = saturating_rounding_doubling_high_mul(r, 1518500250); /* * sqrt(2) / 2 (Q0.31) */
+  if (right < 0) {
+    r = (int32_t)((uint32_t)r << -right);
+    right = 0;
+  }
+  *mult = r;
+  *shift = -right;
+}
+
+TC_NOINLINE void tc_k_l2_normalization(int32_t outer, int32_t depth, int32_t in_zp, const int8_t *in, int8_t *out) {
+  for (int32_t o = 0; o < outer; ++o, in += depth, out += depth) {
+    int32_t acc = 0;
+    for (int32_t c = 0; c < depth; ++c) acc += (in[c] - in_zp) * (in[c] - in_zp);
+    int32_t mult, shift;
+    inv_sqrt_quantized_multiplier(acc, &mult, &shift);
+    for (int32_t c = 0; c < depth; ++c) /* output scale 1/128, zero point 0: shift + 7 */
+      out[c] = (int8_t)clamp(multiply_by_quantized_multiplier(in[c] - in_zp, mult, shift + 7), -128, 127);
+  }
+}

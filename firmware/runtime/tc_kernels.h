@@ -106,6 +106,10 @@ typedef struct {
 } tc_mean_params;
 void tc_k_mean(const tc_mean_params *p, const int8_t *in, int8_t *out);
 
+/* L2_NORMALIZATION int8 over the last axis (depth), as TFLM's reference integer kernel: output
+ * scale 1/128 and zero point 0 (what the converter fixes; TFLM's kernel assumes them). */
+void tc_k_l2_normalization(int32_t outer, int32_t depth, int32_t in_zp, const int8_t *in, int8_t *out);
+
 /* Strided copy for CONCATENATION / SPLIT / STRIDED_SLICE / SLICE / RESHAPE outputs:
  * `outer` blocks of `len` bytes, source stride src_step, destination stride dst_step. */
 void tc_k_copy(int32_t outer, int32_t len, const int8_t *src, int32_t src_step, int8_t *dst, int32_t dst_step);
