@@ -6,7 +6,8 @@ multipliers/shifts computed exactly as TFLM's Prepare() (tinycap.fixedpoint). El
 int8 ops (LOGISTIC, TANH, QUANTIZE, a DEQUANTIZE -> QUANTIZE pair) become 256-entry tables computed
 by running TFLM itself on all 256 inputs: bit-exact by construction. LOWERINGS maps each op the
 runtime supports to the method that lowers it: it is also the supported-op list, so an op missing
-from it fails the build naming the op.
+from it fails the build naming the op. CONV_2D / DEPTHWISE_CONV_2D call the tc_conv.h kernels with
+tinycap.conv_prepare's parameters; tc_conv.h and the conv scratch appear only in code that uses them.
 """
 
 import math
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tinycap import conv_prepare
 from tinycap.errors import TinyCapError
 from tinycap.fixedpoint import activation_range, multiply_by_quantized_multiplier, quantize_multiplier
 from tinycap.int8 import tflm_run
@@ -96,6 +98,7 @@ class Codegen:
         self.weight_bytes = 0
         self.ops_used = set()
         self.fc_max_k4 = 4
+        self.conv_scratch = None  # (k_h, k_w, in_c) of the CONV_2D needing the most scratch, if any
 
     def add(self, name, model_bytes, where):
         g = load_graph(model_bytes, where)
@@ -382,10 +385,13 @@ class Codegen:
         x, ax, y = self._t(gc, op.inputs[0]), self._t(gc, op.inputs[1]), self._t(gc, op.outputs[0])
         where = f"{gc.g.path}: op #{op.index} {op.name}"
         axes = sorted({int(v) % len(x.shape) for v in np.atleast_1d(ax.data)})
-        if x.dtype != "int8" or y.dtype != "int8" or len(axes) != 1:
-            raise TinyCapError(where, "only int8 over a single axis is supported")
-        a = axes[0]
-        count = x.shape[a]
+        # MEAN over contiguous axes (e.g. (1, 2) of NHWC, global average pooling) is one axis of their
+        # product: TFLM's integer MEAN is the same sum and one requantisation (conv_prepare.mean_kernel)
+        several = op.name == "MEAN" and len(axes) > 1 and axes == list(range(axes[0], axes[-1] + 1))
+        if x.dtype != "int8" or y.dtype != "int8" or (len(axes) != 1 and not several):
+            raise TinyCapError(where, "only int8 over a single axis (MEAN: contiguous axes) is supported")
+        a, last = axes[0], axes[-1]
+        count = int(np.prod([x.shape[i] for i in axes]))
         m, sh = quantize_multiplier(float(x.s) / float(y.s))
         if op.name == "MEAN":  # 1/count folded into the multiplier, as TFLM
             fold = min(count.bit_length() - 1, 32, 31 + sh)
@@ -393,9 +399,39 @@ class Codegen:
         name = f"{gc.p}_op{op.index}"
         gc.data.append(
             f"static const tc_mean_params {name} = {{{int(np.prod(x.shape[:a]))}, {count}, "
-            f"{int(np.prod(x.shape[a + 1 :]))}, {x.zp}, {m}, {sh}, {y.zp}}};\n"
+            f"{int(np.prod(x.shape[last + 1 :]))}, {x.zp}, {m}, {sh}, {y.zp}}};\n"
         )
         return [f"tc_k_mean(&{name}, {self._ref(gc, x.index)}, {self._ref(gc, y.index)});"]
+
+    def _op_conv(self, gc, op):
+        """CONV_2D / DEPTHWISE_CONV_2D: parameters from conv_prepare (TFLM's Prepare), kernels of tc_conv.h;
+        CONV_2D's scratch is the generated code's tc_conv_scratch, sized for the largest CONV_2D."""
+        k = conv_prepare.conv_kernel(gc.g, op)
+        w = self._t(gc, op.inputs[1])
+        wn = gc.tensor_const(w)  # OHWI / 1HWC, as stored in the .tflite
+        bn = gc.tensor_const(self._t(gc, op.inputs[2])) if k.bias is not None else "0"
+        name = f"op{op.index}"
+        mn = gc.const("int32_t", f"{name}_mult", k.mult)
+        sn = gc.const("int32_t", f"{name}_shift", k.shift)
+        dims = [k.in_h, k.in_w, k.in_c, k.out_h, k.out_w, k.out_c, k.k_h, k.k_w, k.stride_h, k.stride_w, k.pad_h, k.pad_w]
+        dims += [k.in_offset, k.out_offset, k.act_min, k.act_max]
+        gc.data.append(f"static const tc_conv_params {gc.p}_{name} = {{{', '.join(map(str, dims))}, {wn}, {bn}, {mn}, {sn}}};\n")
+        x, y = self._ref(gc, op.inputs[0]), self._ref(gc, op.outputs[0])
+        if k.kind == conv_prepare.KIND_DEPTHWISE:
+            return [f"tc_k_depthwise_conv2d(&{gc.p}_{name}, {k.batches}, {x}, {y});"]
+        if self.conv_scratch is None or k.scratch_bytes > _scratch_bytes(*self.conv_scratch):
+            self.conv_scratch = (k.k_h, k.k_w, k.in_c)
+        return [f"tc_k_conv2d(&{gc.p}_{name}, {k.batches}, {x}, {y}, tc_conv_scratch);"]
+
+    def _op_l2_normalization(self, gc, op):
+        x, y = self._t(gc, op.inputs[0]), self._t(gc, op.outputs[0])
+        where = f"{gc.g.path}: op #{op.index} L2_NORMALIZATION"
+        if not (x.dtype == y.dtype == "int8") or y.zp != 0 or float(y.s) != 1.0 / 128:
+            raise TinyCapError(where, "needs int8 in/out with output scale 1/128, zero point 0 (as TFLM)")
+        if getattr(op.options, "fusedActivationFunction", 0):
+            raise TinyCapError(where, "fused activation not supported (nor by TFLM)")
+        depth = x.shape[-1]
+        return [f"tc_k_l2_normalization({x.size // depth}, {depth}, {x.zp}, {self._ref(gc, x.index)}, {self._ref(gc, y.index)});"]
 
     def _op_gather(self, gc, op):
         p, idx, y = self._t(gc, op.inputs[0]), self._t(gc, op.inputs[1]), self._t(gc, op.outputs[0])
@@ -517,16 +553,25 @@ class Codegen:
             f"#define TC_FC_SCRATCH_BYTES {self.fc_max_k4 * 2}",
             "",
         ]
+        conv = bool(self.ops_used & {"CONV_2D", "DEPTHWISE_CONV_2D"})
         c = [
             "/* Generated by tinycap/firmware.py — do not edit. */",
             "#include <string.h>",
             '#include "tc_kernels.h"',
+            *(['#include "tc_conv.h"'] if conv else []),
             '#include "tc_graphs.h"',
             "",
             "static int8_t tc_arena[TC_ARENA_BYTES] __attribute__((aligned(16), unused));",
             f"static uint32_t tc_fc_scratch[{self.fc_max_k4 // 2}] __attribute__((unused)); /* FC scratch, passed in */",
             "",
         ]
+        if conv:
+            kh, kw, ic = self.conv_scratch or (1, 1, 1)
+            h[-1:-1] = [f"#define TC_CONV_SCRATCH_BYTES {_scratch_bytes(kh, kw, ic)}"]
+            c[-1:-1] = [
+                f"static uint32_t tc_conv_scratch[TC_CONV2D_SCRATCH_BYTES({kh}, {kw}, {ic}) / 4] __attribute__((unused));"
+                " /* CONV_2D scratch, passed in */"
+            ]
         for name, gc in self.graphs.items():
             g = gc.g
             ins = [g.tensors[i] for i in g.inputs]
@@ -579,6 +624,9 @@ LOWERINGS = {
     "QUANTIZE": Codegen._op_quantize,
     "DEQUANTIZE": Codegen._op_dequantize,  # fused into the QUANTIZE that reads it
     "GATHER": Codegen._op_gather,
+    "CONV_2D": Codegen._op_conv,
+    "DEPTHWISE_CONV_2D": Codegen._op_conv,
+    "L2_NORMALIZATION": Codegen._op_l2_normalization,
     "SOFTMAX": Codegen._op_softmax,
     "MEAN": Codegen._op_mean,
     "SUM": Codegen._op_mean,
@@ -591,6 +639,11 @@ LOWERINGS = {
     "STRIDED_SLICE": Codegen._op_strided_slice,
     "SLICE": Codegen._op_slice,
 }
+
+
+def _scratch_bytes(k_h, k_w, in_c):
+    """TC_CONV2D_SCRATCH_BYTES (tc_conv.h)."""
+    return 6 * ((k_h * k_w * in_c + 3) & ~3)
 
 
 def _ctype(t):

@@ -8,9 +8,8 @@ optional int32 bias, fused NONE / RELU / RELU6 / RELU_N1_TO_1, padding SAME / VA
 dilation 1 only, depthwise depth_multiplier 1 only (output channels == input channels). Anything
 else raises TinyCapError naming the op.
 
-Code generation (lowering these ops into the generated graph code) is not here yet: this module
-only computes what the kernels take; `pack()` serialises it for the host harness
-(firmware/host/conv_main.c) the tests drive.
+tinycap.codegen lowers CONV_2D / DEPTHWISE_CONV_2D into the generated graph code with conv_kernel();
+`pack()` serialises the parameters for the host harness (firmware/host/conv_main.c) the tests drive.
 """
 
 import dataclasses

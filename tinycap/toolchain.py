@@ -76,9 +76,11 @@ def build_host(gen_dir, out_path, main="host_main.c"):
     require_tools("gcc")
     gen_dir, out_path = Path(gen_dir), Path(out_path)
     # the portable reference kernels only (tc_kernels_cortexm.c is the M7 build's)
-    srcs = [HOST_DIR / main, RUNTIME_DIR / "tc_kernels.c", RUNTIME_DIR / "tinycap.c", *sorted(gen_dir.glob("*.c"))]
+    # (tc_conv.c: the image-encoder kernels CONV_2D / DEPTHWISE_CONV_2D the generated code may call)
+    kernels = [RUNTIME_DIR / "tc_kernels.c", RUNTIME_DIR / "tc_conv.c"]
+    srcs = [HOST_DIR / main, *kernels, RUNTIME_DIR / "tinycap.c", *sorted(gen_dir.glob("*.c"))]
     if main == "graph_main.c":  # graph-only builds (kernel tests) have no tc_model.c
-        srcs = [HOST_DIR / main, RUNTIME_DIR / "tc_kernels.c", gen_dir / "tc_graphs.c"]
+        srcs = [HOST_DIR / main, *kernels, gen_dir / "tc_graphs.c"]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = ["gcc", *HOST_CFLAGS, f"-I{RUNTIME_DIR}", f"-I{gen_dir}", *map(str, srcs), "-o", str(out_path)]
     p = subprocess.run(cmd, capture_output=True, text=True)
