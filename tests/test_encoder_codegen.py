@@ -146,3 +146,23 @@ def test_l2_normalization_needs_tflm_output_quantisation():
     model = tflite.build_model(t, [("L2_NORMALIZATION", [0], [1], tflite.options("L2NormOptions"))], [0], [1])
     with pytest.raises(TinyCapError, match="scale 1/128"):
         codegen.Codegen().add("g", model, "l2.tflite")
+
+
+def test_pipeline_encoder_generated_c_equals_tflm_on_val_frames(pipeline_data, tmp_path):
+    """The encoder the pipeline trained (data/encoder/encoder_int8.tflite) through the code generator:
+    the host build gives TFLM's bytes on real val frames, resized as distill_encoder resizes them."""
+    from tinycap.embeddings import load_embeddings
+
+    model = (pipeline_data / "encoder" / "encoder_int8.tflite").read_bytes()
+    graph = tflite.load_graph(model, "encoder_int8.tflite")
+    size = graph.tensors[graph.inputs[0]].shape[1]  # (1, S, S, 3)
+    cg = codegen.Codegen()
+    cg.add("encoder", model, "encoder_int8.tflite")
+    cg.write(tmp_path / "gen")
+    exe = toolchain.build_host(tmp_path / "gen", tmp_path / "tc_graph", main="graph_main.c")
+    rows = load_embeddings(pipeline_data / "embeddings" / "clip.h5").videos("val")[:8]
+    pixels = encoder.read_frames(pipeline_data / "frames" / "frames.h5", rows, size).reshape(-1, size, size, 3)
+    assert len(pixels) >= 8
+    for frame in pixels:
+        q = encoder.pixels_to_q(frame[None])  # (1, S, S, 3) int8
+        np.testing.assert_array_equal(_run(exe, "encoder", q), np.asarray(tflm_run(model, [q])[0]).astype(np.int8).ravel())
