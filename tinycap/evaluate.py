@@ -29,6 +29,8 @@ from tinycap.vocab import Vocab
 log = logging.getLogger(__name__)
 
 VARIANTS = ("guide", "guide_greedy", "microcap_fp32", "microcap_int8_tflm")
+BEAM_BATCH = 256  # clips per beam-search batch
+BEAM_SHARE = 0.7  # of each split's beam search done in the forked child (the parent also decodes greedily)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,18 +184,25 @@ def evaluate(emb_path, annotations_path, frames_path, guide_dir, microcap_dir, i
     frames = torch.from_numpy(emb.frame_emb)
     memory = guide_mod.memory_input(emb)
 
-    # the guide's beam search, the slowest decoding, runs on the other core while the rest decodes here
-    beam = in_forked_process(
-        lambda: {s: guide_mod.decode_rows(guide, memory, emb.videos(s, emb_path), vocab, beam=guide.beam) for s in p.splits},
-        "evaluate: guide beam search",
-    )
+    # Both cores decode: the child the first BEAM_SHARE of every split's clips with the guide's beam
+    # search (the slowest decoder), the parent the rest of the beam search and the greedy decoders. The
+    # cut falls on a decode_rows batch boundary, so every batch is the one a single process decodes.
+    split_rows = {split: emb.videos(split, emb_path) for split in p.splits}
+    cut = {split: BEAM_BATCH * int(BEAM_SHARE * len(r) // BEAM_BATCH) for split, r in split_rows.items()}
+
+    def beam_search(part):
+        return {split: guide_mod.decode_rows(guide, memory, part(split), vocab, beam=guide.beam, batch_size=BEAM_BATCH)
+                for split in p.splits}  # fmt: skip
+
+    child = in_forked_process(lambda: beam_search(lambda split: split_rows[split][: cut[split]]), "evaluate: guide beam search")
+    beam = beam_search(lambda split: split_rows[split][cut[split] :])
     greedy = {}
     for split in p.splits:
-        rows = emb.videos(split, emb_path)
-        greedy[split] = {"microcap_fp32": microcap_mod.decode_rows(student, frames, rows, vocab)}
+        greedy[split] = {"microcap_fp32": microcap_mod.decode_rows(student, frames, split_rows[split], vocab)}
         if guide.beam > 1:  # the guide decoded like MicroCap (greedy): the like-for-like comparison
-            greedy[split]["guide_greedy"] = guide_mod.decode_rows(guide, memory, rows, vocab, beam=1)
-    beam = beam.result()
+            greedy[split]["guide_greedy"] = guide_mod.decode_rows(guide, memory, split_rows[split], vocab, beam=1)
+    first = child.result()
+    beam = {split: {**first[split], **beam[split]} for split in p.splits}
 
     preds, refs = {}, {}
     for split in p.splits:
