@@ -220,17 +220,22 @@ def test_dimension_mismatch_and_bad_frames_are_refused_before_training(tmp_path,
     assert not out.exists() and not list(tmp_path.glob(".encoder*"))
 
 
-def test_tf_mirror_float_parity_odd_size_and_folded_batchnorm():
-    cfg = encoder.EncoderConfig(input_size=37, stem=6, blocks=[[12, 2], [12, 1], [20, 2]], dim=7)
-    torch.manual_seed(0)
-    model = encoder.Encoder(cfg).eval()
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding is exercised
+def with_trained_batchnorm(model):
+    """`model` with BatchNorm statistics as after training (varied per channel), drawn from torch's RNG."""
+    with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.normal_(0, 0.3)
                 m.running_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.normal_(0, 0.2)
+    return model
+
+
+def test_tf_mirror_float_parity_odd_size_and_folded_batchnorm():
+    cfg = encoder.EncoderConfig(input_size=37, stem=6, blocks=[[12, 2], [12, 1], [20, 2]], dim=7)
+    torch.manual_seed(0)
+    model = with_trained_batchnorm(encoder.Encoder(cfg).eval())  # so folding is exercised
     pixels = synthetic(np.random.default_rng(0), 4, 37)[0]
     q = encoder.pixels_to_q(pixels).astype(np.float32)
     mirror = encoder.TFEncoder(model)

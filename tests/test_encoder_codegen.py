@@ -14,8 +14,10 @@ import subprocess
 
 import numpy as np
 import pytest
+from test_encoder import with_trained_batchnorm
+from test_firmware import graph_binary
 
-from tinycap import codegen, encoder, tflite, toolchain
+from tinycap import codegen, encoder, tflite
 from tinycap.errors import TinyCapError
 from tinycap.int8 import tflm_run
 
@@ -36,24 +38,14 @@ def encoder_build(request, tmp_path_factory):
 
     cfg = encoder.EncoderConfig(input_size=request.param, stem=8, blocks=[[12, 2], [16, 1]], dim=8)
     torch.manual_seed(0)
-    model = encoder.Encoder(cfg).eval()
-    with torch.no_grad():  # BatchNorm statistics as after training, so folding gives varied per-channel scales
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.3)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.2)
+    model = with_trained_batchnorm(encoder.Encoder(cfg).eval())  # folding gives varied per-channel scales
     calibration = np.random.default_rng(0).integers(0, 256, (16, cfg.input_size, cfg.input_size, 3)).astype(np.uint8)
     data, _ = encoder.convert_int8(encoder.TFEncoder(model), calibration)
     features, _ = encoder.convert_int8(_FeatureMirror(model), calibration)
     tmp = tmp_path_factory.mktemp("encoder_codegen")
-    cg = codegen.Codegen()  # both graphs in one generated source: shared arena and conv scratch
-    graph = cg.add("encoder", data, "encoder.tflite")
-    cg.add("features", features, "features.tflite")
-    cg.write(tmp / "gen")
-    exe = toolchain.build_host(tmp / "gen", tmp / "tc_graph", main="graph_main.c")
-    return cfg, {"encoder": data, "features": features}, graph, exe, tmp / "gen"
+    models = {"encoder": data, "features": features}  # one generated source: shared arena and conv scratch
+    graphs, exe = graph_binary(models, tmp)
+    return cfg, models, graphs["encoder"], exe, tmp / "gen"
 
 
 class _FeatureMirror(encoder.TFEncoder):
@@ -111,11 +103,7 @@ def _l2_cases():
 def l2_build(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("l2")
     cases = _l2_cases()
-    cg = codegen.Codegen()
-    for name, (model, _, _) in cases.items():
-        cg.add(name, model, name)
-    cg.write(tmp / "gen")
-    return cases, toolchain.build_host(tmp / "gen", tmp / "tc_graph", main="graph_main.c")
+    return cases, graph_binary({name: model for name, (model, _, _) in cases.items()}, tmp)[1]
 
 
 def test_l2_normalization_kernel_bit_exact_with_tflm(l2_build):
@@ -156,10 +144,7 @@ def test_pipeline_encoder_generated_c_equals_tflm_on_val_frames(pipeline_data, t
     model = (pipeline_data / "encoder" / "encoder_int8.tflite").read_bytes()
     graph = tflite.load_graph(model, "encoder_int8.tflite")
     size = graph.tensors[graph.inputs[0]].shape[1]  # (1, S, S, 3)
-    cg = codegen.Codegen()
-    cg.add("encoder", model, "encoder_int8.tflite")
-    cg.write(tmp_path / "gen")
-    exe = toolchain.build_host(tmp_path / "gen", tmp_path / "tc_graph", main="graph_main.c")
+    exe = graph_binary({"encoder": model}, tmp_path)[1]
     rows = load_embeddings(pipeline_data / "embeddings" / "clip.h5").videos("val")[:8]
     pixels = encoder.read_frames(pipeline_data / "frames" / "frames.h5", rows, size).reshape(-1, size, size, 3)
     assert len(pixels) >= 8

@@ -140,12 +140,16 @@ def kernel_build(tmp_path_factory):
     """All kernel cases in one generated source and one host binary."""
     tmp = tmp_path_factory.mktemp("kernels")
     cases = _cases()
+    return cases, graph_binary({name: model for name, (model, _, _) in cases.items()}, tmp)[1]
+
+
+def graph_binary(models, out_dir):
+    """Every .tflite of `models` ({name: bytes}) generated into one source (out_dir/gen) and built with
+    firmware/host/graph_main.c -> ({name: tinycap.tflite.Graph}, the host binary)."""
     cg = codegen.Codegen()
-    for name, (model, _, _) in cases.items():
-        cg.add(name, model, name)
-    cg.write(tmp / "gen")
-    exe = toolchain.build_host(tmp / "gen", tmp / "tc_graph", main="graph_main.c")
-    return cases, exe
+    graphs = {name: cg.add(name, model, name) for name, model in models.items()}
+    cg.write(out_dir / "gen")
+    return graphs, toolchain.build_host(out_dir / "gen", out_dir / "tc_graph", main="graph_main.c")
 
 
 @pytest.mark.parametrize(

@@ -382,26 +382,14 @@ class Codegen:
         return [f"tc_k_batch_matmul(&{name}, {self._ref(gc, a.index)}, {self._ref(gc, b.index)}, {self._ref(gc, y.index)});"]
 
     def _op_mean(self, gc, op):
-        x, ax, y = self._t(gc, op.inputs[0]), self._t(gc, op.inputs[1]), self._t(gc, op.outputs[0])
-        where = f"{gc.g.path}: op #{op.index} {op.name}"
-        axes = sorted({int(v) % len(x.shape) for v in np.atleast_1d(ax.data)})
-        # MEAN over contiguous axes (e.g. (1, 2) of NHWC, global average pooling) is one axis of their
-        # product: TFLM's integer MEAN is the same sum and one requantisation (conv_prepare.mean_kernel)
-        several = op.name == "MEAN" and len(axes) > 1 and axes == list(range(axes[0], axes[-1] + 1))
-        if x.dtype != "int8" or y.dtype != "int8" or (len(axes) != 1 and not several):
-            raise TinyCapError(where, "only int8 over a single axis (MEAN: contiguous axes) is supported")
-        a, last = axes[0], axes[-1]
-        count = int(np.prod([x.shape[i] for i in axes]))
-        m, sh = quantize_multiplier(float(x.s) / float(y.s))
-        if op.name == "MEAN":  # 1/count folded into the multiplier, as TFLM
-            fold = min(count.bit_length() - 1, 32, 31 + sh)
-            m, sh = (m << fold) // count, sh - fold
+        """MEAN over contiguous axes (global average pooling: (1, 2) of NHWC) or SUM over one axis:
+        tc_k_mean with conv_prepare.mean_kernel's parameters (TFLM's Prepare)."""
+        k = conv_prepare.mean_kernel(gc.g, op)
         name = f"{gc.p}_op{op.index}"
         gc.data.append(
-            f"static const tc_mean_params {name} = {{{int(np.prod(x.shape[:a]))}, {count}, "
-            f"{int(np.prod(x.shape[last + 1 :]))}, {x.zp}, {m}, {sh}, {y.zp}}};\n"
+            f"static const tc_mean_params {name} = {{{k.outer}, {k.axis}, {k.inner}, {k.in_zp}, {k.mult}, {k.shift}, {k.out_zp}}};\n"
         )
-        return [f"tc_k_mean(&{name}, {self._ref(gc, x.index)}, {self._ref(gc, y.index)});"]
+        return [f"tc_k_mean(&{name}, {self._ref(gc, op.inputs[0])}, {self._ref(gc, op.outputs[0])});"]
 
     def _op_conv(self, gc, op):
         """CONV_2D / DEPTHWISE_CONV_2D: parameters from conv_prepare (TFLM's Prepare), kernels of tc_conv.h;

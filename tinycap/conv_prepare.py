@@ -255,10 +255,11 @@ def average_pool_kernel(graph, op):
 
 
 def mean_kernel(graph, op):
-    """MEAN over contiguous axes (e.g. (1, 2) of NHWC: global average pooling) -> MeanKernel for
-    tc_k_mean. TFLM's int8 MEAN over several axes: one integer sum per output, minus
-    input_zp * count, one MultiplyByQuantizedMultiplier with 1/count folded into the multiplier
-    (reference_ops::QuantizedMeanOrSum) - the same as over one axis of length count."""
+    """MEAN over contiguous axes (e.g. (1, 2) of NHWC: global average pooling), or SUM over one axis
+    -> MeanKernel for tc_k_mean on the (outer, axis, inner) view. TFLM's int8 MEAN over several axes:
+    one integer sum per output, minus input_zp * count, one MultiplyByQuantizedMultiplier with 1/count
+    folded into the multiplier (reference_ops::QuantizedMeanOrSum) - the same as over one axis of
+    length count; SUM has no 1/count."""
     where = f"{graph.path}: op #{op.index} {op.name}"
     x, ax, y = (graph.tensors[i] for i in (op.inputs[0], op.inputs[1], op.outputs[0]))
     if x.dtype != "int8" or y.dtype != "int8" or ax.data is None:
@@ -266,10 +267,13 @@ def mean_kernel(graph, op):
     axes = sorted({int(v) % len(x.shape) for v in np.atleast_1d(ax.data)})
     if axes != list(range(axes[0], axes[-1] + 1)):
         raise TinyCapError(where, f"axes {axes} are not contiguous")
+    if op.name != "MEAN" and len(axes) != 1:
+        raise TinyCapError(where, "only a single axis is supported")
     count = int(np.prod([x.shape[a] for a in axes]))
     m, sh = quantize_multiplier(float(x.s) / float(y.s))
-    fold = min(count.bit_length() - 1, 32, 31 + sh)  # 63 - CountLeadingZeros(count), clamped as TFLM
-    m, sh = (m << fold) // count, sh - fold
+    if op.name == "MEAN":
+        fold = min(count.bit_length() - 1, 32, 31 + sh)  # 63 - CountLeadingZeros(count), clamped as TFLM
+        m, sh = (m << fold) // count, sh - fold
     return MeanKernel(int(np.prod(x.shape[: axes[0]])), count, int(np.prod(x.shape[axes[-1] + 1 :])), x.zp, m, sh, y.zp)
 
 

@@ -55,7 +55,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tinycap import retrieval
+from tinycap import checkpoint, retrieval
 from tinycap.embeddings import load_embeddings
 from tinycap.errors import TinyCapError
 from tinycap.io import atomic_path
@@ -210,18 +210,7 @@ def encoder_checkpoint(model, **extra):
 
 def load_encoder(path):
     """Rebuild the student saved by distill_encoder (data/encoder/encoder.pt), in eval mode."""
-    path = Path(path)
-    if not path.is_file():
-        raise TinyCapError(path, "file not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        model = Encoder(EncoderConfig(**ckpt["config"]))
-        model.load_state_dict(ckpt["model"])
-    except TinyCapError:
-        raise
-    except Exception as e:
-        raise TinyCapError(path, f"not an encoder checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    return model.eval()
+    return checkpoint.load(path, EncoderConfig, Encoder, "student encoder")[0]
 
 
 # ----------------------------------------------------------------------------- frames

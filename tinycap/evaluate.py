@@ -206,8 +206,7 @@ def evaluate(emb_path, annotations_path, frames_path, guide_dir, microcap_dir, i
 
     preds, refs = {}, {}
     for split in p.splits:
-        rows = emb.videos(split, emb_path)
-        refs[split] = emb.references(rows)
+        refs[split] = emb.references(split_rows[split])
         decoded = {"guide": beam[split], **greedy[split]}
         preds[split] = {variant: {emb.video_id[r]: c for r, c in caps.items()} for variant, caps in decoded.items()}
         if int8 is not None:
@@ -249,8 +248,7 @@ def evaluate(emb_path, annotations_path, frames_path, guide_dir, microcap_dir, i
     for split, variant in jobs:
         metrics.setdefault(variant, {})[split] = entries[split, variant]
     for split in p.splits:
-        rows = emb.videos(split, emb_path)
-        refs_split, preds_split = refs[split], preds[split]
+        rows, refs_split, preds_split = split_rows[split], refs[split], preds[split]
         with torch.no_grad():
             weights = student.encode(frames[torch.as_tensor(rows)])[2].numpy()  # (N, T)
         if actions is not None:
