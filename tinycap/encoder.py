@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from tinycap import checkpoint, retrieval
 from tinycap.embeddings import load_embeddings
 from tinycap.errors import TinyCapError
+from tinycap.int8 import pixels_to_q
 from tinycap.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -431,11 +432,6 @@ class TFEncoder:
         spec = tf.TensorSpec([1, self.size, self.size, 3], tf.float32, name="pixels")
         # autograph=False: plain Python loops only; AutoGraph would re-read this file's source at trace time
         return tf.function(lambda pixels: {"embedding": self(pixels)}, autograph=False).get_concrete_function(spec)
-
-
-def pixels_to_q(pixels):
-    """uint8 pixels -> the int8 graph's input q = pixel - 128 (what the camera's XOR 0x80 gives)."""
-    return (np.asarray(pixels).astype(np.int16) - 128).astype(np.int8)
 
 
 def convert_int8(mirror, calibration):

@@ -7,6 +7,8 @@
                       tf.lite, inputs and outputs by name
   Int8Decoder         greedy decoding of the pooler + decoder graphs, the firmware's loop
                       (TflmDecoder: int8 in TFLM, what quantize, build_tflm and benchmark_m7 compare with)
+  DeviceDecoder       the whole device path in TFLM: uint8 camera frames -> the int8 encoder frame by
+                      frame -> MicroCap's frame quantisation (requant_table) -> TflmDecoder
   beam_search()       the one beam search over a step function (tinycap.captioner uses it)
   tflm_run()          one TFLM invocation of a small graph (the code generator's lookup tables)
   measure_arena()     the smallest TFLM arena a graph runs with, bisected in subprocesses
@@ -23,6 +25,7 @@ import numpy as np
 
 from tinycap.errors import TinyCapError
 from tinycap.io import read_json
+from tinycap.tflite import io_details
 from tinycap.vocab import BOS, EOS
 
 POOLER, DECODER = "pooler", "decoder"
@@ -158,7 +161,13 @@ class Int8Decoder:
 
     def caption_with_logits(self, frame_emb):
         """frame_emb (T, D) -> (token ids, the logits of every step (S, V), <eos> step included)."""
-        enc = self.encode(frame_emb)
+        return self._decode(self.encode(frame_emb))
+
+    def caption_from_int8(self, frames_q):
+        """Already quantised int8 frames (T, D) -> caption_with_logits()'s result (int8 graphs only)."""
+        return self._decode(self.graphs[POOLER](frames=np.asarray(frames_q, np.int8)[None]))
+
+    def _decode(self, enc):
         h, context, tok, out, logits = enc["h0"], enc["context"], BOS, [], []
         for _ in range(self.max_steps):
             res = self.graphs[DECODER](token=np.array([tok], np.int32), h=h, context=context)
@@ -176,6 +185,94 @@ class TflmDecoder(Int8Decoder):
 
     def __init__(self, int8_dir):
         super().__init__(int8_dir, runtime="tflm", precision="int8")
+
+
+def pixels_to_q(pixels):
+    """uint8 pixels -> the int8 encoder's input q = pixel - 128 (what the camera's XOR 0x80 gives)."""
+    return (np.asarray(pixels).astype(np.int16) - 128).astype(np.int8)
+
+
+def requant_table(encoder_out, frame_scale, frame_zero_point):
+    """int8 (256,): MicroCap's int8 frame input for each int8 encoder output -128..127. The same numbers
+    as dequantising ((q - zero_point) * scale, float32) and quantize_frames(): a table on the device."""
+    q = np.arange(-128, 128, dtype=np.float32)
+    x = (q - np.float32(encoder_out["zero_point"])) * np.float32(encoder_out["scale"])
+    return quantize_frames(x, frame_scale, frame_zero_point)
+
+
+class DeviceDecoder:
+    """The device path in TFLM, what the firmware's tc_push_frame()/tc_caption() reproduce:
+    uint8 frames (T, S, S, 3) -> int8 encoder graph per frame -> int8 embeddings (T, D) -> requant_table
+    -> the pooler + decoder loop of TflmDecoder."""
+
+    def __init__(self, encoder_path, int8_dir, arena_bytes=512 * 1024):
+        encoder_path = Path(encoder_path)
+        if not encoder_path.is_file():
+            raise TinyCapError(encoder_path, "file not found (run distill_encoder with encoder.int8: true)")
+        data = encoder_path.read_bytes()
+        io = io_details(data)
+        (inp,), (out,) = io["inputs"], io["outputs"]
+        if inp["dtype"] != "int8" or (inp["scale"], inp["zero_point"]) != (1.0, 0) or len(inp["shape"]) != 4:
+            raise TinyCapError(encoder_path, f"input must be int8 pixel - 128 [1,S,S,3] (scale 1, zero point 0), got {inp}")
+        self.encoder = GraphRunner(data, io, "tflm", arena_bytes)
+        self.decoder = TflmDecoder(int8_dir)
+        self.size = inp["shape"][1]
+        self.dim = out["shape"][-1]
+        if self.dim != self.decoder.graphs[POOLER].io["inputs"][0]["shape"][-1]:
+            raise TinyCapError(
+                encoder_path,
+                f"embeds to D = {self.dim}, MicroCap ({int8_dir}) reads {self.decoder.graphs[POOLER].io['inputs'][0]['shape']}",
+            )
+        self.table = requant_table(out, self.decoder.frame_scale, self.decoder.frame_zero_point)
+        self.in_name, self.out_name = inp["name"], out["name"]
+
+    def embed(self, frames):
+        """uint8 (T, S, S, 3) -> the encoder's int8 output (T, D)."""
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[1:] != (self.size, self.size, 3) or frames.dtype != np.uint8:
+            raise TinyCapError(
+                "device frames", f"need uint8 [T,{self.size},{self.size},3] RGB, got {frames.dtype} {list(frames.shape)}"
+            )
+        return np.stack([self.encoder(**{self.in_name: q[None]})[self.out_name][0] for q in pixels_to_q(frames)])
+
+    def caption_with_logits(self, frames):
+        """uint8 frames (T, S, S, 3) -> (token ids, int8 logits (S, V)), as Int8Decoder.caption_with_logits."""
+        return self.decoder.caption_from_int8(self.table[self.embed(frames).astype(np.int16) + 128])
+
+    def caption(self, frames):
+        return self.caption_with_logits(frames)[0]
+
+
+def device_reference(decoder, frames):
+    """What the device must reproduce from camera frames: the DeviceDecoder's token ids and int8 logits (S, V)
+    for every clip of frames uint8 (N, T, S, S, 3)."""
+    tokens, logits = zip(*(decoder.caption_with_logits(clip) for clip in frames)) if len(frames) else ((), ())
+    return list(tokens), [x.astype(np.int8) for x in logits]
+
+
+def write_reference(path, video_ids, tokens, logits):
+    """A reference run as .npz: per clip its token ids and int8 logits (steps, V), ragged rows concatenated."""
+    steps = np.cumsum([0] + [len(x) for x in logits])
+    n_tok = np.cumsum([0] + [len(t) for t in tokens])
+    with open(path, "wb") as f:
+        np.savez(
+            f,
+            video_id=np.array(video_ids, dtype=str),
+            tokens=np.array([t for ts in tokens for t in ts], np.int32),
+            token_offsets=n_tok,
+            logits=np.concatenate(logits) if logits else np.zeros((0, 0), np.int8),
+            logit_offsets=steps,
+        )
+
+
+def read_reference(path):
+    """write_reference()'s file -> {video_id: (token ids, int8 logits (steps, V))}."""
+    path = Path(path)
+    if not path.is_file():
+        raise TinyCapError(path, "file not found (run quantize_int8)")
+    with np.load(path) as z:
+        t, to, x, xo = z["tokens"], z["token_offsets"], z["logits"], z["logit_offsets"]
+        return {str(v): (t[to[i] : to[i + 1]].tolist(), x[xo[i] : xo[i + 1]]) for i, v in enumerate(z["video_id"])}
 
 
 def tflm_reference(int8_dir, frame_emb):
