@@ -41,6 +41,8 @@ def project(tmp_path_factory):
     (d / "int8").mkdir()
     test_ids = [v.decode() for v, s in zip(vids, splits) if s == b"test"]
     (d / "int8" / "captions_tflm.json").write_text(json.dumps({"test": {v: "a red ball spins" for v in test_ids}}))
+    device = {"test": {v: "a blue cube grows" for v in test_ids}, "novel": {}}
+    (d / "int8" / "captions_device.json").write_text(json.dumps(device))
     return d
 
 
@@ -61,12 +63,16 @@ def test_evaluate_writes_metrics_predictions_and_report(project):
     assert set(m["action_named_references"]) == {"test", "novel"}
     assert set(metrics.METRICS) <= set(m["microcap_int8_tflm"]["test"]) and "novel" not in m["microcap_int8_tflm"]
     assert "covers 0 of 3 novel clips" in m["notes"]["microcap_int8_tflm.novel"] and "SPICE" in m["notes"]
+    assert set(metrics.METRICS) <= set(m["device_int8"]["test"]) and "covers 0 of 3" in m["notes"]["device_int8.novel"]
+    device_vs_host = m["device_int8"]["test"]["CIDEr"] / m["microcap_int8_tflm"]["test"]["CIDEr"]
+    assert m["cider_fraction_of_microcap_int8_tflm"]["device_int8"]["test"] == round(device_vs_host, 4)
     for teacher in ("guide", "guide_greedy"):
         fraction = m[f"cider_fraction_of_{teacher}"]["microcap_fp32"]["test"]
         assert fraction == round(m["microcap_fp32"]["test"]["CIDEr"] / m[teacher]["test"]["CIDEr"], 4)
     preds = json.loads((d / "eval" / "predictions.json").read_text())
     clip = preds["test"]["test000"]
-    assert clip["references"] and {"guide", "microcap_fp32", "microcap_int8_tflm"} <= set(clip)
+    assert clip["references"] and {"guide", "microcap_fp32", "microcap_int8_tflm", "device_int8"} <= set(clip)
+    assert clip["device_int8"] == "a blue cube grows"
     assert sum(clip["microcap_weights"]) == pytest.approx(1.0, abs=1e-3)
     report = (d / "eval" / "report.html").read_text()
     assert report.count("<div class='clip'>") == 3 and report.count("data:image/jpeg;base64,") == 15 and "w=0." in report
@@ -75,9 +81,11 @@ def test_evaluate_writes_metrics_predictions_and_report(project):
 def test_evaluate_without_int8_or_order_attribute_notes_the_reason(project, tmp_path):
     d = project
     (d / "annotations.json").write_text(json.dumps({"videos": [{"video_id": "x"}], "sentences": []}))
-    (d / "int8" / "captions_tflm.json").rename(d / "int8" / "moved.json")
+    for name in ("captions_tflm.json", "captions_device.json"):
+        (d / "int8" / name).rename(d / "int8" / f"moved_{name}")
     m = run_evaluate(d, out="eval2", splits=["test"], report_clips=1)
-    assert "microcap_int8_tflm" not in {k for k in m if k != "notes"} and "not found" in m["notes"]["microcap_int8_tflm"]
+    for variant in ("microcap_int8_tflm", "device_int8"):
+        assert variant not in {k for k in m if k != "notes"} and "not found" in m["notes"][variant]
     assert "order_dependent" not in m["guide"]["test"] and "order_dependent" in m["notes"]
     assert "action_named" not in m["guide"]["test"] and "no action per video" in m["notes"]["action_named"]
     with pytest.raises(TinyCapError, match="empty split 'train2'"):

@@ -26,7 +26,13 @@ REQUIRED_METRICS = {
         "int8.ops",
         "int8.tflm_cosine_to_float_student",
     ],
-    "eval": [f"{v}.{s}.{m}" for v in ["guide", "microcap_fp32", "microcap_int8_tflm"] for s in ["test", "novel"] for m in SCORES],
+    "eval": [
+        f"{v}.{s}.{m}"
+        for v in ["guide", "microcap_fp32", "microcap_int8_tflm", "device_int8"]
+        for s in ["test", "novel"]
+        for m in SCORES
+    ]
+    + ["cider_fraction_of_microcap_int8_tflm.device_int8.test"],
     "microcap": ["params_count", "guide_params_count", "ablation.no_kd.CIDEr", "ablation.kl.CIDEr", "ablation.kl_attn.CIDEr"],
     "quantize": [
         "fp32_bytes",
@@ -37,6 +43,8 @@ REQUIRED_METRICS = {
         "cider_int8_tflm",
         "cider_rel_drop",
         "token_agreement_tflm_vs_tflite",
+        "device.cider.test.device_int8",
+        "device.cider.test.rel_drop_ci95",
     ],
     "m7": [f"{k}.value" for k in ["instructions", "cycles", "latency_ms", "energy_mj", "flash_bytes", "ram_bytes"]]
     + ["macs", "instr_per_mac", "clock_hz", "parity_mismatches"],

@@ -28,7 +28,9 @@ from tinycap.vocab import Vocab
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("guide", "guide_greedy", "microcap_fp32", "microcap_int8_tflm")
+VARIANTS = ("guide", "guide_greedy", "microcap_fp32", "microcap_int8_tflm", "device_int8")
+# the int8 variants quantize_int8 decodes in TFLM: variant -> its captions file in data/int8
+INT8_CAPTIONS = {"microcap_int8_tflm": "captions_tflm.json", "device_int8": "captions_device.json"}
 BEAM_BATCH = 256  # clips per beam-search batch
 BEAM_SHARE = 0.7  # of each split's beam search done in the forked child (the parent also decodes greedily)
 
@@ -44,7 +46,7 @@ class EvaluateParams:
 
 
 def load_int8_captions(path):
-    """data/int8/captions_tflm.json ({split: {video_id: caption}}, written by quantize_int8)
+    """data/int8/captions_{tflm,device}.json ({split: {video_id: caption}}, written by quantize_int8)
     -> {video_id: caption}, or None when absent."""
     path = Path(path)
     if not path.is_file():
@@ -171,9 +173,11 @@ def evaluate(emb_path, annotations_path, frames_path, guide_dir, microcap_dir, i
     notes = {"SPICE": SPICE_NOTE}
     guide = guide_mod.load(Path(guide_dir) / "guide.pt", vocab)
     student = microcap_mod.load(Path(microcap_dir) / "microcap.pt", vocab)
-    int8 = load_int8_captions(Path(int8_dir) / "captions_tflm.json")
-    if int8 is None:
-        notes["microcap_int8_tflm"] = f"{Path(int8_dir) / 'captions_tflm.json'} not found (quantize_int8 not run)"
+    int8 = {}
+    for variant, name in INT8_CAPTIONS.items():
+        int8[variant] = load_int8_captions(Path(int8_dir) / name)
+        if int8[variant] is None:
+            notes[variant] = f"{Path(int8_dir) / name} not found (quantize_int8 not run, or quantize.device off)"
     order_dep = order_dependent_ids(annotations_path)
     if order_dep is None:
         notes["order_dependent"] = f"{annotations_path} has no order_dependent attribute per video: subset not scored"
@@ -209,13 +213,15 @@ def evaluate(emb_path, annotations_path, frames_path, guide_dir, microcap_dir, i
         refs[split] = emb.references(split_rows[split])
         decoded = {"guide": beam[split], **greedy[split]}
         preds[split] = {variant: {emb.video_id[r]: c for r, c in caps.items()} for variant, caps in decoded.items()}
-        if int8 is not None:
-            have = {v: int8[v] for v in refs[split] if v in int8}
+        for variant, captions in int8.items():
+            if captions is None:
+                continue
+            have = {v: captions[v] for v in refs[split] if v in captions}
             if len(have) == len(refs[split]):
-                preds[split]["microcap_int8_tflm"] = have
+                preds[split][variant] = have
             else:
-                notes[f"microcap_int8_tflm.{split}"] = (
-                    f"captions_tflm.json covers {len(have)} of {len(refs[split])} {split} clips: not scored"
+                notes[f"{variant}.{split}"] = (
+                    f"{INT8_CAPTIONS[variant]} covers {len(have)} of {len(refs[split])} {split} clips: not scored"
                 )
 
     def score_all(jobs):
@@ -275,7 +281,7 @@ def evaluate(emb_path, annotations_path, frames_path, guide_dir, microcap_dir, i
     for teacher in ("guide", "guide_greedy"):
         if teacher not in metrics:
             continue
-        for variant in ("microcap_fp32", "microcap_int8_tflm"):
+        for variant in ("microcap_fp32", "microcap_int8_tflm", "device_int8"):
             for split, s in metrics.get(variant, {}).items():
                 key = f"cider_fraction_of_{teacher}"
                 g = metrics[teacher][split]["CIDEr"]
@@ -283,10 +289,18 @@ def evaluate(emb_path, annotations_path, frames_path, guide_dir, microcap_dir, i
                     metrics.setdefault(key, {}).setdefault(variant, {})[split] = round(s["CIDEr"] / g, 4)
                 else:
                     notes[f"{key}.{variant}.{split}"] = f"absent: the {teacher} CIDEr is 0"
+    for split, s in metrics.get("device_int8", {}).items():  # the device's own captions vs the host int8 path
+        host = metrics.get("microcap_int8_tflm", {}).get(split, {}).get("CIDEr")
+        if host:
+            metrics.setdefault("cider_fraction_of_microcap_int8_tflm", {}).setdefault("device_int8", {})[split] = round(
+                s["CIDEr"] / host, 4
+            )
     metrics["notes"] = notes
     metrics["method"] = ("pycocoevalcap (PTBTokenizer; BLEU-4, METEOR 1.5, ROUGE-L, CIDEr-D raw 0-10 scale, x100 in papers); "
                          "guide: beam search (guide_greedy: the same guide, greedy), MicroCap fp32: greedy (PyTorch), "
-                         "int8: TFLM captions from quantize_int8; action_named: share of clips whose caption "
+                         "int8: TFLM captions from quantize_int8 (microcap_int8_tflm: int8 MicroCap on CLIP's frame "
+                         "embeddings; device_int8: the whole device path, camera frames -> int8 encoder -> int8 "
+                         "MicroCap); action_named: share of clips whose caption "
                          "names the clip's action (tinycap.evaluate.action_classifier; its accuracy on the "
                          "references: action_named_references)")  # fmt: skip
     with atomic_path(out_dir) as tmp:

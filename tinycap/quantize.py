@@ -41,10 +41,21 @@ import numpy as np
 
 from tinycap import microcap
 from tinycap.embeddings import load_embeddings
+from tinycap.encoder import check_frames_file, read_frames
 from tinycap.errors import TinyCapError
-from tinycap.int8 import DECODER, POOLER, Int8Decoder, check_shared_quant, measure_arena
+from tinycap.int8 import (
+    DECODER,
+    POOLER,
+    DeviceDecoder,
+    Int8Decoder,
+    check_shared_quant,
+    device_reference,
+    measure_arena,
+    write_reference,
+)
 from tinycap.io import atomic_path, write_json
 from tinycap.metrics import cider_per_clip, paired_drop
+from tinycap.parallel import in_forked_process
 from tinycap.tflite import io_details, model_ops
 from tinycap.vocab import BOS, EOS
 from tinycap.vocab import load as load_vocab
@@ -54,6 +65,8 @@ log = logging.getLogger(__name__)
 # reference int8 runtime here all the same
 warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
 
+DEVICE_REFERENCE = "device_tflm.npz"  # the device path's TFLM tokens + int8 logits (test and novel clips)
+DEVICE_CAPTIONS = "captions_device.json"
 H_QUANT = (1.0 / 128.0, 0)  # int8 (scale, zero point) of h0, h and h_new: TFLite's fixed TANH output params
 H_RANGE = (-1.0, 127.0 / 128.0)  # the float range that (scale, zero point) covers, as fake-quant min/max
 
@@ -79,6 +92,7 @@ class QuantizeParams:
     calibration_clips: int = 300  # train clips whose frames and decoder states calibrate the int8 ranges
     logits_margin: float = 2.0  # the int8 logits window starts this far below the lowest winning logit of calibration
     context_percentile: float = 99.99  # the int8 context covers this percentile band of the calibration contexts
+    device: bool = True  # also run the whole device path (frames -> int8 encoder -> int8 MicroCap) in TFLM
 
 
 def model_file(name, precision):
@@ -485,11 +499,12 @@ def token_agreement(a, b):
     return agree / total if total else 1.0
 
 
-def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect):
+def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect, device=None):
     """Mirror, convert, calibrate and evaluate; writes the data/int8 files into `out_dir` (which the
     caller publishes atomically) and returns the metrics dict (metrics/quantize.json).
     `expect`: the architecture params say the checkpoint has (pooling, num_frames, embed_dim,
-    hidden, max_len, temporal_filter, temporal_mlp)."""
+    hidden, max_len, temporal_filter, temporal_mlp). `device`: {"encoder": encoder_int8.tflite,
+    "frames": frames.h5, "frames_size": frames.size} to also run the whole device path (device_path())."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     vocab = load_vocab(vocab_path)
@@ -573,6 +588,14 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
     check_shared_quant(quant, out_dir)
     write_json(out_dir / "quant.json", quant)
 
+    # the device path (camera frames -> int8 encoder -> int8 MicroCap) in TFLM on the second core
+    on_device = None
+    if device is not None:
+        pixels, encoder = device_frames(device, embeddings_path, vids[all_eval])
+        on_device = in_forked_process(
+            lambda: device_path(encoder, out_dir, pixels, vids[all_eval]), "quantize_int8: the device path in TFLM"
+        )
+
     # quality: TFLM int8 vs tf.lite int8 vs float
     runners = {
         "tflm_int8": Int8Decoder(out_dir, "tflm", "int8"),
@@ -599,6 +622,23 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
             {k: {v: c for s in per_clip.values() for v, c in s[k].items()} for k in ("fp32", "int8_tflm")}
         )
     write_json(out_dir / "captions_tflm.json", captions_tflm)
+    if on_device is not None:
+        device_tokens = dict(zip(all_eval.tolist(), on_device.result()))
+        captions_device = {split: {vids[i]: vocab.decode(device_tokens[i]) for i in idx} for split, idx in eval_idx.items()}
+        write_json(out_dir / DEVICE_CAPTIONS, captions_device)
+        device_cider = {}
+        for split, idx in eval_idx.items():
+            ref = {vids[i]: refs.get(vids[i], []) for i in idx}
+            host = per_clip[split]["int8_tflm"]
+            dev = cider_per_clip(captions_device[split], ref)
+            device_cider[split] = {
+                "int8_tflm": float(np.mean(list(host.values()))),
+                "device_int8": float(np.mean(list(dev.values()))),
+            }
+            if device_cider[split]["int8_tflm"] > 0:
+                drop, ci = paired_drop(host, dev)
+                device_cider[split].update(rel_drop=drop, rel_drop_ci95=ci, fraction=1.0 - drop)
+            device_cider[split]["captions_changed"] = sum(captions_tflm[split][v] != captions_device[split][v] for v in ref)
 
     order = all_eval.tolist()
     seq = {k: [caps[k][i] for i in order] for k in caps}
@@ -632,6 +672,18 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
         "also checked (quantisation choices are made on train+val only). arena_bytes = pooler_int8 + decoder_int8 "
         "arenas (both interpreters resident), each the smallest arena TFLM runs the model with (host build; see quant.json arena_method)",
     }
+    if on_device is not None:
+        metrics["device"] = {
+            "cider": device_cider,
+            "encoder": str(device["encoder"]),
+            "method": "device_int8 = the whole device path in tflite_micro.runtime (tinycap.int8.DeviceDecoder): "
+            "frames.h5 frames resized to the encoder's input (tinycap.encoder.read_frames), the int8 encoder "
+            "graph frame by frame, its int8 embeddings mapped to MicroCap's int8 frame input by a 256-entry table "
+            "(dequantise, quantize_frames), then the int8 pooler + decoder greedily; compared with int8_tflm "
+            "(the same int8 MicroCap on CLIP's frame embeddings): per-clip CIDEr-D, rel_drop with its 95 % "
+            "paired-bootstrap interval, fraction = device / host. Tokens and int8 logits of every clip: "
+            f"{DEVICE_REFERENCE} (the firmware's parity reference)",
+        }
     if metrics["cider_rel_drop"] is None:
         metrics["notes"] = [f"fp32 CIDEr on {head} is 0: the relative drop is undefined"]
     log.info("caption sensitivity to int8 rounding, tensor by tensor (float mirror)")
@@ -644,6 +696,29 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
         "captions_identical": caption_sensitivity(mirror, representative, frames[val], model.cfg.max_steps),
     }
     return metrics
+
+
+def device_frames(device, embeddings_path, video_ids):
+    """The encoder's uint8 input frames (N, T, S, S, 3) of the clips `video_ids` (in clip.h5's order);
+    one line when the encoder graph is missing or frames.h5 does not hold clip.h5's videos."""
+    encoder = Path(device["encoder"])
+    if not encoder.is_file():
+        raise TinyCapError(encoder, "file not found (run distill_encoder with encoder.int8: true)")
+    size = io_details(encoder.read_bytes())["inputs"][0]["shape"][1]  # (1, S, S, 3)
+    emb = load_embeddings(embeddings_path)
+    check_frames_file(device["frames"], device["frames_size"], emb)
+    rows = np.flatnonzero(np.isin(np.array(emb.video_id), video_ids))
+    return read_frames(device["frames"], rows, size), encoder
+
+
+def device_path(encoder_path, int8_dir, pixels, video_ids):
+    """The whole device path in TFLM on uint8 frames (N, T, S, S, 3): writes int8_dir/device_tflm.npz
+    (token ids and int8 logits of every clip, the firmware's parity reference); returns the token ids."""
+    decoder = DeviceDecoder(encoder_path, int8_dir)
+    tokens, logits = device_reference(decoder, pixels)
+    with atomic_path(Path(int8_dir) / DEVICE_REFERENCE) as tmp:
+        write_reference(tmp, list(video_ids), tokens, logits)
+    return tokens
 
 
 def _drop(per_clip):

@@ -16,6 +16,7 @@ VARIANTS = (  # eval.json variant, row name, val CIDEr source (file, key path) o
     ("guide_greedy", "guide, greedy", ("guide", ("val", "greedy", "CIDEr"))),
     ("microcap_fp32", "MicroCap fp32 (PyTorch)", ("microcap", ("val", "CIDEr"))),
     ("microcap_int8_tflm", "MicroCap int8 (TFLM)", None),
+    ("device_int8", "device: frames → int8 encoder → int8 MicroCap (TFLM)", None),
 )
 M7_ROWS = (
     ("instructions", "instructions per caption", "{:,.0f}"),
@@ -51,6 +52,8 @@ def _pct(x):
 def captioning_table(m):
     beam = _get(m, ("guide", "val", "beam", "beam"))
     params = {"guide": m["microcap"]["guide_params_count"], "microcap_fp32": m["microcap"]["params_count"]}
+    if "encoder" in m:
+        params["device_int8"] = m["microcap"]["params_count"] + m["encoder"]["params_count_folded"]
     lines = ["| model | params | val CIDEr | test CIDEr | novel CIDEr | test BLEU-4 / METEOR / ROUGE-L | action named (test) |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for variant, name, val_source in VARIANTS:
@@ -73,6 +76,14 @@ def int8_table(m):
         changed = c.get("captions_changed")
         lines.append(f"| {split} | {_num(c['fp32'])} | {_num(c['int8_tflm'])} | {_pct(c['rel_drop'])} | "
                      f"{_pct(low)} … {_pct(high)} | {'—' if changed is None else changed} |")  # fmt: skip
+    device = _get(m["quantize"], ("device", "cider")) or {}
+    if device:
+        lines += ["", "| split | CIDEr int8, CLIP embeddings in (host) | CIDEr int8, frames in (device) | device / host | "
+                  "relative drop | 95 % paired-bootstrap interval | captions changed |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for split, c in device.items():
+        low, high = c.get("rel_drop_ci95") or (None, None)
+        lines.append(f"| {split} | {_num(c['int8_tflm'])} | {_num(c['device_int8'])} | {_num(c.get('fraction'))} | "
+                     f"{_pct(c.get('rel_drop'))} | {_pct(low)} … {_pct(high)} | {c['captions_changed']} |")  # fmt: skip
     return "\n".join(lines)
 
 
