@@ -90,11 +90,25 @@ def build_host(gen_dir, out_path, main="host_main.c"):
     return out_path
 
 
-def run_host(host_bin, clips_int8, logits=False):
-    """Caption int8 clips (N, T, D) with the host binary -> (tokens per clip, logits per clip or None)."""
-    clips = np.ascontiguousarray(clips_int8, np.int8)
-    cmd = [str(host_bin)] + (["-l"] if logits else [])
-    p = subprocess.run(cmd, input=clips.tobytes(), capture_output=True)
+def run_host(host_bin, clips, logits=False, one_shot=False):
+    """Caption clips with the host binary -> (tokens per clip, logits per clip or None).
+
+    clips: int8 (N, T, D) frame embeddings (tc_caption_embeddings), or uint8 (N, T, S, S, C) camera frames
+    (TC_HAS_ENCODER builds): pushed one at a time and captioned (tc_push_frame / tc_caption), or with
+    one_shot by tc_caption_frames; the binary checks S, S, C against the model (one error line). Clips of
+    another frame count than T test the firmware's error codes: a clip tc_caption refuses gets the error
+    code (an int < 0) instead of its tokens."""
+    clips = np.asarray(clips)
+    if clips.dtype == np.int8 and clips.ndim == 3:
+        flags = ["-e"]
+    elif clips.dtype == np.uint8 and clips.ndim == 5:
+        flags = ["-s", *map(str, clips.shape[2:]), "-n", str(clips.shape[1])] + (["-o"] if one_shot else [])
+    else:
+        raise TinyCapError(
+            host_bin, f"clips must be int8 (N, T, D) or uint8 (N, T, S, S, 3), got {clips.dtype} {list(clips.shape)}"
+        )
+    cmd = [str(host_bin), *flags] + (["-l"] if logits else [])
+    p = subprocess.run(cmd, input=np.ascontiguousarray(clips).tobytes(), capture_output=True)
     if p.returncode != 0:
         raise TinyCapError(host_bin, f"exit status {p.returncode}: {p.stderr.decode(errors='replace').strip()[:200]}")
     tokens, steps, all_logits = [], [], []
@@ -105,7 +119,8 @@ def run_host(host_bin, clips_int8, logits=False):
         if parts[0] == "L":
             steps.append(np.array(parts[2:], np.int16))
         elif parts[0] == "T":
-            tokens.append([int(v) for v in parts[2:]])
+            n = int(parts[1])
+            tokens.append([int(v) for v in parts[2:]] if n >= 0 else n)
             all_logits.append(np.stack(steps) if steps else np.zeros((0, 0), np.int16))
             steps = []
     if len(tokens) != len(clips):
