@@ -103,7 +103,7 @@ static int8_t logits[TC_VOCAB_SIZE];
 static tc_step_fn step_cb;
 static void *step_user;
 void tc_set_step_callback(tc_step_fn fn, void *user) { step_cb = fn; step_user = user; }
-int tc_caption(const int8_t *frames, uint16_t *tokens)
+int tc_caption_embeddings(const int8_t *frames, uint16_t *tokens)
 {
     tc_k_spin((uint32_t)(uint8_t)frames[0] + 1u);
     int n = ((uint8_t)frames[1]) % 4;
@@ -171,7 +171,7 @@ def _caption_counts(r, i):
 @needs_toolchain
 def test_qemu_logits_are_printed_and_their_printing_is_not_counted(fixture_fw):
     """-l: every decoder step's logits come back exactly; the step callback printing them is harness
-    code (left out of the count): only tc_caption's own call of the callback differs."""
+    code (left out of the count): only tc_caption_embeddings's own call of the callback differs."""
     root, _ = fixture_fw
     clips = np.random.default_rng(2).integers(-128, 128, (4, 24)).astype(np.int8)
     clips[:, 1] = [0, 1, 2, 3]
@@ -183,10 +183,12 @@ def test_qemu_logits_are_printed_and_their_printing_is_not_counted(fixture_fw):
         np.testing.assert_array_equal(r["logits"][i], _fixture_logits(clip))
         with_logits, without = _caption_counts(r, i), _caption_counts(plain, i)
         assert set(with_logits) == set(without)  # no harness symbol leaks into the count
-        assert {k: v for k, v in with_logits.items() if k != "tc_caption"} == {
-            k: v for k, v in without.items() if k != "tc_caption"
+        assert {k: v for k, v in with_logits.items() if k != "tc_caption_embeddings"} == {
+            k: v for k, v in without.items() if k != "tc_caption_embeddings"
         }
-        assert 0 < with_logits["tc_caption"] - without["tc_caption"] <= 8 * (clip[1] % 4 + 1)  # the call, per step
+        assert (
+            0 < with_logits["tc_caption_embeddings"] - without["tc_caption_embeddings"] <= 8 * (clip[1] % 4 + 1)
+        )  # the call, per step
 
 
 @needs_toolchain
@@ -213,7 +215,7 @@ def test_both_images_are_the_same_code(fixture_fw):
     qemu, stm32 = table(root / "fw" / toolchain.QEMU_ELF), table(root / "fw" / toolchain.STM32_ELF)
     assert qemu == stm32
     names = {name for name, _, _ in qemu}
-    assert {"tc_caption", "caption_clip", "tc_sample_clip", m7.INPUT_BUFFER} <= names
+    assert {"tc_caption_embeddings", "caption_clip", "tc_sample_clip", m7.INPUT_BUFFER} <= names
 
 
 @needs_toolchain
@@ -470,7 +472,7 @@ def test_qemu_captions_of_the_tiny_model_match_tflm_and_host(tmp_path):
     words = json.loads((src / "vocab.json").read_text())["tokens"]
     assert r["captions"] == [" ".join(words[t] for t in toks) for toks in r["tokens"]]
     per_caption = [m7.segment_by_symbol(r["segments"][2 * i + 1], r["blocks"], r["symbols"]) for i in range(len(clips))]
-    assert all(c["tc_k_fully_connected"] > 0 and c["tc_caption"] > 0 for c in per_caption)
+    assert all(c["tc_k_fully_connected"] > 0 and c["tc_caption_embeddings"] > 0 for c in per_caption)
     # the Cortex-M fast path (tc_kernels_cortexm.c) replaced the portable FULLY_CONNECTED
     assert all(c["tc_k_fully_connected_groups"] > 0 for c in per_caption)
 

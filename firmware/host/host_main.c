@@ -88,16 +88,23 @@ int main(int argc, char **argv) {
               geometry[2], TC_FRAME_SIZE, TC_FRAME_SIZE);
       return 1;
     }
-    if (frames_per_clip < 0 || frames_per_clip > 4 * TC_NUM_FRAMES) return error("-n takes 0 .. 4 T frames");
+    if (frames_per_clip < 1 || frames_per_clip > 4 * TC_NUM_FRAMES) return error("-n takes 1 .. 4 T frames");
     if (one_shot && frames_per_clip != TC_NUM_FRAMES) return error("-o captions exactly TC_NUM_FRAMES frames");
     clip_bytes = (size_t)frames_per_clip * TC_FRAME_BYTES;
   }
 #else
+  (void)one_shot;
+  (void)geometry;
+  (void)frames_per_clip;
   if (!embeddings) return error("this build has no encoder: embeddings in only (-e)");
 #endif
-  static uint8_t clip[4 * TC_NUM_FRAMES * (TC_HAS_ENCODER ? TC_FRAME_BYTES : TC_DIM)];
+#if TC_HAS_ENCODER
+  static uint8_t clip[4 * TC_NUM_FRAMES * TC_FRAME_BYTES]; /* up to 4 T frames (-n) */
+#else
+  static uint8_t clip[TC_NUM_FRAMES * TC_DIM];
+#endif
   size_t got;
-  while ((got = fread(clip, 1, clip_bytes, f)) == clip_bytes && clip_bytes > 0) {
+  while ((got = fread(clip, 1, clip_bytes, f)) == clip_bytes) {
     memset(&out, CANARY, sizeof out);
     int n;
     if (embeddings) {
