@@ -1,13 +1,16 @@
-"""build_tflm: the int8 MicroCap as C sources for the firmware runtime in firmware/runtime/.
+"""build_tflm: the whole device path as C sources for the firmware runtime in firmware/runtime/.
 
-Reads the two int8 TFLite graphs of data/int8/ (pooler, decoder step), quant.json and the
-vocabulary, and writes generated C (data/firmware/gen/, never hand-edited):
-  tc_graphs.c/.h  one function per graph (tinycap.codegen)
-  tc_model.c/.h   the glue tinycap.c's decode loop calls (pool, step), the vocabulary strings,
-                  TC_NUM_FRAMES / TC_DIM / TC_MAX_LEN / TC_VOCAB_SIZE.
-An op the runtime lacks fails the build naming the op. It also builds the host binary (gcc,
-tinycap.toolchain), checks parity against the TFLM Python runtime (tinycap.int8.TflmDecoder),
-exports a TFLM application (firmware/tflm_app) and builds the Cortex-M7 ELFs.
+Reads MicroCap's two int8 TFLite graphs of data/int8/ (pooler, decoder step), quant.json, the vocabulary
+and the int8 frame encoder (data/encoder/encoder_int8.tflite), and writes generated C (data/firmware/gen/,
+never hand-edited):
+  tc_graphs.c/.h  one function per graph (tinycap.codegen), one activation arena shared by all three
+  tc_model.c/.h   the glue tinycap.c calls (encode, pool, step), the requant table from the encoder's
+                  output to MicroCap's frame input, the vocabulary strings, TC_NUM_FRAMES / TC_DIM /
+                  TC_FRAME_SIZE / TC_MAX_LEN / TC_VOCAB_SIZE.
+An op the runtime lacks fails the build naming the op; an encoder whose D is not MicroCap's is refused.
+It also builds the host binary (gcc, tinycap.toolchain), checks it on every test/novel clip's camera
+frames against the TFLM reference of the device path (quantize_int8's device_tflm.npz), exports a TFLM
+application of MicroCap (firmware/tflm_app) and builds the Cortex-M7 ELFs.
 """
 
 import concurrent.futures

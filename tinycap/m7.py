@@ -2,15 +2,17 @@
 
 The two ELFs from one source (tinycap_qemu.elf for QEMU mps2-an500, tinycap_stm32h743.elf for the
 size report and real boards) are built by tinycap.toolchain.build_elfs() in build_tflm.
-run_qemu()     captions int8 clips on the emulated M7 with the instruction-counting plugin
-               (firmware/qemu_plugin) and returns tokens, captions, stack high-water mark and the
-               executed-instruction counts of every caption, by address.
+run_qemu()     captions clips (camera frames, or int8 embeddings for an image without an encoder) on the
+               emulated M7 with the instruction-counting plugin (firmware/qemu_plugin) and returns tokens,
+               captions, stack high-water mark and the executed-instruction counts of every call, by address.
 benchmark()    metrics/m7.json with parity (the M7's tokens and every decoder step's int8 logits, printed by
-               the firmware with -l, against TFLM's and the host build's) and every figure with its method:
+               the firmware with -l, against the TFLM reference of the device path) and every figure with
+               its method:
     emulated-exact  counted on the emulated core (instructions; peak stack), or read from the ELF
                     (flash; data + bss) -- exact for this binary
-    modelled        cycles (LLVM's Cortex-M7 scheduling model per executed block, or a CPI), and what
-                    follows from them: latency at clock_hz, energy = latency x current x supply
+    modelled        cycles (LLVM's Cortex-M7 scheduling model per executed block, or a CPI, plus the
+                    flash wait states of the weights: flash_lines()), and what follows from them:
+                    latency at clock_hz, energy = latency x current x supply
     datasheet       the run current (STM32H743 DS12110) the energy model takes
 """
 
