@@ -491,3 +491,22 @@ def test_elfs_do_not_depend_on_where_they_are_built(fixture_fw, tmp_path):
         assert str(root).encode() not in a and str(other).encode() not in b
         assert a == b, name
     assert sorted(p.name for p in (other / "fw").iterdir() if p.is_dir()) == []  # the objects are gone
+
+
+def test_flash_lines_count_constants_once_or_per_pass(tmp_path):
+    """The flash model reads each op's constants once per invocation while they fit the reusable D-cache,
+    else once per pass of the kernel over them (CONV_2D: one pass per 2 output pixels)."""
+    tf = pytest.importorskip("tensorflow")
+    w = tf.constant(np.random.default_rng(0).random((3, 3, 4, 16), np.float32))  # HWIO
+    b = tf.constant(np.ones(16, np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, 4], tf.float32)])
+    def conv(x):
+        return tf.nn.conv2d(x, w, 1, "SAME") + b
+
+    path = tmp_path / "conv.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([conv.get_concrete_function()], conv).convert())
+    assert [op.name for op in tflite.read_graph(path).ops] == ["CONV_2D"]
+    # float weights 16 x 3 x 3 x 4 x 4 B + bias 16 x 4 B + multiplier and shift 16 x 8 B = 2496 B = 78 lines
+    assert m7.flash_lines(path, reuse_bytes=8192) == 78
+    assert m7.flash_lines(path, reuse_bytes=1024) == 78 * 32  # 64 output pixels: 32 passes
