@@ -510,3 +510,15 @@ def test_flash_lines_count_constants_once_or_per_pass(tmp_path):
     # float weights 16 x 3 x 3 x 4 x 4 B + bias 16 x 4 B + multiplier and shift 16 x 8 B = 2496 B = 78 lines
     assert m7.flash_lines(path, reuse_bytes=8192) == 78
     assert m7.flash_lines(path, reuse_bytes=1024) == 78 * 32  # 64 output pixels: 32 passes
+
+
+def test_tiny_pipeline_benchmarks_the_whole_device_path(tiny_project):
+    """The tiny `dvc repro` runs camera frames through the encoder, pooler and decoder on the emulated M7:
+    every frame counted, tokens and logits equal to the TFLM device-path reference."""
+    m = json.loads((tiny_project / "metrics" / "m7.json").read_text())
+    fw = json.loads((tiny_project / "metrics" / "firmware.json").read_text())
+    assert m["parity_mismatches"] == 0 and m["frames_per_clip"] == 5 and m["clips"] == fw["parity"]["clips"] > 0
+    assert m["frame_instructions"]["method"] == "emulated-exact" and m["frame_instructions"]["min"] > 0
+    assert m["instructions"]["value"] == pytest.approx(5 * m["frame_instructions"]["value"] + m["decode_instructions"]["value"])
+    assert m["conv_instr_per_mac"] > 0 and m["depthwise_instr_per_mac"] > 0 and m["cycles"]["flash_stall_value"] > 0
+    assert fw["parity"]["max_logit_abs_diff"] == 0 and "CONV_2D" in fw["ops"]

@@ -22,7 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from tinycap.codegen import Codegen
+from tinycap.codegen import Codegen, conv_scratch_bytes
 from tinycap.encoder import read_frames
 from tinycap.errors import TinyCapError
 from tinycap.int8 import DeviceDecoder, quantize_frames, read_reference, requant_table, same_quantisation, tflm_reference
@@ -266,6 +266,7 @@ const char *const tc_vocab[TC_VOCAB_SIZE] = {{
         "vocab_bytes": vocab_bytes,
         "arena_bytes": cg.arena_bytes,
         "fc_scratch_bytes": cg.fc_max_k4 * 2,
+        "conv_scratch_bytes": conv_scratch_bytes(cg),
         "loop_buffer_bytes": 2 * H + C + V + (int(np.prod(weights["shape"])) if weights else 0),
         # tinycap.c with an encoder: the T x D int8 MicroCap input and the frame being encoded (q = pixel - 128)
         "frame_buffer_bytes": T * D + encoder["size"] ** 2 * 3 if encoder else 0,
@@ -315,6 +316,8 @@ def device_clips(frames_path, reference_path, splits, size):
     """The clips of `splits` the device path is checked on: (video ids, uint8 camera frames (N, T, size, size, 3)
     as tinycap.encoder.read_frames resizes them, reference token ids, reference int8 logits (steps, V)) from
     frames.h5 and the TFLM reference of the whole device path (quantize_int8's device_tflm.npz)."""
+    if not Path(frames_path).is_file():
+        raise TinyCapError(frames_path, "file not found (run sample_frames)")
     with h5py.File(frames_path, "r") as f:
         vids = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in f["video_id"][:]])
         split = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in f["split"][:]])
@@ -454,7 +457,8 @@ def build(int8_dir, vocab_path, encoder_path, frames_path, reference_path, out_d
     app = export_tflm_app(int8_dir, vocab_path, sample, out_dir / "tflm_app")
     log.info("firmware ELFs (QEMU mps2-an500, STM32H743)")
     elf_sizes = build_elfs(out_dir / "gen", RUNTIME_DIR, out_dir / "elf", sample_clip=frames[0])
-    static_bytes = info["arena_bytes"] + info["fc_scratch_bytes"] + info["loop_buffer_bytes"] + info["frame_buffer_bytes"]
+    static_bytes = sum(info[k] for k in ("arena_bytes", "fc_scratch_bytes", "conv_scratch_bytes", "loop_buffer_bytes"))
+    static_bytes += info["frame_buffer_bytes"]
     return {
         "ops": info["ops"],
         "shapes": info["shapes"],
@@ -470,10 +474,10 @@ def build(int8_dir, vocab_path, encoder_path, frames_path, reference_path, out_d
         "static_buffer_bytes": {
             "value": static_bytes,
             "method": "generated: one activation arena planned by lifetime, shared by the encoder, pooler and decoder "
-            f"graphs ({info['arena_bytes']}) + FC input scratch ({info['fc_scratch_bytes']}) + decode-loop "
+            f"graphs ({info['arena_bytes']}) + FC input scratch ({info['fc_scratch_bytes']}) + CONV_2D im2col scratch "
+            f"({info['conv_scratch_bytes']}) + decode-loop "
             f"buffers h, h_new, context, logits, pooling weights ({info['loop_buffer_bytes']}) + T x D int8 "
-            f"MicroCap input and the frame being encoded ({info['frame_buffer_bytes']}); CONV_2D scratch not "
-            "included; no heap",
+            f"MicroCap input and the frame being encoded ({info['frame_buffer_bytes']}); no heap",
         },
         "elf_sizes": elf_sizes,
         "parity": {
