@@ -450,3 +450,15 @@ def test_cortex_m7_build_matches_the_reference_under_qemu(stage_build, device_in
             names = m7.segment_by_symbol(res["segments"][1 + 2 * (5 * i + j)], res["blocks"], syms)
             assert ("tc_push_frame" in names and "tc_k_depthwise_conv2d_dsp" in names) == (j < 4), (i, j)
             assert ("tc_k_argmax" in names) == (j == 4), (i, j)
+
+
+def test_frames_file_of_another_channel_count_is_one_line(device_inputs, tmp_path):
+    import h5py
+
+    *_, frames, _, _ = device_inputs
+    with h5py.File(tmp_path / "frames.h5", "w") as f:
+        f["frames"] = np.concatenate([frames, frames[..., :1]], axis=-1)
+        f["video_id"] = np.array([f"v{i}" for i in range(len(frames))], dtype="S")
+        f["split"] = np.array(["test"] * len(frames), dtype="S")
+    with pytest.raises(TinyCapError, match=r"frames.h5: frames must be uint8 \[V,T,S,S,3\] RGB, got uint8 \[12, 4, 16, 16, 4\]$"):
+        F.device_clips(tmp_path / "frames.h5", tmp_path / "none.npz", ["test"], 16)

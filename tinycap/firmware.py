@@ -319,6 +319,9 @@ def device_clips(frames_path, reference_path, splits, size):
     if not Path(frames_path).is_file():
         raise TinyCapError(frames_path, "file not found (run sample_frames)")
     with h5py.File(frames_path, "r") as f:
+        shape, dtype = f["frames"].shape, f["frames"].dtype
+        if len(shape) != 5 or shape[2] != shape[3] or shape[4] != 3 or dtype != np.uint8:
+            raise TinyCapError(frames_path, f"frames must be uint8 [V,T,S,S,3] RGB, got {dtype} {list(shape)}")
         vids = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in f["video_id"][:]])
         split = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in f["split"][:]])
     rows = np.flatnonzero(np.isin(split, splits))
