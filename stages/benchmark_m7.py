@@ -1,7 +1,9 @@
-"""benchmark_m7: caption the test/novel clips on the emulated Cortex-M7 (QEMU mps2-an500), count
-instructions exactly, model cycles / latency / energy, read flash and RAM -> metrics/m7.json and
-metrics/plots/m7_ops.json (instructions per caption by kernel, for `dvc plots`). Written only when the
-M7 build's tokens and logits equal TFLM's and the host build's; otherwise one line and nothing written."""
+"""benchmark_m7: caption the test/novel clips on the emulated Cortex-M7 (QEMU mps2-an500) from their camera
+frames (the whole device path: int8 encoder per frame, pooler, decoder), count instructions exactly, model
+cycles (llvm-mca + flash wait states) / latency / energy, read flash and RAM -> metrics/m7.json and
+metrics/plots/m7_ops.json (instructions per caption by kernel, for `dvc plots`). Written only when the M7
+build's tokens and logits equal the TFLM reference of the device path (data/int8/device_tflm.npz);
+otherwise one line and nothing written."""
 
 import logging
 import tempfile
@@ -15,8 +17,17 @@ log = logging.getLogger("benchmark_m7")
 def main():
     p = params.section(params.load(), "m7", m7.M7Params)
     with tempfile.TemporaryDirectory(prefix="benchmark_m7.") as work:
-        metrics, op_rows = m7.benchmark("data/firmware", "data/int8", "data/embeddings/clip.h5", "data/guide/vocab.json", p, work)
-    m7.check_parity(metrics)  # the emulated firmware must caption exactly as TFLM and the host build
+        metrics, op_rows = m7.benchmark(
+            "data/firmware",
+            "data/int8",
+            "data/encoder/encoder_int8.tflite",
+            "data/frames/frames.h5",
+            "data/int8/device_tflm.npz",
+            "data/guide/vocab.json",
+            p,
+            work,
+        )
+    m7.check_parity(metrics)  # the emulated firmware must caption exactly as TFLM
     write_json("metrics/m7.json", metrics)
     write_json("metrics/plots/m7_ops.json", op_rows)
     log.info(

@@ -306,49 +306,159 @@ def test_host_build_matches_tflm_on_real_clips(pipeline_data, tmp_path):
     assert info["shapes"]["vocab_size"] > 4
 
 
+def _tiny_encoder(size, dim, frames):
+    """An untrained int8 encoder (tinycap.encoder, BatchNorm statistics as after training) of `size` px frames
+    embedding to `dim`, calibrated on uint8 frames (N, size, size, 3) as distill_encoder does."""
+    import torch
+    from test_encoder import with_trained_batchnorm
+
+    from tinycap import encoder
+
+    cfg = encoder.EncoderConfig(input_size=size, stem=8, blocks=[[12, 2], [16, 1]], dim=dim)
+    torch.manual_seed(0)
+    model = with_trained_batchnorm(encoder.Encoder(cfg).eval())
+    return encoder.convert_int8(encoder.TFEncoder(model), frames)[0]
+
+
 @pytest.fixture(scope="module")
-def stage_build(tmp_path_factory):
-    """tinycap.firmware.build() (the build_tflm stage) on the attention fixture, clips as test/novel."""
+def device_inputs(tmp_path_factory):
+    """The attention fixture's MicroCap (T = 4, D = 24) behind a tiny int8 encoder of 16 px frames: frames.h5
+    of 12 clips (test / novel) and the TFLM reference of the whole device path (DeviceDecoder, written with
+    write_reference as quantize_int8 writes data/int8/device_tflm.npz)."""
     import h5py
 
+    from tinycap.int8 import DeviceDecoder, device_reference, write_reference
+
+    src = FIXTURES / "attention"
+    tmp = tmp_path_factory.mktemp("device")
+    R = np.random.default_rng(3)
+    # smooth random scenes (a bright square on a coloured background), so embeddings and captions vary
+    frames = np.empty((12, 4, 16, 16, 3), np.uint8)
+    for clip in frames:
+        clip[:] = R.integers(0, 256, 3)
+        for t in range(4):
+            y, x = R.integers(0, 12, 2)
+            clip[t, y : y + 5, x : x + 5] = R.integers(0, 256, 3)
+        clip += R.integers(0, 16, clip.shape).astype(np.uint8)
+    enc = tmp / "encoder_int8.tflite"
+    enc.write_bytes(_tiny_encoder(16, 24, frames.reshape(-1, 16, 16, 3)))
+    ids = [f"v{i}" for i in range(len(frames))]
+    with h5py.File(tmp / "frames.h5", "w") as f:
+        f["frames"] = frames
+        f["video_id"] = np.array(ids, dtype="S")
+        f["split"] = np.array(["test", "novel", "train"] * 4, dtype="S")  # the train clips are not checked
+    tokens, logits = device_reference(DeviceDecoder(enc, src), frames)
+    write_reference(tmp / "device_tflm.npz", ids, tokens, logits)
+    return src, enc, tmp / "frames.h5", tmp / "device_tflm.npz", frames, tokens, logits
+
+
+@pytest.fixture(scope="module")
+def stage_build(device_inputs, tmp_path_factory):
+    """tinycap.firmware.build() (the build_tflm stage) on the device fixture."""
     if shutil.which("arm-none-eabi-gcc") is None:
         pytest.skip("arm-none-eabi-gcc not installed (Debian package gcc-arm-none-eabi)")
-    src = FIXTURES / "attention"
-    tmp = tmp_path_factory.mktemp("stage")
-    clips = np.load(src / "clips.npy")
-    with h5py.File(tmp / "clip.h5", "w") as f:
-        f["frame_emb"] = clips
-        f["video_id"] = np.array([f"v{i}" for i in range(len(clips))], dtype="S")
-        f["split"] = np.array(["test", "novel"] * (len(clips) // 2), dtype="S")
-        f["caption"] = np.array([b"a clip"])
-        f["caption_video"] = np.array([0], np.int32)
-    metrics = F.build(src, src / "vocab.json", tmp / "clip.h5", tmp / "firmware", F.FirmwareParams())
-    return src, tmp / "firmware", metrics, clips
+    src, enc, frames_h5, ref, *_ = device_inputs
+    out = tmp_path_factory.mktemp("stage") / "firmware"
+    metrics = F.build(src, src / "vocab.json", enc, frames_h5, ref, out, F.FirmwareParams())
+    return out, metrics
 
 
-def test_stage_build_metrics(stage_build):
-    src, out, metrics, clips = stage_build
-    assert metrics["parity"]["clips"] == len(clips) == metrics["parity"]["token_sequences_identical"]
-    assert metrics["parity"]["max_logit_abs_diff"] == 0
-    assert metrics["weight_bytes"]["value"] > 0 and metrics["static_buffer_bytes"]["value"] > 0
+def test_stage_build_metrics(stage_build, device_inputs):
+    out, metrics = stage_build
+    assert metrics["parity"]["clips"] == 8 == metrics["parity"]["token_sequences_identical"]  # test + novel clips
+    assert metrics["parity"]["max_logit_abs_diff"] == 0 and metrics["parity"]["logits_compared"] > 8 * 12
+    assert metrics["shapes"]["frame_size"] == 16 and "CONV_2D" in metrics["ops"] and "GATHER" in metrics["ops"]
+    assert metrics["weight_bytes"]["value"] > 0 and metrics["static_buffer_bytes"]["value"] > 4 * 24 + 16 * 16 * 3
     for image in ("qemu", "stm32h743"):
         assert metrics["elf_sizes"][image]["flash_bytes"] > metrics["weight_bytes"]["value"]
     for path in ("gen/tc_graphs.c", "gen/tc_model.h", "host/tc_host", "tflm_app/main.cc", "elf/tinycap_qemu.elf"):
         assert (out / path).is_file(), path
+    header = (out / "gen" / "tc_model.h").read_text()
+    assert "#define TC_HAS_ENCODER 1" in header and "#define TC_FRAME_BYTES 768" in header
+    # the encoder's graph shares the one arena with MicroCap's: a single static arena in the generated code
+    assert (out / "gen" / "tc_graphs.c").read_text().count("static int8_t tc_arena[") == 1
 
 
-def test_cortex_m7_build_matches_host_build_under_qemu(stage_build):
-    """The DSP path (tc_kernels_cortexm.c: SXTB16/SMLAD inner loop, SSAT) only runs on the M7: same tokens
-    and the same int8 logits at every decoder step as the host build (portable kernels)."""
+def test_streaming_equals_one_shot_and_the_tflm_reference(stage_build, device_inputs):
+    """tc_push_frame x T + tc_caption and tc_caption_frames give the same tokens and logits, TFLM's."""
+    out, _ = stage_build
+    *_, frames, tokens, logits = device_inputs
+    exe = out / "host" / "tc_host"
+    streamed, streamed_logits = toolchain.run_host(exe, frames, logits=True)
+    one_shot, one_shot_logits = toolchain.run_host(exe, frames, logits=True, one_shot=True)
+    assert streamed == one_shot == [list(t) for t in tokens]
+    assert len({x.tobytes() for x in logits}) > len(frames) // 2  # the logits vary with the frames: they reach the decoder
+    for a, b, ref in zip(streamed_logits, one_shot_logits, logits):
+        np.testing.assert_array_equal(a, ref)
+        np.testing.assert_array_equal(b, ref)
+
+
+def test_frame_count_other_than_t_is_an_error_code(stage_build, device_inputs):
+    """T - 1 frames: tc_caption returns TC_ERR_FRAME_COUNT (-1) and writes nothing (the host binary checks the
+    canary bytes around the tokens buffer and exits 1 on any change); T + 1 frames: the extra push is refused
+    (-1) and the caption is that of the first T frames, so nothing was written past the T x D input buffer."""
+    out, _ = stage_build
+    *_, frames, tokens, _ = device_inputs
+    exe = out / "host" / "tc_host"
+    short, _ = toolchain.run_host(exe, frames[:, :3])
+    assert short == [-1] * len(frames)
+    assert toolchain.run_host(exe, frames[:2, :1])[0] == [-1, -1]
+    extra = np.concatenate([frames, frames[:, :1] ^ 0xFF], axis=1)  # a fifth, different frame
+    p = subprocess.run([str(exe), "-n", "5"], input=extra.tobytes(), capture_output=True, check=True)
+    assert p.stdout.decode().count("P 4 -1\n") == len(frames)
+    assert toolchain.run_host(exe, extra)[0] == [list(t) for t in tokens]
+
+
+def test_wrong_frames_are_one_line(stage_build, device_inputs):
+    out, _ = stage_build
+    *_, frames, _, _ = device_inputs
+    exe = out / "host" / "tc_host"
+    four_channels = np.concatenate([frames, frames[..., :1]], axis=-1)
+    with pytest.raises(TinyCapError, match=r"frames are 16x16x4, the encoder takes 16x16x3 uint8 RGB$"):
+        toolchain.run_host(exe, four_channels)
+    with pytest.raises(TinyCapError, match=r"frames are 8x8x3, the encoder takes 16x16x3 uint8 RGB$"):
+        toolchain.run_host(exe, frames[:, :, :8, :8])
+    with pytest.raises(TinyCapError, match=r"clips must be int8 \(N, T, D\) or uint8 \(N, T, S, S, 3\), got float32"):
+        toolchain.run_host(exe, frames.astype(np.float32))
+
+
+def test_encoder_of_another_dimension_is_refused(device_inputs, tmp_path):
+    src, *_, frames, _, _ = device_inputs
+    enc = tmp_path / "encoder_int8.tflite"
+    enc.write_bytes(_tiny_encoder(16, 8, frames.reshape(-1, 16, 16, 3)))
+    with pytest.raises(TinyCapError, match=r"encoder_int8.tflite: embeds to D = 8, MicroCap's frames have D = 24"):
+        F.generate(src, src / "vocab.json", tmp_path / "gen", enc)
+    assert not (tmp_path / "gen").exists()
+
+
+def test_cortex_m7_build_matches_the_reference_under_qemu(stage_build, device_inputs):
+    """The M7 image (DSP paths: conv, depthwise, FC) on camera frames: T counted tc_push_frame calls and a
+    tc_caption per clip, the same tokens and int8 logits at every decoder step as the TFLM reference."""
     if shutil.which("qemu-system-arm") is None:
         pytest.skip("qemu-system-arm not installed (Debian package qemu-system-arm)")
-    src, out, metrics, clips = stage_build
-    frames = json.loads((src / "quant.json").read_text())["models"]["pooler_int8"]["inputs"][0]
-    q = quantize_frames(clips, frames["scale"], frames["zero_point"])
+    out, _ = stage_build
+    *_, frames, tokens, logits = device_inputs
     plugin = toolchain.build_plugin(out.parent / "plugin")
-    res = m7.run_qemu(out / "elf" / "tinycap_qemu.elf", q.reshape(len(q), -1), out.parent / "qemu", plugin, logits=True)
-    host, host_logits = toolchain.run_host(out / "host" / "tc_host", q, logits=True)
-    assert res["tokens"] == host
-    assert len(res["logits"]) == len(host_logits) == len(q)
-    for a, b in zip(res["logits"], host_logits):
+    elf = out / "elf" / "tinycap_qemu.elf"
+    res = m7.run_qemu(elf, frames.reshape(len(frames), -1), out.parent / "qemu", plugin, logits=True, calls_per_clip=5)
+    assert res["tokens"] == [list(t) for t in tokens]
+    for a, b in zip(res["logits"], logits):
         np.testing.assert_array_equal(a, b)
+    syms = res["symbols"]
+    for i in range(len(frames)):  # every push runs the encoder's convolutions, the caption the decoder
+        for j in range(5):
+            names = m7.segment_by_symbol(res["segments"][1 + 2 * (5 * i + j)], res["blocks"], syms)
+            assert ("tc_push_frame" in names and "tc_k_depthwise_conv2d_dsp" in names) == (j < 4), (i, j)
+            assert ("tc_k_argmax" in names) == (j == 4), (i, j)
+
+
+def test_frames_file_of_another_channel_count_is_one_line(device_inputs, tmp_path):
+    import h5py
+
+    *_, frames, _, _ = device_inputs
+    with h5py.File(tmp_path / "frames.h5", "w") as f:
+        f["frames"] = np.concatenate([frames, frames[..., :1]], axis=-1)
+        f["video_id"] = np.array([f"v{i}" for i in range(len(frames))], dtype="S")
+        f["split"] = np.array(["test"] * len(frames), dtype="S")
+    with pytest.raises(TinyCapError, match=r"frames.h5: frames must be uint8 \[V,T,S,S,3\] RGB, got uint8 \[12, 4, 16, 16, 4\]$"):
+        F.device_clips(tmp_path / "frames.h5", tmp_path / "none.npz", ["test"], 16)

@@ -103,7 +103,7 @@ static int8_t logits[TC_VOCAB_SIZE];
 static tc_step_fn step_cb;
 static void *step_user;
 void tc_set_step_callback(tc_step_fn fn, void *user) { step_cb = fn; step_user = user; }
-int tc_caption(const int8_t *frames, uint16_t *tokens)
+int tc_caption_embeddings(const int8_t *frames, uint16_t *tokens)
 {
     tc_k_spin((uint32_t)(uint8_t)frames[0] + 1u);
     int n = ((uint8_t)frames[1]) % 4;
@@ -171,7 +171,7 @@ def _caption_counts(r, i):
 @needs_toolchain
 def test_qemu_logits_are_printed_and_their_printing_is_not_counted(fixture_fw):
     """-l: every decoder step's logits come back exactly; the step callback printing them is harness
-    code (left out of the count): only tc_caption's own call of the callback differs."""
+    code (left out of the count): only tc_caption_embeddings's own call of the callback differs."""
     root, _ = fixture_fw
     clips = np.random.default_rng(2).integers(-128, 128, (4, 24)).astype(np.int8)
     clips[:, 1] = [0, 1, 2, 3]
@@ -183,10 +183,12 @@ def test_qemu_logits_are_printed_and_their_printing_is_not_counted(fixture_fw):
         np.testing.assert_array_equal(r["logits"][i], _fixture_logits(clip))
         with_logits, without = _caption_counts(r, i), _caption_counts(plain, i)
         assert set(with_logits) == set(without)  # no harness symbol leaks into the count
-        assert {k: v for k, v in with_logits.items() if k != "tc_caption"} == {
-            k: v for k, v in without.items() if k != "tc_caption"
+        assert {k: v for k, v in with_logits.items() if k != "tc_caption_embeddings"} == {
+            k: v for k, v in without.items() if k != "tc_caption_embeddings"
         }
-        assert 0 < with_logits["tc_caption"] - without["tc_caption"] <= 8 * (clip[1] % 4 + 1)  # the call, per step
+        assert (
+            0 < with_logits["tc_caption_embeddings"] - without["tc_caption_embeddings"] <= 8 * (clip[1] % 4 + 1)
+        )  # the call, per step
 
 
 @needs_toolchain
@@ -213,7 +215,7 @@ def test_both_images_are_the_same_code(fixture_fw):
     qemu, stm32 = table(root / "fw" / toolchain.QEMU_ELF), table(root / "fw" / toolchain.STM32_ELF)
     assert qemu == stm32
     names = {name for name, _, _ in qemu}
-    assert {"tc_caption", "caption_clip", "tc_sample_clip", m7.INPUT_BUFFER} <= names
+    assert {"tc_caption_embeddings", "caption_clip", "tc_sample_clip", m7.INPUT_BUFFER} <= names
 
 
 @needs_toolchain
@@ -470,7 +472,7 @@ def test_qemu_captions_of_the_tiny_model_match_tflm_and_host(tmp_path):
     words = json.loads((src / "vocab.json").read_text())["tokens"]
     assert r["captions"] == [" ".join(words[t] for t in toks) for toks in r["tokens"]]
     per_caption = [m7.segment_by_symbol(r["segments"][2 * i + 1], r["blocks"], r["symbols"]) for i in range(len(clips))]
-    assert all(c["tc_k_fully_connected"] > 0 and c["tc_caption"] > 0 for c in per_caption)
+    assert all(c["tc_k_fully_connected"] > 0 and c["tc_caption_embeddings"] > 0 for c in per_caption)
     # the Cortex-M fast path (tc_kernels_cortexm.c) replaced the portable FULLY_CONNECTED
     assert all(c["tc_k_fully_connected_groups"] > 0 for c in per_caption)
 
@@ -489,3 +491,34 @@ def test_elfs_do_not_depend_on_where_they_are_built(fixture_fw, tmp_path):
         assert str(root).encode() not in a and str(other).encode() not in b
         assert a == b, name
     assert sorted(p.name for p in (other / "fw").iterdir() if p.is_dir()) == []  # the objects are gone
+
+
+def test_flash_lines_count_constants_once_or_per_pass(tmp_path):
+    """The flash model reads each op's constants once per invocation while they fit the reusable D-cache,
+    else once per pass of the kernel over them (CONV_2D: one pass per 2 output pixels)."""
+    tf = pytest.importorskip("tensorflow")
+    w = tf.constant(np.random.default_rng(0).random((3, 3, 4, 16), np.float32))  # HWIO
+    b = tf.constant(np.ones(16, np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, 4], tf.float32)])
+    def conv(x):
+        return tf.nn.conv2d(x, w, 1, "SAME") + b
+
+    path = tmp_path / "conv.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([conv.get_concrete_function()], conv).convert())
+    assert [op.name for op in tflite.read_graph(path).ops] == ["CONV_2D"]
+    # float weights 16 x 3 x 3 x 4 x 4 B + bias 16 x 4 B + multiplier and shift 16 x 8 B = 2496 B = 78 lines
+    assert m7.flash_lines(path, reuse_bytes=8192) == 78
+    assert m7.flash_lines(path, reuse_bytes=1024) == 78 * 32  # 64 output pixels: 32 passes
+
+
+def test_tiny_pipeline_benchmarks_the_whole_device_path(tiny_project):
+    """The tiny `dvc repro` runs camera frames through the encoder, pooler and decoder on the emulated M7:
+    every frame counted, tokens and logits equal to the TFLM device-path reference."""
+    m = json.loads((tiny_project / "metrics" / "m7.json").read_text())
+    fw = json.loads((tiny_project / "metrics" / "firmware.json").read_text())
+    assert m["parity_mismatches"] == 0 and m["frames_per_clip"] == 5 and m["clips"] == fw["parity"]["clips"] > 0
+    assert m["frame_instructions"]["method"] == "emulated-exact" and m["frame_instructions"]["min"] > 0
+    assert m["instructions"]["value"] == pytest.approx(5 * m["frame_instructions"]["value"] + m["decode_instructions"]["value"])
+    assert m["conv_instr_per_mac"] > 0 and m["depthwise_instr_per_mac"] > 0 and m["cycles"]["flash_stall_value"] > 0
+    assert fw["parity"]["max_logit_abs_diff"] == 0 and "CONV_2D" in fw["ops"]

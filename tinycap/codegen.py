@@ -629,6 +629,11 @@ LOWERINGS = {
 }
 
 
+def conv_scratch_bytes(cg):
+    """Bytes of the generated CONV_2D scratch (tc_conv_scratch) of a Codegen, 0 without CONV_2D."""
+    return _scratch_bytes(*cg.conv_scratch) if cg.conv_scratch else 0
+
+
 def _scratch_bytes(k_h, k_w, in_c):
     """TC_CONV2D_SCRATCH_BYTES (tc_conv.h)."""
     return 6 * ((k_h * k_w * in_c + 3) & ~3)

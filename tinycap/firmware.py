@@ -1,27 +1,33 @@
-"""build_tflm: the int8 MicroCap as C sources for the firmware runtime in firmware/runtime/.
+"""build_tflm: the whole device path as C sources for the firmware runtime in firmware/runtime/.
 
-Reads the two int8 TFLite graphs of data/int8/ (pooler, decoder step), quant.json and the
-vocabulary, and writes generated C (data/firmware/gen/, never hand-edited):
-  tc_graphs.c/.h  one function per graph (tinycap.codegen)
-  tc_model.c/.h   the glue tinycap.c's decode loop calls (pool, step), the vocabulary strings,
-                  TC_NUM_FRAMES / TC_DIM / TC_MAX_LEN / TC_VOCAB_SIZE.
-An op the runtime lacks fails the build naming the op. It also builds the host binary (gcc,
-tinycap.toolchain), checks parity against the TFLM Python runtime (tinycap.int8.TflmDecoder),
-exports a TFLM application (firmware/tflm_app) and builds the Cortex-M7 ELFs.
+Reads MicroCap's two int8 TFLite graphs of data/int8/ (pooler, decoder step), quant.json, the vocabulary
+and the int8 frame encoder (data/encoder/encoder_int8.tflite), and writes generated C (data/firmware/gen/,
+never hand-edited):
+  tc_graphs.c/.h  one function per graph (tinycap.codegen), one activation arena shared by all three
+  tc_model.c/.h   the glue tinycap.c calls (encode, pool, step), the requant table from the encoder's
+                  output to MicroCap's frame input, the vocabulary strings, TC_NUM_FRAMES / TC_DIM /
+                  TC_FRAME_SIZE / TC_MAX_LEN / TC_VOCAB_SIZE.
+An op the runtime lacks fails the build naming the op; an encoder whose D is not MicroCap's is refused.
+It also builds the host binary (gcc, tinycap.toolchain), checks it on every test/novel clip's camera
+frames against the TFLM reference of the device path (quantize_int8's device_tflm.npz), exports a TFLM
+application of MicroCap (firmware/tflm_app) and builds the Cortex-M7 ELFs.
 """
 
+import concurrent.futures
 import dataclasses
 import logging
 import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 
-from tinycap.codegen import Codegen
-from tinycap.embeddings import load_embeddings
+from tinycap.codegen import Codegen, conv_scratch_bytes
+from tinycap.encoder import read_frames
 from tinycap.errors import TinyCapError
-from tinycap.int8 import quantize_frames, same_quantisation, tflm_reference
+from tinycap.int8 import DeviceDecoder, quantize_frames, read_reference, requant_table, same_quantisation, tflm_reference
 from tinycap.io import read_json
+from tinycap.tflite import io_details
 from tinycap.toolchain import FIRMWARE_DIR, RUNTIME_DIR, build_elfs, build_host, run_host
 from tinycap.vocab import Vocab
 
@@ -82,9 +88,35 @@ def _c_string(s):
     return '"' + "".join(out) + '"'
 
 
-def generate(int8_dir, vocab_path, out_dir):
-    """data/int8 + vocab.json -> C sources in out_dir (tc_graphs.c/.h, tc_model.c/.h).
-    Returns a summary dict (sizes, ops, shapes)."""
+def _encoder_io(encoder_path, dim):
+    """The int8 encoder's input (int8 pixel - 128, [1, S, S, 3], scale 1, zero point 0) and output ([1, D])
+    descriptions; D must be MicroCap's frame size `dim`."""
+    data = encoder_path.read_bytes() if encoder_path.is_file() else None
+    if data is None:
+        raise TinyCapError(encoder_path, "file not found (run distill_encoder with encoder.int8: true)")
+    io = io_details(data)
+    if len(io["inputs"]) != 1 or len(io["outputs"]) != 1:
+        raise TinyCapError(encoder_path, "the encoder graph must have one input (pixels) and one output (embedding)")
+    (inp,), (out,) = io["inputs"], io["outputs"]
+    shape = inp["shape"]
+    if inp["dtype"] != "int8" or (inp["scale"], inp["zero_point"]) != (1.0, 0) or len(shape) != 4 or shape[3] != 3:
+        raise TinyCapError(encoder_path, f"input must be int8 pixel - 128 [1,S,S,3] (scale 1, zero point 0), got {inp}")
+    if shape[1] != shape[2]:
+        raise TinyCapError(encoder_path, f"input frames must be square, got {shape[1]}x{shape[2]}")
+    if out["dtype"] != "int8" or len(out["shape"]) != 2:
+        raise TinyCapError(encoder_path, f"output must be an int8 [1, D] embedding, got {out}")
+    if out["shape"][1] != dim:
+        raise TinyCapError(
+            encoder_path, f"embeds to D = {out['shape'][1]}, MicroCap's frames have D = {dim}: retrain one of them"
+        )
+    return data, inp, out
+
+
+def generate(int8_dir, vocab_path, out_dir, encoder_path=None):
+    """data/int8 + vocab.json (+ the int8 encoder) -> C sources in out_dir (tc_graphs.c/.h, tc_model.c/.h).
+    With encoder_path the firmware takes camera frames (tc_push_frame / tc_caption): the encoder graph,
+    MicroCap's requantisation table and the frame geometry are generated too; without it, only int8 frame
+    embeddings (tc_caption_embeddings). Returns a summary dict (sizes, ops, shapes)."""
     int8_dir, out_dir = Path(int8_dir), Path(out_dir)
     quant_path = int8_dir / "quant.json"
     quant = read_json(quant_path)
@@ -123,6 +155,15 @@ def generate(int8_dir, vocab_path, out_dir):
         d["dtype"] != "int8" for d in (pin["frames"], din["h"], din["context"], dout["logits"])
     ):
         raise TinyCapError(quant_path, "expected int32 token and int8 frames/h/context/logits")
+    encoder = None
+    if encoder_path is not None:
+        encoder_path = Path(encoder_path)
+        data, enc_in, enc_out = _encoder_io(encoder_path, D)
+        cg.add("encoder", data, encoder_path)  # one arena: the encoder and MicroCap's graphs never run at once
+        encoder = {
+            "size": enc_in["shape"][1],
+            "table": requant_table(enc_out, pin["frames"]["scale"], pin["frames"]["zero_point"]),
+        }
     cg.write(out_dir)
 
     def order(entry, kind, exprs):
@@ -137,6 +178,25 @@ def generate(int8_dir, vocab_path, out_dir):
     weights = pout.get("weights")
     words = list(vocab.tokens)
     text_bytes = sum(len(w.encode("utf-8")) + 1 for w in words)
+    encoder_hdr = encoder_decl = encoder_src = ""
+    if encoder is not None:
+        S = encoder["size"]
+        encoder_hdr = (
+            f"#define TC_FRAME_SIZE {S} /* camera frames: TC_FRAME_SIZE x TC_FRAME_SIZE uint8 RGB, row-major (H, W, 3) */\n"
+            f"#define TC_FRAME_BYTES {S * S * 3}\n"
+        )
+        encoder_decl = (
+            "/* one frame, int8 q = pixel - 128 (S, S, 3) -> the encoder's int8 embedding (D): the encoder graph */\n"
+            "void tc_model_encode(const int8_t *pixels_q, int8_t *embedding);\n"
+            "/* MicroCap's int8 frame input for encoder output q: tc_requant_table[q + 128] (dequantise, requantise) */\n"
+            "extern const int8_t tc_requant_table[256];\n"
+        )
+        rows = [", ".join(str(int(v)) for v in encoder["table"][i : i + 16]) for i in range(0, 256, 16)]
+        encoder_src = (
+            "void tc_model_encode(const int8_t *pixels_q, int8_t *embedding) {\n"
+            "  const void *in[1] = {pixels_q};\n  void *out[1] = {embedding};\n  tc_encoder_run(in, out);\n}\n\n"
+            "const int8_t tc_requant_table[256] = {\n  " + ",\n  ".join(rows) + "\n};\n"
+        )
     hdr = f"""/* Generated by tinycap/firmware.py from {int8_dir.name}/ and {Path(vocab_path).name} — do not edit. */
 #ifndef TC_MODEL_H
 #define TC_MODEL_H
@@ -155,14 +215,15 @@ def generate(int8_dir, vocab_path, out_dir):
 #define TC_LOGITS_SCALE {float(np.float32(dout["logits"]["scale"])).hex()}f
 #define TC_LOGITS_ZERO_POINT {dout["logits"]["zero_point"]}
 #define TC_LOGITS_OFFSET {float(np.float32(quant["logits_window"]["float_range"][0])).hex()}f /* float logit = (q - zero point) * scale + offset; q = -128: at or below offset */
-
+#define TC_HAS_ENCODER {int(encoder is not None)} /* 1: camera frames in (tc_push_frame), the encoder graph is generated */
+{encoder_hdr}
 /* frames (T, D) int8 -> h0 (H), context (C): the pooler graph */
 void tc_model_pool(const int8_t *frames, int8_t *h0, int8_t *context);
 /* one decoder step: token, h (H), context (C) -> logits (V), h_new (H) */
 void tc_model_step(int32_t token, const int8_t *h, const int8_t *context, int8_t *logits, int8_t *h_new);
 /* vocabulary in flash: the word of each token id */
 extern const char *const tc_vocab[TC_VOCAB_SIZE];
-#endif
+{encoder_decl}#endif
 """
     src = f"""/* Generated by tinycap/firmware.py — do not edit. */
 #include "tc_graphs.h"
@@ -185,18 +246,31 @@ void tc_model_step(int32_t token, const int8_t *h, const int8_t *context, int8_t
 const char *const tc_vocab[TC_VOCAB_SIZE] = {{
   {("," + chr(10) + "  ").join(_c_string(w) for w in words)}
 }};
-"""
+
+{encoder_src}"""
     (out_dir / "tc_model.h").write_text(hdr)
     (out_dir / "tc_model.c").write_text(src)
     vocab_bytes = text_bytes + 4 * len(words)  # words + one 32-bit pointer each on the M7
     return {
-        "shapes": {"num_frames": T, "dim": D, "hidden": H, "context": C, "vocab_size": V, "max_len": quant["max_steps"]},
+        "shapes": {
+            "num_frames": T,
+            "dim": D,
+            "hidden": H,
+            "context": C,
+            "vocab_size": V,
+            "max_len": quant["max_steps"],
+            **({"frame_size": encoder["size"]} if encoder else {}),
+        },
         "ops": sorted(cg.ops_used),
         "weight_bytes": cg.weight_bytes,
         "vocab_bytes": vocab_bytes,
         "arena_bytes": cg.arena_bytes,
         "fc_scratch_bytes": cg.fc_max_k4 * 2,
+        "conv_scratch_bytes": conv_scratch_bytes(cg),
         "loop_buffer_bytes": 2 * H + C + V + (int(np.prod(weights["shape"])) if weights else 0),
+        # tinycap.c with an encoder: the T x D int8 MicroCap input and the frame being encoded (q = pixel - 128)
+        "frame_buffer_bytes": T * D + encoder["size"] ** 2 * 3 if encoder else 0,
+        "requant_table_bytes": 256 if encoder else 0,
     }
 
 
@@ -205,15 +279,21 @@ const char *const tc_vocab[TC_VOCAB_SIZE] = {{
 
 
 def parity(host_bin, int8_dir, frame_emb):
-    """Host build vs TFLM on float frame embeddings (N, T, D): identical token sequences, and the
-    histogram of |logit difference| (LSB) over the steps both ran."""
+    """Host build vs TFLM on float frame embeddings (N, T, D) (MicroCap alone, tc_caption_embeddings):
+    identical token sequences, and the histogram of |logit difference| (LSB) over the steps both ran."""
     ref_tokens, ref_logits, cap = tflm_reference(int8_dir, frame_emb)
     clips = quantize_frames(np.asarray(frame_emb, np.float32), cap.frame_scale, cap.frame_zero_point)
     host_tokens, host_logits = run_host(host_bin, clips, logits=True)
+    return compare(host_tokens, host_logits, ref_tokens, ref_logits, cap.max_steps)
+
+
+def compare(tokens, logits, ref_tokens, ref_logits, max_steps):
+    """A build's token ids and int8 logits (steps, V) per clip vs the reference's: identical sequences, and
+    the histogram of |logit difference| (LSB) over the steps both ran."""
     hist = {}
     mismatches = []
-    for i, (a, b, la, lb) in enumerate(zip(host_tokens, ref_tokens, host_logits, ref_logits)):
-        if a != b:
+    for i, (a, b, la, lb) in enumerate(zip(tokens, ref_tokens, logits, ref_logits)):
+        if a != b or len(la) != len(lb):
             mismatches.append(i)
         n = min(len(la), len(lb))
         d = np.abs(la[:n].astype(int) - lb[:n].astype(int)).ravel()
@@ -228,8 +308,34 @@ def parity(host_bin, int8_dir, frame_emb):
         "logits_compared": total,
         "max_logit_abs_diff": max(hist) if hist else 0,
         "mean_tokens": float(np.mean([len(t) for t in ref_tokens])) if ref_tokens else 0.0,
-        "hit_max_len": int(sum(len(t) == cap.max_steps for t in ref_tokens)),
+        "hit_max_len": int(sum(len(t) == max_steps for t in ref_tokens)),
     }
+
+
+def device_clips(frames_path, reference_path, splits, size):
+    """The clips of `splits` the device path is checked on: (video ids, uint8 camera frames (N, T, size, size, 3)
+    as tinycap.encoder.read_frames resizes them, reference token ids, reference int8 logits (steps, V)) from
+    frames.h5 and the TFLM reference of the whole device path (quantize_int8's device_tflm.npz)."""
+    if not Path(frames_path).is_file():
+        raise TinyCapError(frames_path, "file not found (run sample_frames)")
+    with h5py.File(frames_path, "r") as f:
+        shape, dtype = f["frames"].shape, f["frames"].dtype
+        if len(shape) != 5 or shape[2] != shape[3] or shape[4] != 3 or dtype != np.uint8:
+            raise TinyCapError(frames_path, f"frames must be uint8 [V,T,S,S,3] RGB, got {dtype} {list(shape)}")
+        vids = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in f["video_id"][:]])
+        split = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in f["split"][:]])
+    rows = np.flatnonzero(np.isin(split, splits))
+    if len(rows) == 0:
+        raise TinyCapError(frames_path, f"no clips in splits {', '.join(splits)} for the parity check")
+    ref = read_reference(reference_path)
+    missing = [v for v in vids[rows] if v not in ref]
+    if missing:
+        raise TinyCapError(
+            reference_path, f"no reference for {len(missing)} clip(s) of {frames_path} (first {missing[0]}): rerun quantize_int8"
+        )
+    frames = read_frames(frames_path, rows, size)
+    ids = [str(v) for v in vids[rows]]
+    return ids, frames, [ref[v][0] for v in ids], [ref[v][1] for v in ids]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,25 +427,27 @@ def export_tflm_app(int8_dir, vocab_path, sample_clip, out_dir):
 # the build_tflm stage
 
 
-def build(int8_dir, vocab_path, embeddings_path, out_dir, cfg):
-    """data/int8 -> out_dir (gen/, host/tc_host, tflm_app/, elf/); returns metrics/firmware.json.
+def build(int8_dir, vocab_path, encoder_path, frames_path, reference_path, out_dir, cfg):
+    """data/int8 + data/encoder -> out_dir (gen/, host/tc_host, tflm_app/, elf/); returns metrics/firmware.json.
 
-    Parity: every clip of cfg.parity_splits captioned by the host build and by the TFLM runtime
-    must give the same token sequence, else the build fails (a mismatch is a bug, not a figure)."""
+    Parity: every clip of cfg.parity_splits goes through the host build as camera frames (tc_push_frame x T,
+    tc_caption): its token ids and every decoder step's int8 logits must equal the TFLM reference of the
+    whole device path (reference_path, quantize_int8's device_tflm.npz), else the build fails (a mismatch is
+    a bug, not a figure)."""
     out_dir = Path(out_dir)
-    log.info("generating C sources from %s", int8_dir)
-    info = generate(int8_dir, vocab_path, out_dir / "gen")
+    log.info("generating C sources from %s and %s", int8_dir, encoder_path)
+    info = generate(int8_dir, vocab_path, out_dir / "gen", encoder_path)
     host = build_host(out_dir / "gen", out_dir / "host" / "tc_host")
-    emb = load_embeddings(embeddings_path)
-    frames, vids, splits = emb.frame_emb, emb.video_id, emb.split
-    picked = np.flatnonzero(np.isin(splits, cfg.parity_splits))
-    if len(picked) == 0:
-        raise TinyCapError(embeddings_path, f"no clips in splits {', '.join(cfg.parity_splits)} for the parity check")
-    log.info("parity host build vs TFLM on %d clips (%s)", len(picked), ", ".join(cfg.parity_splits))
-    report = parity(host, int8_dir, frames[picked])
+    vids, frames, ref_tokens, ref_logits = device_clips(
+        frames_path, reference_path, cfg.parity_splits, info["shapes"]["frame_size"]
+    )
+    log.info("parity host build vs TFLM on %d clips (%s), camera frames in", len(vids), ", ".join(cfg.parity_splits))
+    tokens, logits = run_host_parallel(host, frames)
+    max_steps = info["shapes"]["max_len"]
+    report = compare(tokens, logits, ref_tokens, ref_logits, max_steps)
     bad = report["clips"] - report["token_sequences_identical"]
     if bad:
-        first = vids[picked[report["mismatched_clips"][0]]]
+        first = vids[report["mismatched_clips"][0]]
         raise TinyCapError(
             host, f"host build and TFLM disagree on {bad} of {report['clips']} clips (first: {first}): a firmware bug"
         )
@@ -347,19 +455,20 @@ def build(int8_dir, vocab_path, embeddings_path, out_dir, cfg):
         raise TinyCapError(
             host, f"logits differ from TFLM by up to {report['max_logit_abs_diff']} LSB (bit-exact required): a firmware bug"
         )
-    quant = read_json(Path(int8_dir) / "quant.json")
-    frames_io = quant["models"]["pooler_int8"]["inputs"][0]
-    sample = quantize_frames(frames[picked[0]], frames_io["scale"], frames_io["zero_point"])
+    device = DeviceDecoder(encoder_path, int8_dir)
+    sample = device.table[device.embed(frames[0]).astype(np.int16) + 128]  # (T, D) MicroCap's int8 input
     app = export_tflm_app(int8_dir, vocab_path, sample, out_dir / "tflm_app")
     log.info("firmware ELFs (QEMU mps2-an500, STM32H743)")
-    elf_sizes = build_elfs(out_dir / "gen", RUNTIME_DIR, out_dir / "elf", sample_clip=sample)
-    static_bytes = info["arena_bytes"] + info["fc_scratch_bytes"] + info["loop_buffer_bytes"]
+    elf_sizes = build_elfs(out_dir / "gen", RUNTIME_DIR, out_dir / "elf", sample_clip=frames[0])
+    static_bytes = sum(info[k] for k in ("arena_bytes", "fc_scratch_bytes", "conv_scratch_bytes", "loop_buffer_bytes"))
+    static_bytes += info["frame_buffer_bytes"]
     return {
         "ops": info["ops"],
         "shapes": info["shapes"],
         "weight_bytes": {
             "value": info["weight_bytes"],
-            "method": "generated const arrays (weights, biases, quantisation parameters, lookup tables) in gen/tc_graphs.c",
+            "method": "generated const arrays (weights, biases, quantisation parameters, lookup tables) of the encoder, "
+            "pooler and decoder graphs in gen/tc_graphs.c",
         },
         "vocab_bytes": {
             "value": info["vocab_bytes"],
@@ -367,16 +476,27 @@ def build(int8_dir, vocab_path, embeddings_path, out_dir, cfg):
         },
         "static_buffer_bytes": {
             "value": static_bytes,
-            "method": "generated: activation arena planned by lifetime "
-            f"({info['arena_bytes']}) + FC input scratch ({info['fc_scratch_bytes']}) + decode-loop "
-            f"buffers h, h_new, context, logits, pooling weights ({info['loop_buffer_bytes']}); no heap",
+            "method": "generated: one activation arena planned by lifetime, shared by the encoder, pooler and decoder "
+            f"graphs ({info['arena_bytes']}) + FC input scratch ({info['fc_scratch_bytes']}) + CONV_2D im2col scratch "
+            f"({info['conv_scratch_bytes']}) + decode-loop "
+            f"buffers h, h_new, context, logits, pooling weights ({info['loop_buffer_bytes']}) + T x D int8 "
+            f"MicroCap input and the frame being encoded ({info['frame_buffer_bytes']}); no heap",
         },
         "elf_sizes": elf_sizes,
         "parity": {
             **{k: v for k, v in report.items() if k != "mismatched_clips"},
             "splits": list(cfg.parity_splits),
-            "method": "host build (gcc, portable C kernels) vs tflite_micro.runtime (TFLM) via "
-            "tinycap.int8.TflmDecoder; logits of every decoder step compared",
+            "method": "host build (gcc, portable C kernels) on camera frames (tc_push_frame x T, tc_caption) vs the "
+            "TFLM reference of the whole device path (data/int8/device_tflm.npz, tinycap.int8.DeviceDecoder); token "
+            "ids and the int8 logits of every decoder step compared, 0 LSB allowed",
         },
         "tflm_app": {**app, "method": "exported sources only: TFLM C++ is not installable here, not compiled"},
     }
+
+
+def run_host_parallel(host_bin, frames, workers=2):
+    """run_host(logits=True) on uint8 clips (N, T, S, S, 3), split over `workers` processes (one per core)."""
+    parts = np.array_split(np.arange(len(frames)), workers)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(lambda idx: run_host(host_bin, frames[idx], logits=True), [p for p in parts if len(p)]))
+    return [t for r in results for t in r[0]], [x for r in results for x in r[1]]

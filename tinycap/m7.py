@@ -2,19 +2,22 @@
 
 The two ELFs from one source (tinycap_qemu.elf for QEMU mps2-an500, tinycap_stm32h743.elf for the
 size report and real boards) are built by tinycap.toolchain.build_elfs() in build_tflm.
-run_qemu()     captions int8 clips on the emulated M7 with the instruction-counting plugin
-               (firmware/qemu_plugin) and returns tokens, captions, stack high-water mark and the
-               executed-instruction counts of every caption, by address.
+run_qemu()     captions clips (camera frames, or int8 embeddings for an image without an encoder) on the
+               emulated M7 with the instruction-counting plugin (firmware/qemu_plugin) and returns tokens,
+               captions, stack high-water mark and the executed-instruction counts of every call, by address.
 benchmark()    metrics/m7.json with parity (the M7's tokens and every decoder step's int8 logits, printed by
-               the firmware with -l, against TFLM's and the host build's) and every figure with its method:
+               the firmware with -l, against the TFLM reference of the device path) and every figure with
+               its method:
     emulated-exact  counted on the emulated core (instructions; peak stack), or read from the ELF
                     (flash; data + bss) -- exact for this binary
-    modelled        cycles (LLVM's Cortex-M7 scheduling model per executed block, or a CPI), and what
-                    follows from them: latency at clock_hz, energy = latency x current x supply
+    modelled        cycles (LLVM's Cortex-M7 scheduling model per executed block, or a CPI, plus the
+                    flash wait states of the weights: flash_lines()), and what follows from them:
+                    latency at clock_hz, energy = latency x current x supply
     datasheet       the run current (STM32H743 DS12110) the energy model takes
 """
 
 import bisect
+import concurrent.futures
 import logging
 import re
 import subprocess
@@ -27,20 +30,18 @@ from typing import Literal
 import numpy as np
 
 from tinycap import vocab
-from tinycap.embeddings import load_embeddings
 from tinycap.errors import TinyCapError
-from tinycap.int8 import quantize_frames, tflm_reference
+from tinycap.firmware import device_clips
 from tinycap.io import read_json
-from tinycap.tflite import graph_macs, vocab_rows
+from tinycap.tflite import graph_macs, read_graph, vocab_rows
 from tinycap.toolchain import (
     QEMU_ELF,
     STM32_ELF,
     build_calib,
-    build_host,
     build_plugin,
     elf_sizes,
+    model_constants,
     require_tools,
-    run_host,
     run_tool,
 )
 
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 HARNESS_SYMBOLS = frozenset(
     {"main", "run", "caption_clip", "tc_mark", "print_step_logits", "out_str", "out_u32", "out_flush", "sh_write0", "sh_call"}
 )
-# The firmware's input buffer (firmware/m7/main.c): one clip of int8 frame embeddings, in .bss.
+# The firmware's input buffer (firmware/m7/main.c): one camera frame (or a clip of int8 embeddings), in .bss.
 INPUT_BUFFER = "tc_input_frames"
 
 
@@ -63,8 +64,12 @@ class M7Params:
     supply_v: float = 3.3
     cpi: float = 1.0  # cycles per instruction when cycle_model is "cpi"
     cycle_model: Literal["llvm-mca", "cpi"] = "llvm-mca"  # llvm-mca: per executed block, Cortex-M7 model
-    splits: list[str] = field(default_factory=lambda: ["test", "novel"])  # clips captioned under QEMU
+    splits: list[str] = field(default_factory=lambda: ["test", "novel"])  # clips captioned under QEMU, every one counted
+    qemu_workers: int = 2  # QEMU processes the clips are split over (one per core)
     timeout_s: int = 600  # wall-clock limit of one QEMU run
+    flash_wait_states: int = 4  # STM32H743 RM0433: flash wait states at 480 MHz (VOS0)
+    flash_clock_hz: int = 240_000_000  # the flash's AXI clock (HCLK, at most 240 MHz)
+    dcache_bytes: int = 16384  # Cortex-M7 L1 D-cache of the STM32H743
     scale_vocab_size: int | None = 5000  # also model a MicroCap with this vocabulary (MSR-VTT sized); null: off
 
 
@@ -120,16 +125,18 @@ def parse_counts(path):
     return blocks, segments
 
 
-def run_qemu(elf, clips, workdir, plugin, timeout_s=600, logits=False):
-    """Caption `clips` (int8 [N, T*D]) with the QEMU image; returns a dict:
+def run_qemu(elf, clips, workdir, plugin, timeout_s=600, logits=False, calls_per_clip=1):
+    """Caption `clips` (N rows of one clip's bytes: int8 [N, T*D] embeddings, or uint8 [N, T*S*S*3] camera
+    frames for an image with an encoder) with the QEMU image; returns a dict:
     tokens [[id, ...]], captions [str], stack_peak_bytes, stack_size_bytes, dwt_unavailable, stdout,
-    blocks, segments (per-caption segment = segments[2 * i + 1]), symbols (SymbolMap), exit_status,
+    blocks, segments (call j of clip i, between two tc_mark(): segments[1 + 2 * (i * calls_per_clip + j)];
+    calls_per_clip: T tc_push_frame() then tc_caption() with an encoder, else 1), symbols (SymbolMap), exit_status,
     logits: with logits=True the int8 logits of every decoder step, one int8 (steps, V) array per clip
     (the firmware's step callback prints them; it is harness code, not counted), else None."""
     require_tools("qemu-system-arm", "arm-none-eabi-nm")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    clips = np.ascontiguousarray(clips, dtype=np.int8)
+    clips = np.ascontiguousarray(clips)
     clip_file, counts = workdir / "clips.bin", workdir / "counts.txt"
     clip_file.write_bytes(clips.tobytes())
     flags = ["-l"] if logits else []
@@ -148,8 +155,9 @@ def run_qemu(elf, clips, workdir, plugin, timeout_s=600, logits=False):
         captions=[captions[i] for i in range(n)],
         logits=_parse_logits(out, n, elf) if logits else None,
     )
-    if len(result["segments"]) != 2 * n + 1:
-        raise TinyCapError(counts, f"expected {2 * n + 1} segments (2 marks per clip), got {len(result['segments'])}")
+    expected = 2 * n * calls_per_clip + 1
+    if len(result["segments"]) != expected:
+        raise TinyCapError(counts, f"expected {expected} segments (2 marks per call), got {len(result['segments'])}")
     return result
 
 
@@ -356,41 +364,40 @@ def find_dir(firmware_dir, name):
     return find_file(firmware_dir, name).parent
 
 
-def benchmark(firmware_dir, int8_dir, embeddings_path, vocab_path, params, workdir):
-    """The benchmark_m7 stage: caption every clip of params.splits on the emulated M7, compare the
-    tokens and every decoder step's int8 logits with the TFLM runtime and with the host build of the
-    same C sources, and return (metrics for metrics/m7.json, per-op plot rows for
-    metrics/plots/m7_ops.json); check_parity() says whether they may be written."""
+def benchmark(firmware_dir, int8_dir, encoder_path, frames_path, reference_path, vocab_path, params, workdir):
+    """The benchmark_m7 stage: caption every clip of params.splits on the emulated M7 from its camera frames
+    (tc_push_frame x T, tc_caption), compare the tokens and every decoder step's int8 logits with the TFLM
+    reference of the whole device path (quantize_int8's device_tflm.npz), and return (metrics for
+    metrics/m7.json, per-op plot rows for metrics/plots/m7_ops.json); check_parity() says whether they may
+    be written."""
     int8_dir = Path(int8_dir)
     elf_qemu, elf_stm32 = find_file(firmware_dir, QEMU_ELF), find_file(firmware_dir, STM32_ELF)
     quant = read_json(int8_dir / "quant.json")
-    emb = load_embeddings(embeddings_path)
-    frames, vids, splits = emb.frame_emb, emb.video_id, emb.split
-    idx = np.flatnonzero(np.isin(splits, params.splits))
-    if len(idx) == 0:
-        raise TinyCapError(embeddings_path, f"no clips in splits {', '.join(params.splits)}")
-    log.info("reference captions and logits for %d clips: TFLM runtime and the host build of the same C sources", len(idx))
-    tflm_tokens, tflm_logits, tflm = tflm_reference(int8_dir, frames[idx])
-    clips = quantize_frames(frames[idx], tflm.frame_scale, tflm.frame_zero_point)  # (N, T, D)
-    host_bin = build_host(find_dir(firmware_dir, "tc_model.h"), Path(workdir) / "host" / "tinycap_host")
-    host_tokens, host_logits = run_host(host_bin, clips, logits=True)
-    reference = {"tflm": tflm_tokens, "host": host_tokens}
-    clips = clips.reshape(len(idx), -1)
-    macs_pooler = graph_macs(int8_dir / quant["models"]["pooler_int8"]["file"])
-    decoder = int8_dir / quant["models"]["decoder_int8"]["file"]
-    macs_step = graph_macs(decoder)
+    size = model_constants(find_dir(firmware_dir, "tc_model.h")).get("TC_FRAME_SIZE")
+    if size is None:
+        raise TinyCapError(firmware_dir, "the firmware has no encoder (TC_FRAME_SIZE): rerun build_tflm")
+    vids, frames, ref_tokens, ref_logits = device_clips(frames_path, reference_path, params.splits, size)
+    T = frames.shape[1]
+    graphs = {
+        "encoder": Path(encoder_path),
+        "pooler": int8_dir / quant["models"]["pooler_int8"]["file"],
+        "decoder_step": int8_dir / quant["models"]["decoder_int8"]["file"],
+    }
     metrics, op_rows = measure(
         elf_qemu,
         elf_stm32,
-        clips,
-        macs_pooler,
-        macs_step,
-        quant["max_steps"],
-        params,
-        workdir,
-        reference_tokens=reference,
-        clip_ids=[str(vids[i]) for i in idx],
-        reference_logits={"tflm": tflm_logits, "host": host_logits},
+        frames.reshape(len(frames), -1),
+        macs_pooler=graph_macs(graphs["pooler"]),
+        macs_step=graph_macs(graphs["decoder_step"]),
+        max_steps=quant["max_steps"],
+        params=params,
+        workdir=workdir,
+        reference_tokens={"tflm": ref_tokens},
+        clip_ids=vids,
+        reference_logits={"tflm": ref_logits},
+        macs_encoder=graph_macs(graphs["encoder"]),
+        frames_per_clip=T,
+        flash_lines={name: flash_lines(path, params.dcache_bytes // 2) for name, path in graphs.items()},
     )
     if params.scale_vocab_size:
         logits = [d for d in quant["models"]["decoder_int8"]["outputs"] if d["name"] == "logits"]
@@ -399,9 +406,40 @@ def benchmark(firmware_dir, int8_dir, embeddings_path, vocab_path, params, workd
         word_bytes = sum(len(w.encode()) + 1 for w in words) / len(words) + 4  # text + NUL + pointer
         argmax = metrics["per_op_instructions"].get("tc_k_argmax", 0.0) / (metrics["decoder_steps"] * vocab_size)
         metrics["scaled_vocab"] = scale_to_vocab(
-            metrics, vocab_rows(decoder, vocab_size), vocab_size, params.scale_vocab_size, word_bytes, argmax
+            metrics, vocab_rows(graphs["decoder_step"], vocab_size), vocab_size, params.scale_vocab_size, word_bytes, argmax
         )
     return metrics, op_rows
+
+
+# ---------------------------------------------------------------------------------------- flash model
+
+FLASH_LINE_BYTES = 32  # STM32H743 (RM0433): one flash read is a 256-bit line; also the L1 cache line
+
+
+def flash_lines(tflite_path, reuse_bytes):
+    """32-byte flash lines one invocation of a graph reads into the D-cache: every op's constants (weights,
+    bias, and the per-channel multiplier + shift the generated code adds) once; an op whose constants exceed
+    reuse_bytes (what of the D-cache is left next to the activations) is re-read on every pass the kernel
+    makes over them (CONV_2D: one pass per 2 output pixels; FULLY_CONNECTED: one per input row)."""
+    g = read_graph(tflite_path)
+    lines = 0
+    for op in g.ops:
+        consts = [g.tensors[i] for i in op.inputs if i >= 0 and g.tensors[i].data is not None]
+        nbytes = sum(t.nbytes for t in consts)
+        if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            nbytes += 8 * int(g.tensors[op.outputs[0]].shape[-1])
+        if op.name == "GATHER":  # one row of the table
+            table = g.tensors[op.inputs[0]]
+            nbytes = table.nbytes // table.shape[0] * g.tensors[op.inputs[1]].size
+        passes = 1
+        if nbytes > reuse_bytes:
+            out = g.tensors[op.outputs[0]].shape
+            if op.name == "CONV_2D":
+                passes = -(-int(np.prod(out[:-1])) // 2)
+            elif op.name == "FULLY_CONNECTED":
+                passes = int(np.prod(out[:-1]))
+        lines += passes * -(-nbytes // FLASH_LINE_BYTES)
+    return lines
 
 
 def input_buffer_bytes(elf):
@@ -475,77 +513,133 @@ def measure(
     reference_tokens=None,
     clip_ids=None,
     reference_logits=None,
+    macs_encoder=None,
+    frames_per_clip=0,
+    flash_lines=None,
 ):
     """Run every clip under QEMU and build metrics/m7.json (dict) and the per-op plot rows.
 
-    clips: int8 [N, T*D]; macs_pooler / macs_step: {op type: MACs} of the pooler graph and of one
-    decoder step (graph_macs());
+    clips: one row of bytes per clip: int8 [N, T*D] embeddings, or with frames_per_clip = T uint8 camera
+    frames [N, T*S*S*3] (an image with an encoder: T tc_push_frame() calls then tc_caption(), each counted);
+    macs_pooler / macs_step / macs_encoder: {op type: MACs} of the pooler graph, one decoder step, one frame's
+    encoder (graph_macs());
     max_steps: decoder steps at most (a caption of max_steps tokens ran max_steps steps, a shorter
     one len + 1: the step that produced <eos>); reference_tokens: {name: [[ids], ...]} to compare with;
     reference_logits: {name: [int8 (steps, V) per clip]}: with it the firmware prints every step's
-    logits (run_qemu(logits=True)) and every one is compared, 0 LSB allowed.
+    logits (run_qemu(logits=True)) and every one is compared, 0 LSB allowed;
+    flash_lines: {"encoder", "pooler", "decoder_step": 32-byte flash lines one invocation reads (flash_lines())}:
+    with it the cycles include the flash wait states (params.flash_wait_states), else zero-wait memory.
+    The clips are split over params.qemu_workers QEMU processes (one per core), every one counted.
     """
     workdir = Path(workdir)
     plugin = build_plugin(workdir / "plugin")
-    log.info("captioning %d clips on the emulated Cortex-M7", len(clips))
-    r = run_qemu(elf_qemu, clips, workdir, plugin, params.timeout_s, logits=bool(reference_logits))
-    blocks, syms = r["blocks"], r["symbols"]
-    per_clip = [segment_by_symbol(r["segments"][2 * i + 1], blocks, syms) for i in range(len(clips))]
-    for c in per_clip:
-        for h in HARNESS_SYMBOLS:
-            c.pop(h, None)
-    instructions = np.array([sum(c.values()) for c in per_clip], np.int64)
+    calls = frames_per_clip + 1 if frames_per_clip else 1
+    n = len(clips)
+    parts = [idx for idx in np.array_split(np.arange(n), max(1, min(params.qemu_workers, n))) if len(idx)]
+    log.info("captioning %d clips on the emulated Cortex-M7 (%d QEMU processes)", n, len(parts))
 
-    # Cycles: per executed block, weighted by its executions in each caption.
+    def run(k, idx):
+        return run_qemu(elf_qemu, clips[idx], workdir / f"run{k}", plugin, params.timeout_s, bool(reference_logits), calls)
+
+    with concurrent.futures.ThreadPoolExecutor(len(parts)) as pool:
+        runs = list(pool.map(run, range(len(parts)), parts))
+    tokens = [t for r in runs for t in r["tokens"]]
+    logits = [x for r in runs for x in r["logits"]] if reference_logits else None
+
+    # per run: the inference instructions of every block (harness code left out), the calls' segments
+    inference = [
+        {b: tuple(a for a in addrs if r["symbols"](a) not in HARNESS_SYMBOLS) for b, addrs in r["blocks"].items()} for r in runs
+    ]
+    call_segments = [
+        [[r["segments"][1 + 2 * (i * calls + j)] for j in range(calls)] for i in range(len(r["tokens"]))] for r in runs
+    ]
+    instr = np.array(
+        [
+            [sum(c * len(inf[b]) for b, c in seg.items()) for seg in clip]
+            for inf, segs in zip(inference, call_segments)
+            for clip in segs
+        ],
+        np.int64,
+    )  # (N, calls)
     if params.cycle_model == "llvm-mca":
-        inference = {bid: tuple(a for a in addrs if syms(a) not in HARNESS_SYMBOLS) for bid, addrs in blocks.items()}
-        used = {inference[b] for i in range(len(clips)) for b in r["segments"][2 * i + 1] if inference[b]}
+        used = {inf[b] for inf, segs in zip(inference, call_segments) for clip in segs for seg in clip for b in seg if inf[b]}
         per_block = block_cycles(elf_qemu, used)
         cycles = np.array(
             [
-                sum(n * per_block[inference[b]] for b, n in r["segments"][2 * i + 1].items() if inference[b])
-                for i in range(len(clips))
+                [sum(c * per_block[inf[b]] for b, c in seg.items() if inf[b]) for seg in clip]
+                for inf, segs in zip(inference, call_segments)
+                for clip in segs
             ]
         )
         cycle_model = (
             "llvm-mca -mcpu=cortex-m7 (LLVM Cortex-M7 scheduling model): steady-state cycles per "
-            "iteration of every executed block x its exact execution count; zero-wait-state memory, "
-            "no branch-misprediction penalty"
+            "iteration of every executed block x its exact execution count; no branch-misprediction penalty"
         )
     else:
-        cycles = instructions * params.cpi
+        cycles = instr * params.cpi
         cycle_model = f"instructions x CPI {params.cpi}"
 
-    steps = np.array([len(t) if len(t) >= max_steps else len(t) + 1 for t in r["tokens"]])
-    macs = sum(macs_pooler.values()) + steps * sum(macs_step.values())
-    fc_macs = macs_pooler.get("FULLY_CONNECTED", 0) + steps * macs_step.get("FULLY_CONNECTED", 0)
+    steps = np.array([len(t) if len(t) >= max_steps else len(t) + 1 for t in tokens])
+    macs_encoder = macs_encoder or {}
+    frame_macs = sum(macs_encoder.values())
+    macs = frames_per_clip * frame_macs + sum(macs_pooler.values()) + steps * sum(macs_step.values())
+    stall = np.zeros(n)
+    memory_model = "zero-wait-state memory (TCM / cache hits)"
+    if flash_lines:
+        line_cycles = (params.flash_wait_states + 1) * params.clock_hz / params.flash_clock_hz
+        lines = frames_per_clip * flash_lines.get("encoder", 0) + flash_lines["pooler"] + steps * flash_lines["decoder_step"]
+        stall = lines * line_cycles
+        memory_model = (
+            f"weights in flash (STM32H743 RM0433: {params.flash_wait_states} wait states at {params.clock_hz} Hz, flash "
+            f"clock {params.flash_clock_hz} Hz, 256-bit line): every 32-byte line of constants an op reads misses the "
+            f"{params.dcache_bytes} B D-cache once per invocation and stalls (wait states + 1) x clock / flash clock = "
+            f"{line_cycles:g} cycles; an op whose constants exceed half the D-cache misses again on every pass over them "
+            "(tinycap.m7.flash_lines); code, activations and stack hit (I-cache, DTCM), no prefetch or overlap credited"
+        )
 
-    ops = Counter()
-    for c in per_clip:
-        ops.update(c)
-    n = len(clips)
+    ops = Counter()  # instructions by function, all calls of all clips
+    for inf, segs, r in zip(inference, call_segments, runs):
+        executions = Counter()
+        for clip in segs:
+            for seg in clip:
+                executions.update(seg)
+        for b, c in executions.items():
+            for addr in inf[b]:
+                ops[r["symbols"](addr)] += c
     op_rows = [{"op": op, "instructions": round(v / n, 1)} for op, v in ops.most_common()]
-    # fully-connected kernels: tc_k_fully_connected and its helpers (tc_k_fc_*)
-    fc_instr = sum(v for op, v in ops.items() if re.search(r"fully_connected|(^|_)fc(_|$)", op)) / n
 
+    def per_mac(pattern, op_macs):
+        ins = sum(v for op, v in ops.items() if re.search(pattern, op)) / n
+        return float(ins / op_macs) if op_macs and ins else None
+
+    fc_macs = frames_per_clip * macs_encoder.get("FULLY_CONNECTED", 0) + macs_pooler.get("FULLY_CONNECTED", 0)
+    fc_macs = fc_macs + steps.mean() * macs_step.get("FULLY_CONNECTED", 0)
+    conv_macs = frames_per_clip * macs_encoder.get("CONV_2D", 0)
+    dw_macs = frames_per_clip * macs_encoder.get("DEPTHWISE_CONV_2D", 0)
+
+    per_clip_instr = instr.sum(1)
+    per_clip_cycles = cycles.sum(1) + stall
     sizes = elf_sizes(elf_stm32)
     input_buffer = input_buffer_bytes(elf_stm32)
-    mean_cycles = float(cycles.mean())
+    stack_peak = max(r["stack_peak_bytes"] for r in runs)
+    mean_cycles = float(per_clip_cycles.mean())
     latency_s = mean_cycles / params.clock_hz
+    power_w = params.run_current_a * params.supply_v
     clip_name = (lambda i: clip_ids[i]) if clip_ids else (lambda i: i)  # noqa: E731
-    mismatches = {name: compare_tokens(r["tokens"], ref, name, clip_name) for name, ref in (reference_tokens or {}).items()}
+    mismatches = {name: compare_tokens(tokens, ref, name, clip_name) for name, ref in (reference_tokens or {}).items()}
     for name, ref in (reference_logits or {}).items():
         m = mismatches.setdefault(name, {"count": 0, "token_mismatched_clips": [], "first": []})
-        m.update(compare_logits(r["logits"], ref, name, clip_name))
+        m.update(compare_logits(logits, ref, name, clip_name))
         m["count"] = len(set(m["token_mismatched_clips"]) | set(m["logit_mismatched_clips"]))
+    counted = "QEMU mps2-an500 TCG plugin (firmware/qemu_plugin), instructions executed inside the call and its callees"
     metrics = {
         "instructions": {
-            "value": float(instructions.mean()),
+            "value": float(per_clip_instr.mean()),
             "method": "emulated-exact",
-            "min": int(instructions.min()),
-            "max": int(instructions.max()),
-            "how": "QEMU mps2-an500 TCG plugin (firmware/qemu_plugin), instructions executed inside "
-            "tc_caption() and its callees, mean per caption"
+            "min": int(per_clip_instr.min()),
+            "max": int(per_clip_instr.max()),
+            "how": f"{counted}, mean per caption over {n} clips"
+            + (f": {frames_per_clip} tc_push_frame() (encoder) + tc_caption() (pool + decode)" if frames_per_clip else "")
             + (
                 "; the logits printed for parity: the step callback is left out, tc_caption's call "
                 "of it (2 instructions per step) is in"
@@ -553,10 +647,16 @@ def measure(
                 else ""
             ),
         },
-        "cycles": {"value": mean_cycles, "method": "modelled", "model": cycle_model},
+        "cycles": {
+            "value": mean_cycles,
+            "method": "modelled",
+            "model": f"{cycle_model}; memory: {memory_model}",
+            "zero_wait_value": float(cycles.sum(1).mean()),
+            "flash_stall_value": float(stall.mean()),
+        },
         "latency_ms": {"value": latency_s * 1e3, "method": "modelled", "model": f"cycles / clock_hz ({params.clock_hz} Hz)"},
         "energy_mj": {
-            "value": latency_s * params.run_current_a * params.supply_v * 1e3,
+            "value": latency_s * power_w * 1e3,
             "method": "modelled",
             "model": f"latency x run_current_a ({params.run_current_a} A, datasheet) x supply_v ({params.supply_v} V)",
         },
@@ -568,34 +668,79 @@ def measure(
         "flash_bytes": {
             "value": sizes["flash_bytes"],
             "method": "emulated-exact",
-            "how": "text + rodata + data of the STM32H743 ELF (arm-none-eabi-size -A)",
+            "how": "text + rodata + data of the STM32H743 ELF (arm-none-eabi-size -A): runtime, generated "
+            + ("encoder, " if frames_per_clip else "")
+            + "MicroCap graphs, vocabulary, sample clip",
         },
         "ram_bytes": {
-            "value": sizes["static_ram_bytes"] + r["stack_peak_bytes"],
+            "value": sizes["static_ram_bytes"] + stack_peak,
             "method": "emulated-exact",
             "how": f"data + bss of the STM32H743 ELF (the bss holds the input buffer {INPUT_BUFFER}, "
-            f"{input_buffer} B: T int8 frame embeddings) + peak stack (painted stack, high-water mark "
-            "after all captions under QEMU; the STM32H743 image is the same code, another link map)",
+            f"{input_buffer} B: " + ("one uint8 camera frame" if frames_per_clip else "T int8 frame embeddings") + ", "
+            "and every activation buffer) + peak stack (painted stack, high-water mark after all captions under "
+            "QEMU; the STM32H743 image is the same code, another link map)",
         },
         "ram_breakdown": {
             "data": sizes["data"],
             "bss": sizes["bss"],
             "input_buffer_in_bss": input_buffer,
-            "stack_peak": r["stack_peak_bytes"],
+            "stack_peak": stack_peak,
         },
         "macs": float(macs.mean()),
         "macs_pooler": macs_pooler,
         "macs_decoder_step": macs_step,
         "decoder_steps": float(steps.mean()),
-        "instr_per_mac": float(instructions.mean() / macs.mean()) if macs.mean() else None,
-        "fc_instr_per_mac": float(fc_instr / fc_macs.mean()) if fc_macs.mean() and fc_instr else None,
+        "instr_per_mac": float(per_clip_instr.mean() / macs.mean()) if macs.mean() else None,
+        "fc_instr_per_mac": per_mac(r"fully_connected|(^|_)fc(_|$)", fc_macs),
         "clock_hz": params.clock_hz,
         "parity_mismatches": sum(m["count"] for m in mismatches.values()),
         "parity": mismatches,
         "clips": n,
+        "qemu_processes": len(parts),
         "sizes_stm32h743": sizes,
-        "stack_peak_bytes": r["stack_peak_bytes"],
-        "dwt_cycles": "unavailable under QEMU (DWT CYCCNT reads 0)" if r["dwt_unavailable"] else "read on the device",
+        "stack_peak_bytes": stack_peak,
+        "dwt_cycles": "unavailable under QEMU (DWT CYCCNT reads 0)"
+        if all(r["dwt_unavailable"] for r in runs)
+        else "read on the device",
         "per_op_instructions": {row["op"]: row["instructions"] for row in op_rows},
     }
+    if frames_per_clip:
+        enc_instr = instr[:, :frames_per_clip]
+        frame_stall = flash_lines.get("encoder", 0) * line_cycles if flash_lines else 0.0
+        frame_cycles = float(cycles[:, :frames_per_clip].mean()) + frame_stall
+        caption_cycles = float(cycles[:, -1].mean()) + float((stall - frames_per_clip * frame_stall).mean())
+        metrics.update(
+            {
+                "frame_instructions": {
+                    "value": float(enc_instr.mean()),
+                    "method": "emulated-exact",
+                    "min": int(enc_instr.min()),
+                    "max": int(enc_instr.max()),
+                    "how": f"{counted}: one tc_push_frame() (pixel - 128, the encoder graph, the requant table), mean over "
+                    f"{enc_instr.size} frames",
+                },
+                "frame_cycles": {"value": frame_cycles, "method": "modelled", "model": "as cycles, one tc_push_frame()"},
+                "frame_latency_ms": {
+                    "value": frame_cycles / params.clock_hz * 1e3,
+                    "method": "modelled",
+                    "model": f"frame_cycles / clock_hz ({params.clock_hz} Hz)",
+                },
+                "caption_after_last_frame_ms": {
+                    "value": caption_cycles / params.clock_hz * 1e3,
+                    "method": "modelled",
+                    "model": "cycles of tc_caption() (pool + decode) alone / clock_hz: the wait after the last frame when "
+                    "frames are encoded as they arrive",
+                },
+                "decode_instructions": {
+                    "value": float(instr[:, -1].mean()),
+                    "method": "emulated-exact",
+                    "how": f"{counted}: tc_caption() (pooler + decoder steps), mean per caption",
+                },
+                "macs_encoder_frame": macs_encoder,
+                "conv_instr_per_mac": per_mac(r"^tc_k_conv2d|^im2col", conv_macs),
+                "depthwise_instr_per_mac": per_mac(r"^tc_k_depthwise_conv2d", dw_macs),
+                "encoder_macs_per_cycle": float(frame_macs / frame_cycles),
+                "frames_per_clip": frames_per_clip,
+            }
+        )
     return metrics, op_rows

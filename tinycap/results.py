@@ -18,13 +18,23 @@ VARIANTS = (  # eval.json variant, row name, val CIDEr source (file, key path) o
     ("microcap_int8_tflm", "MicroCap int8 (TFLM)", None),
     ("device_int8", "device: frames → int8 encoder → int8 MicroCap (TFLM)", None),
 )
-M7_ROWS = (
+M7_ROWS = (  # m7.json figure ({value, method, model | how}), row name, format; rows of absent figures are left out
     ("instructions", "instructions per caption", "{:,.0f}"),
+    ("frame_instructions", "instructions per frame (tc_push_frame: encoder)", "{:,.0f}"),
+    ("decode_instructions", "instructions of tc_caption (pool + decode)", "{:,.0f}"),
     ("cycles", "cycles per caption", "{:,.0f}"),
     ("latency_ms", "latency per caption, ms", "{:.2f}"),
+    ("frame_latency_ms", "latency per frame, ms", "{:.2f}"),
+    ("caption_after_last_frame_ms", "caption ready after the last frame, ms", "{:.2f}"),
     ("energy_mj", "energy per caption, mJ", "{:.2f}"),
     ("flash_bytes", "flash, bytes", "{:,.0f}"),
     ("ram_bytes", "RAM, bytes", "{:,.0f}"),
+)
+M7_RATIOS = (  # plain m7.json numbers: key, row name
+    ("conv_instr_per_mac", "CONV_2D instructions / MAC"),
+    ("depthwise_instr_per_mac", "DEPTHWISE_CONV_2D instructions / MAC"),
+    ("fc_instr_per_mac", "FULLY_CONNECTED instructions / MAC"),
+    ("encoder_macs_per_cycle", "encoder MACs / cycle"),
 )
 
 
@@ -91,9 +101,16 @@ def m7_table(m):
     m7 = m["m7"]
     lines = ["| on the emulated Cortex-M7 | value | method |", "|---|---|---|"]
     for key, name, fmt in M7_ROWS:
-        entry = m7[key]
+        entry = m7.get(key)
+        if entry is None:
+            continue
         how = entry.get("model") or entry.get("how") or ""
         lines.append(f"| {name} | {fmt.format(entry['value'])} | {entry['method']}: {how} |")
+    for key, name in M7_RATIOS:
+        if m7.get(key) is not None:
+            lines.append(
+                f"| {name} | {m7[key]:.3f} | from the figures above: emulated-exact instructions (or modelled cycles), MACs from the graph shapes |"
+            )
     lines.append(f"| clock | {m7['clock_hz'] / 1e6:.0f} MHz | parameter (`m7.clock_hz`) |")
     lines.append(f"| parity with TFLM | {m7['parity_mismatches']} mismatches | exact |")
     return "\n".join(lines)

@@ -217,7 +217,8 @@ def io_details(model_bytes):
 
 def graph_macs(tflite_path):
     """Multiply-accumulates of one invocation of a .tflite graph, by op type
-    (FULLY_CONNECTED / BATCH_MATMUL: output elements x reduction depth)."""
+    (FULLY_CONNECTED / BATCH_MATMUL / CONV_2D: output elements x reduction depth; DEPTHWISE_CONV_2D: output
+    elements x kernel taps)."""
     g = read_graph(tflite_path)
     shape = lambda i: g.tensors[i].shape  # noqa: E731
     macs = Counter()
@@ -226,6 +227,10 @@ def graph_macs(tflite_path):
             macs[op.name] += int(np.prod(shape(op.outputs[0]))) * int(shape(op.inputs[1])[-1])
         elif op.name == "BATCH_MATMUL":
             macs[op.name] += int(np.prod(shape(op.outputs[0]))) * int(shape(op.inputs[0])[-1])
+        elif op.name == "CONV_2D":  # weights OHWI
+            macs[op.name] += int(np.prod(shape(op.outputs[0]))) * int(np.prod(shape(op.inputs[1])[1:]))
+        elif op.name == "DEPTHWISE_CONV_2D":  # weights 1HWC
+            macs[op.name] += int(np.prod(shape(op.outputs[0]))) * int(np.prod(shape(op.inputs[1])[1:3]))
     return dict(macs)
 
 

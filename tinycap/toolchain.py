@@ -90,11 +90,25 @@ def build_host(gen_dir, out_path, main="host_main.c"):
     return out_path
 
 
-def run_host(host_bin, clips_int8, logits=False):
-    """Caption int8 clips (N, T, D) with the host binary -> (tokens per clip, logits per clip or None)."""
-    clips = np.ascontiguousarray(clips_int8, np.int8)
-    cmd = [str(host_bin)] + (["-l"] if logits else [])
-    p = subprocess.run(cmd, input=clips.tobytes(), capture_output=True)
+def run_host(host_bin, clips, logits=False, one_shot=False):
+    """Caption clips with the host binary -> (tokens per clip, logits per clip or None).
+
+    clips: int8 (N, T, D) frame embeddings (tc_caption_embeddings), or uint8 (N, T, S, S, C) camera frames
+    (TC_HAS_ENCODER builds): pushed one at a time and captioned (tc_push_frame / tc_caption), or with
+    one_shot by tc_caption_frames; the binary checks S, S, C against the model (one error line). Clips of
+    another frame count than T test the firmware's error codes: a clip tc_caption refuses gets the error
+    code (an int < 0) instead of its tokens."""
+    clips = np.asarray(clips)
+    if clips.dtype == np.int8 and clips.ndim == 3:
+        flags = ["-e"]
+    elif clips.dtype == np.uint8 and clips.ndim == 5:
+        flags = ["-s", *map(str, clips.shape[2:]), "-n", str(clips.shape[1])] + (["-o"] if one_shot else [])
+    else:
+        raise TinyCapError(
+            host_bin, f"clips must be int8 (N, T, D) or uint8 (N, T, S, S, 3), got {clips.dtype} {list(clips.shape)}"
+        )
+    cmd = [str(host_bin), *flags] + (["-l"] if logits else [])
+    p = subprocess.run(cmd, input=np.ascontiguousarray(clips).tobytes(), capture_output=True)
     if p.returncode != 0:
         raise TinyCapError(host_bin, f"exit status {p.returncode}: {p.stderr.decode(errors='replace').strip()[:200]}")
     tokens, steps, all_logits = [], [], []
@@ -105,7 +119,8 @@ def run_host(host_bin, clips_int8, logits=False):
         if parts[0] == "L":
             steps.append(np.array(parts[2:], np.int16))
         elif parts[0] == "T":
-            tokens.append([int(v) for v in parts[2:]])
+            n = int(parts[1])
+            tokens.append([int(v) for v in parts[2:]] if n >= 0 else n)
             all_logits.append(np.stack(steps) if steps else np.zeros((0, 0), np.int16))
             steps = []
     if len(tokens) != len(clips):
@@ -152,9 +167,10 @@ def build_calib(out_dir, calib_n=1000):
 def build_elfs(gen_dir, runtime_dir, out_dir, sample_clip=None):
     """Compile firmware/m7 + runtime_dir/*.c + gen_dir/*.c for both link maps into out_dir.
 
-    sample_clip: the clip the STM32H743 image captions on a board, int8 (TC_NUM_FRAMES, TC_DIM)
-    quantised like the firmware's input; None embeds a clip of zeros (the image still builds and
-    runs, the caption is then that of an all-zero embedding).
+    sample_clip: the clip the STM32H743 image captions on a board: camera frames uint8 (TC_NUM_FRAMES,
+    TC_FRAME_SIZE, TC_FRAME_SIZE, 3) when the model has an encoder (TC_FRAME_BYTES defined), else int8
+    frame embeddings (TC_NUM_FRAMES, TC_DIM) quantised like the firmware's input; None embeds a clip of
+    zero bytes (the image still builds and runs).
     Writes out_dir/tinycap_qemu.elf, out_dir/tinycap_stm32h743.elf (+ .map link maps) and
     out_dir/sample_clip.c. Returns {"qemu": sizes, "stm32h743": sizes} (see elf_sizes()).
     """
@@ -167,15 +183,18 @@ def build_elfs(gen_dir, runtime_dir, out_dir, sample_clip=None):
     missing = [k for k in ("TC_NUM_FRAMES", "TC_DIM") if k not in consts]
     if missing:
         raise TinyCapError(gen_dir, f"no integer #define for {', '.join(missing)} in the headers")
-    shape = (consts["TC_NUM_FRAMES"], consts["TC_DIM"])
-    if sample_clip is None:
-        sample_clip = np.zeros(shape, np.int8)
-    sample_clip = np.asarray(sample_clip)
-    if sample_clip.shape != shape or sample_clip.dtype != np.int8:
-        raise TinyCapError("sample_clip", f"expected int8 {shape}, got {sample_clip.dtype} {sample_clip.shape}")
+    T = consts["TC_NUM_FRAMES"]
+    if consts.get("TC_HAS_ENCODER"):
+        S = consts["TC_FRAME_SIZE"]
+        shape, dtype = (T, S, S, 3), np.uint8
+    else:
+        shape, dtype = (T, consts["TC_DIM"]), np.int8
+    sample_clip = np.zeros(shape, dtype) if sample_clip is None else np.asarray(sample_clip)
+    if sample_clip.shape != shape or sample_clip.dtype != dtype:
+        raise TinyCapError("sample_clip", f"expected {np.dtype(dtype).name} {shape}, got {sample_clip.dtype} {sample_clip.shape}")
     out_dir.mkdir(parents=True, exist_ok=True)
     sample_c = out_dir / "sample_clip.c"
-    sample_c.write_text(_sample_clip_source("tc_sample_clip", sample_clip.ravel()))
+    sample_c.write_text(_sample_clip_source("tc_sample_clip", sample_clip.view(np.uint8).ravel()))
     common = dict(OUT=out_dir, RUNTIME_DIR=runtime_dir, GEN_DIR=gen_dir)
     _make(M7_DIR, "qemu", "firmware build (QEMU mps2-an500)", **common)
     _make(M7_DIR, "stm32", "firmware build (STM32H743)", SAMPLE_CLIP_C=sample_c, **common)
@@ -186,9 +205,8 @@ def _sample_clip_source(name, values):
     rows = [", ".join(str(int(v)) for v in values[i : i + 16]) for i in range(0, len(values), 16)]
     body = ",\n    ".join(rows)
     return (
-        "/* Generated by tinycap/m7.py (build_elfs): the STM32H743 image's built-in sample clip. */\n"
-        '#include <stdint.h>\n\n#include "tinycap.h"\n\n'
-        f"const int8_t {name}[TC_NUM_FRAMES * TC_DIM] = {{\n    {body}\n}};\n"
+        "/* Generated by tinycap/toolchain.py (build_elfs): the STM32H743 image's built-in sample clip, as bytes. */\n"
+        f"#include <stdint.h>\n\nconst uint8_t {name}[{len(values)}] = {{\n    {body}\n}};\n"
     )
 
 

@@ -1,4 +1,5 @@
-/* The on-device decode loop: pooler once, then greedy decoder steps until <eos> or TC_MAX_LEN. */
+/* The on-device path: camera frames encoded one at a time into MicroCap's int8 input (TC_HAS_ENCODER),
+ * then the decode loop: pooler once, greedy decoder steps until <eos> or TC_MAX_LEN. */
 #include "tinycap.h"
 
 #include <stddef.h>
@@ -16,7 +17,7 @@ void tc_set_step_callback(tc_step_fn fn, void *user) {
   tc_step_user = user;
 }
 
-int tc_caption(const int8_t *frames, uint16_t *tokens) {
+int tc_caption_embeddings(const int8_t *frames, uint16_t *tokens) {
   int8_t *h = tc_h_a, *h_new = tc_h_b;
   tc_model_pool(frames, h, tc_context);
   int32_t token = TC_BOS;
@@ -33,6 +34,38 @@ int tc_caption(const int8_t *frames, uint16_t *tokens) {
   }
   return n;
 }
+
+#if TC_HAS_ENCODER
+static int8_t tc_frames[TC_NUM_FRAMES * TC_DIM]; /* (T, D) MicroCap's input, one row per pushed frame */
+static int8_t tc_pixels_q[TC_FRAME_BYTES];       /* (S, S, 3) the frame being encoded, q = pixel - 128 */
+static int tc_frames_pushed;
+
+int tc_push_frame(const uint8_t *rgb) {
+  if (tc_frames_pushed >= TC_NUM_FRAMES) return TC_ERR_FRAME_COUNT;
+  for (int i = 0; i < TC_FRAME_BYTES; ++i) tc_pixels_q[i] = (int8_t)(rgb[i] ^ 0x80u); /* pixel - 128 */
+  int8_t *row = tc_frames + tc_frames_pushed * TC_DIM;
+  tc_model_encode(tc_pixels_q, row);
+  for (int i = 0; i < TC_DIM; ++i) row[i] = tc_requant_table[row[i] + 128];
+  ++tc_frames_pushed;
+  return 0;
+}
+
+int tc_caption(uint16_t *tokens) {
+  if (tc_frames_pushed != TC_NUM_FRAMES) return TC_ERR_FRAME_COUNT;
+  tc_frames_pushed = 0;
+  return tc_caption_embeddings(tc_frames, tokens);
+}
+
+void tc_reset(void) {
+  tc_frames_pushed = 0;
+}
+
+int tc_caption_frames(const uint8_t *rgb, uint16_t *tokens) {
+  tc_reset();
+  for (int t = 0; t < TC_NUM_FRAMES; ++t) tc_push_frame(rgb + t * TC_FRAME_BYTES);
+  return tc_caption(tokens);
+}
+#endif
 
 const char *tc_token_text(uint16_t id) {
   return id < TC_VOCAB_SIZE ? tc_vocab[id] : "<unk>";
