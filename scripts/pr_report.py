@@ -53,7 +53,7 @@ class ReportError(Exception):
 def git(root, *args, check=True):
     proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
     if check and proc.returncode != 0:
-        raise ReportError(f"git {' '.join(args)} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        raise ReportError(f"git {' '.join(args)} failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
     return proc
 
 
@@ -77,9 +77,11 @@ def resolve_base(root, base):
     has_origin = git(root, "remote", "get-url", "origin", check=False).returncode == 0
     tried = []
     if has_origin:
-        # a branch, tag or commit on origin: that commit alone is enough (metrics and plot data are in git)
-        fetched = git(root, "fetch", "--quiet", "--depth=1", "origin", base, check=False)
-        tried.append(f"`git fetch --depth=1 origin {base}`")
+        # a branch, tag or commit on origin; a shallow clone needs that commit alone (metrics and plot data are in
+        # git), and a full clone must not be made shallow by a --depth fetch
+        fetch = ["fetch", "--quiet", *(["--depth=1"] if shallow else []), "origin", base]
+        fetched = git(root, *fetch, check=False)
+        tried.append(f"`git {' '.join(a for a in fetch if a != '--quiet')}`")
         if fetched.returncode == 0:
             return commit_of(root, "FETCH_HEAD")
         if shallow:  # a relative revision (HEAD~1): the history it counts back through
@@ -99,9 +101,18 @@ def read_json_at(root, sha, path):
     """A JSON file at a commit (sha) or in the working tree (sha None); None when it does not exist."""
     if sha is None:
         file = root / path
-        return json.loads(file.read_text()) if file.is_file() else None
-    proc = git(root, "show", f"{sha}:{path}", check=False)
-    return json.loads(proc.stdout) if proc.returncode == 0 else None
+        if not file.is_file():
+            return None
+        text = file.read_text()
+    else:
+        proc = git(root, "show", f"{sha}:{path}", check=False)
+        if proc.returncode != 0:
+            return None
+        text = proc.stdout
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{path} ({sha[:7] if sha else 'working tree'}) is not valid JSON: {err}") from None
 
 
 def lookup(tree, dotted):
@@ -318,17 +329,18 @@ def render_plot(records, x, y, template, title, out_png):
 
 
 def plots_section(root, sha, base_label, out_dir):
-    lines, untracked = [], []
+    lines, untracked, not_json = [], [], []
     for path, x, y, template in plot_definitions(root):
-        tracked = git(root, "ls-files", "--error-unmatch", path, check=False).returncode == 0
-        if not tracked:
+        if git(root, "ls-files", "--error-unmatch", path, check=False).returncode != 0:
             untracked.append(path)
+            continue
+        if not path.endswith(".json"):
+            not_json.append(path)
             continue
         old, new = read_json_at(root, sha, path), read_json_at(root, None, path)
         if old == new:
             continue
-        records = {f"{base_label}": old, "workspace": new}
-        records = {rev: rows for rev, rows in records.items() if rows is not None}
+        records = {rev: rows for rev, rows in ((base_label, old), ("workspace", new)) if rows is not None}
         png = Path("plots") / (path.replace("/", "_") + ".png")
         render_plot(records, x, y, template, f"{path} ({'changed' if old is not None else 'new'})", out_dir / png)
         lines += [f"![{path}]({png.as_posix()})", ""]
@@ -336,6 +348,8 @@ def plots_section(root, sha, base_label, out_dir):
         lines = ["No tracked plot changed.", ""]
     if untracked:
         lines.append(f"Not compared (neither git nor DVC tracks them, so {base_label} has no copy): {', '.join(untracked)}.")
+    if not_json:
+        lines.append(f"Not compared (only JSON plot data is rendered): {', '.join(not_json)}.")
     return lines
 
 
