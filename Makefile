@@ -11,8 +11,9 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
 .PHONY: run test setup
 
-run: setup          ## run the whole pipeline on the embedded default dataset
+run: setup          ## run the whole pipeline on the embedded default dataset, then push outputs + run cache to the DVC remote
 	.venv/bin/dvc repro
+	.venv/bin/dvc push --run-cache
 
 test: setup         ## lint, format check, then the test suite (what CI runs)
 	.venv/bin/ruff check .
