@@ -36,3 +36,13 @@ def test_by_hand_one_word():
 def test_needs_documents():
     with pytest.raises(ValueError, match="at least one reference"):
         CiderD([])
+
+
+def test_a_repeated_score_is_the_same_value():
+    """Scores are kept per (candidate, references): a second call, or tuples for lists, gives the same float."""
+    rng = random.Random(1)
+    refs = [[rng.choice(WORDS) for _ in range(6)] for _ in range(3)]
+    reward = CiderD([refs, [["x", "y"]]])
+    first = reward.score(refs[0][:4], refs)
+    assert reward.score(tuple(refs[0][:4]), [tuple(r) for r in refs]) == first > 0
+    assert CiderD([refs, [["x", "y"]]]).score(refs[0][:4], refs) == first

@@ -85,6 +85,20 @@ def test_decoding_stops_at_eos_and_respects_max_len(beam):
     assert model.beam_search(x, beam=beam) == [[]] * 3
 
 
+def test_incremental_step_gives_the_logits_of_the_full_prefix():
+    """beam_search runs step() (cached keys/values, the newest token alone): the same logits as decode()."""
+    cfg = guide.GuideConfig(vocab_size=20, dim=8, num_frames=4, grid=3, d_model=16, layers=2, heads=2, max_len=7)
+    model = guide.Guide(cfg).eval()
+    mem = model.memory(torch.randn(3, 4, 3, 8))
+    tokens = torch.randint(1, 20, (3, 6))
+    full, _ = model.decode(mem, tokens)  # (3, 6, 20)
+    mem_kvs, caches = [blk.cross_attn.memory_kv(mem) for blk in model.blocks], [None, None]
+    for pos in range(6):
+        logits, caches = model.step(tokens[:, pos], pos, mem_kvs, caches)
+        assert torch.allclose(logits, full[:, pos], atol=1e-5), pos
+    assert caches[0][0].shape == (3, 2, 6, 8)  # (B, h, L, hd)
+
+
 def test_grid_memory_attention_sums_to_one_per_frame():
     cfg = guide.GuideConfig(vocab_size=20, dim=8, num_frames=4, grid=3, d_model=16, layers=2, heads=2, max_len=7)
     model = guide.Guide(cfg).eval()

@@ -79,6 +79,16 @@ class SelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, L, d))
 
+    def step(self, x, cache):
+        """The newest position only: x (B, 1, d), cache = keys, values (B, h, L, hd) of the earlier
+        positions or None -> y (B, 1, d), the cache with this position appended (eval mode)."""
+        B, _, d = x.shape
+        q, k, v = self.qkv(x).view(B, 1, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (B, h, 1, hd) each
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)  # (B, h, L+1, hd)
+        y = F.scaled_dot_product_attention(q, k, v)  # the last query sees every position: no mask
+        return self.proj(y.transpose(1, 2).reshape(B, 1, d)), (k, v)
+
 
 class CrossAttention(nn.Module):
     """Written out so the attention weights over the memory tokens can be returned."""
@@ -91,11 +101,16 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, mem):  # x (B, L, d), mem (B, M, d)
+    def memory_kv(self, mem):
+        """mem (B, M, d) -> keys, values (B, h, M, hd): fixed while a caption is decoded."""
+        B, M, d = mem.shape
+        return self.kv(mem).view(B, M, 2, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+
+    def forward(self, x, mem, kv=None):  # x (B, L, d), mem (B, M, d); kv: memory_kv(mem) when computed already
         B, L, d = x.shape
-        M, hd = mem.shape[1], d // self.heads
+        hd = d // self.heads
         q = self.q(x).view(B, L, self.heads, hd).transpose(1, 2)  # (B, h, L, hd)
-        k, v = self.kv(mem).view(B, M, 2, self.heads, hd).permute(2, 0, 3, 1, 4)  # (B, h, M, hd) each
+        k, v = self.memory_kv(mem) if kv is None else kv  # (B, h, M, hd) each
         att = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(hd), dim=-1)  # (B, h, L, M)
         y = self.drop(att) @ v  # (B, h, L, hd)
         return self.proj(y.transpose(1, 2).reshape(B, L, d)), att
@@ -119,6 +134,14 @@ class Block(nn.Module):
         x = x + y
         x = x + self.mlp(self.ln3(x))
         return x, att
+
+    def step(self, x, mem_kv, cache):
+        """x (B, 1, d) at the newest position, mem_kv = cross_attn.memory_kv(mem), cache as in
+        SelfAttention.step -> x (B, 1, d), the new cache."""
+        y, cache = self.self_attn.step(self.ln1(x), cache)
+        x = x + y
+        x = x + self.cross_attn(self.ln2(x), None, mem_kv)[0]
+        return x + self.mlp(self.ln3(x)), cache
 
 
 class Guide(nn.Module):
@@ -173,6 +196,17 @@ class Guide(nn.Module):
             att = att.unflatten(-1, (self.cfg.num_frames, self.cfg.grid)).sum(-1)  # (B, L, T)
         return self.head(self.ln_f(x)), att
 
+    def step(self, tok, pos, mem_kvs, caches):
+        """Incremental decoding (eval mode): the logits decode() gives at position pos, computed for that
+        position alone. tok (B,) the token at pos, mem_kvs one memory_kv per block, caches one
+        self-attention cache per block (None at pos 0) -> logits (B, V), the new caches."""
+        x = self.tok_emb(tok)[:, None] + self.pos_emb[pos]  # (B, 1, d)
+        new = []
+        for block, kv, cache in zip(self.blocks, mem_kvs, caches):
+            x, cache = block.step(x, kv, cache)
+            new.append(cache)
+        return self.head(self.ln_f(x[:, 0])), new
+
     def forward(self, frames, tokens, targets=None, label_smoothing=0.0):
         """frames (B, T, D) or (B, T, G, D), tokens (B, L) -> logits (B, L, V), loss (CE, <pad> ignored)."""
         logits, _ = self.decode(self.memory(frames), tokens)
@@ -197,20 +231,26 @@ class Guide(nn.Module):
 
     @torch.no_grad()
     def beam_search(self, frames, beam=3, max_steps=None):
-        """Beam search (beam=1 is greedy); hypotheses ranked by log-probability / length."""
+        """Beam search (beam=1 is greedy); hypotheses ranked by log-probability / length. Each step runs
+        the newest token alone (step(): the memory's keys/values once per caption, the earlier tokens'
+        self-attention keys/values cached), the same logits as decode() over the whole prefix."""
         max_steps = self.cfg.max_len - 1 if max_steps is None else max_steps
         mem = self.memory(frames)  # (B, M, d)
         B = mem.shape[0]
-        mem = mem.repeat_interleave(beam, 0)  # (B*k, M, d)
-        seqs = torch.full((B * beam, 1), BOS, dtype=torch.long, device=mem.device)
+        mem_kvs = [
+            tuple(t.repeat_interleave(beam, 0) for t in blk.cross_attn.memory_kv(mem)) for blk in self.blocks
+        ]  # (B*k, h, M, hd)
+        caches = [None] * len(self.blocks)
+        tok = torch.full((B * beam,), BOS, dtype=torch.long, device=mem.device)
+        seqs = tok[:, None]  # (B*k, 1)
         scores = torch.zeros(B, beam, device=mem.device)
         scores[:, 1:] = -float("inf")  # start from a single live hypothesis per clip
         finished = torch.zeros(B * beam, dtype=torch.bool, device=mem.device)
         lengths = torch.zeros(B * beam, device=mem.device)
         V = self.cfg.vocab_size
-        for _ in range(max_steps):
-            logits, _ = self.decode(mem, seqs)
-            logp = torch.log_softmax(logits[:, -1], dim=-1)  # (B*k, V)
+        for pos in range(max_steps):
+            logits, caches = self.step(tok, pos, mem_kvs, caches)
+            logp = torch.log_softmax(logits, dim=-1)  # (B*k, V)
             # a finished hypothesis only continues with <pad> at no cost
             logp[finished] = -float("inf")
             logp[finished, PAD] = 0.0
@@ -219,6 +259,7 @@ class Guide(nn.Module):
             src = (idx // V + torch.arange(B, device=mem.device)[:, None] * beam).flatten()
             tok = (idx % V).flatten()
             seqs = torch.cat([seqs[src], tok[:, None]], dim=1)
+            caches = [(k[src], v[src]) for k, v in caches]
             was_finished = finished[src]
             lengths = lengths[src] + (~was_finished).float()
             finished = was_finished | (tok == EOS)

@@ -161,9 +161,10 @@ class MicroCap(nn.Module):
         for _ in range(max_steps):
             logits, h = self.step(tok, h, c)
             tok = logits.argmax(dim=-1)  # (B,)
+            toks, ended = tok.tolist(), done.tolist()
             for b in range(B):
-                if not done[b] and tok[b].item() != EOS:
-                    out[b].append(tok[b].item())
+                if not ended[b] and toks[b] != EOS:
+                    out[b].append(toks[b])
             done |= tok == EOS
             if done.all():
                 break
@@ -282,8 +283,9 @@ def sample(model, frames, k, gen):
         log_probs = F.log_softmax(logits, dim=-1)  # (B*k, V)
         tok = torch.multinomial(log_probs.exp(), 1, generator=gen).squeeze(1)  # (B*k,)
         logp = logp + log_probs.gather(1, tok[:, None]).squeeze(1) * alive
+        toks = tok.tolist()
         for j in torch.nonzero(alive & (tok != EOS)).flatten().tolist():
-            seqs[j].append(int(tok[j]))
+            seqs[j].append(toks[j])
         alive = alive & (tok != EOS)  # not in place: logp's graph holds the old mask
         if not alive.any():
             break
