@@ -629,15 +629,10 @@ def quantize(microcap_path, embeddings_path, vocab_path, out_dir, params, expect
         device_cider = {}
         for split, idx in eval_idx.items():
             ref = {vids[i]: refs.get(vids[i], []) for i in idx}
-            host = per_clip[split]["int8_tflm"]
-            dev = cider_per_clip(captions_device[split], ref)
-            device_cider[split] = {
-                "int8_tflm": float(np.mean(list(host.values()))),
-                "device_int8": float(np.mean(list(dev.values()))),
-            }
-            if device_cider[split]["int8_tflm"] > 0:
-                drop, ci = paired_drop(host, dev)
-                device_cider[split].update(rel_drop=drop, rel_drop_ci95=ci, fraction=1.0 - drop)
+            dev = {"int8_tflm": per_clip[split]["int8_tflm"], "device_int8": cider_per_clip(captions_device[split], ref)}
+            device_cider[split] = _drop(dev, base="int8_tflm", new="device_int8")
+            if device_cider[split]["rel_drop"] is not None:
+                device_cider[split]["fraction"] = 1.0 - device_cider[split]["rel_drop"]
             device_cider[split]["captions_changed"] = sum(captions_tflm[split][v] != captions_device[split][v] for v in ref)
 
     order = all_eval.tolist()
@@ -721,13 +716,13 @@ def device_path(encoder_path, int8_dir, pixels, video_ids):
     return tokens
 
 
-def _drop(per_clip):
-    """{"fp32": {clip: CIDEr}, "int8_tflm": {...}} -> mean CIDEr of each, the relative drop and its
-    95 % paired-bootstrap interval (None where fp32 scores 0: the drop is undefined)."""
+def _drop(per_clip, base="fp32", new="int8_tflm"):
+    """{base: {clip: CIDEr}, new: {...}} -> mean CIDEr of each, the relative drop from base to new and its
+    95 % paired-bootstrap interval (None where base scores 0: the drop is undefined)."""
     out = {k: float(np.mean(list(v.values()))) for k, v in per_clip.items()}
     out["rel_drop"] = None
-    if out["fp32"] > 0:
-        out["rel_drop"], out["rel_drop_ci95"] = paired_drop(per_clip["fp32"], per_clip["int8_tflm"])
+    if out[base] > 0:
+        out["rel_drop"], out["rel_drop_ci95"] = paired_drop(per_clip[base], per_clip[new])
     return out
 
 
