@@ -278,23 +278,21 @@ def evaluate(emb_path, annotations_path, frames_path, guide_dir, microcap_dir, i
             notes.setdefault(
                 variant, "the guide decodes greedily (guide.beam 1): see guide" if variant == "guide_greedy" else "not scored"
             )
-    for teacher in ("guide", "guide_greedy"):
+    # each student's CIDEr as a fraction of its reference: the guide's (beam, greedy); the device path's, of the host int8 path's
+    students = ("microcap_fp32", "microcap_int8_tflm", "device_int8")
+    for teacher, variants in (("guide", students), ("guide_greedy", students), ("microcap_int8_tflm", ("device_int8",))):
         if teacher not in metrics:
             continue
-        for variant in ("microcap_fp32", "microcap_int8_tflm", "device_int8"):
+        for variant in variants:
             for split, s in metrics.get(variant, {}).items():
                 key = f"cider_fraction_of_{teacher}"
-                g = metrics[teacher][split]["CIDEr"]
+                g = metrics[teacher].get(split, {}).get("CIDEr")
+                if g is None:  # the reference was not scored on this split (a note says why)
+                    continue
                 if g > 0:
                     metrics.setdefault(key, {}).setdefault(variant, {})[split] = round(s["CIDEr"] / g, 4)
                 else:
                     notes[f"{key}.{variant}.{split}"] = f"absent: the {teacher} CIDEr is 0"
-    for split, s in metrics.get("device_int8", {}).items():  # the device's own captions vs the host int8 path
-        host = metrics.get("microcap_int8_tflm", {}).get(split, {}).get("CIDEr")
-        if host:
-            metrics.setdefault("cider_fraction_of_microcap_int8_tflm", {}).setdefault("device_int8", {})[split] = round(
-                s["CIDEr"] / host, 4
-            )
     metrics["notes"] = notes
     metrics["method"] = ("pycocoevalcap (PTBTokenizer; BLEU-4, METEOR 1.5, ROUGE-L, CIDEr-D raw 0-10 scale, x100 in papers); "
                          "guide: beam search (guide_greedy: the same guide, greedy), MicroCap fp32: greedy (PyTorch), "
