@@ -210,22 +210,16 @@ def key_figures(base, work):
 def verdicts(work):
     """One line per goal, on the working tree's metrics."""
     lines = []
-    flash = lookup(work["m7"], "flash_bytes.value")
-    if flash is None:
-        lines.append("- ⬜ flash: not measured (metrics/m7.json has no flash_bytes)")
-    else:
-        ok = flash <= FLASH_BUDGET_BYTES
-        lines.append(
-            f"- {'✅' if ok else '❌'} flash {flash:,} B {'within' if ok else 'over'} the 1 MiB budget ({FLASH_BUDGET_BYTES:,} B)"
-        )
-    ram = lookup(work["m7"], "ram_bytes.value")
-    if ram is None:
-        lines.append("- ⬜ RAM: not measured (metrics/m7.json has no ram_bytes)")
-    else:
-        ok = ram <= RAM_BUDGET_BYTES
-        lines.append(
-            f"- {'✅' if ok else '❌'} RAM {ram:,} B {'within' if ok else 'over'} the 128 KiB DTCM ({RAM_BUDGET_BYTES:,} B)"
-        )
+    for key, name, budget, what in (
+        ("flash_bytes", "flash", FLASH_BUDGET_BYTES, "the 1 MiB budget"),
+        ("ram_bytes", "RAM", RAM_BUDGET_BYTES, "the 128 KiB DTCM"),
+    ):
+        used = lookup(work["m7"], f"{key}.value")
+        if used is None:
+            lines.append(f"- ⬜ {name}: not measured (metrics/m7.json has no {key})")
+        else:
+            ok = used <= budget
+            lines.append(f"- {'✅' if ok else '❌'} {name} {used:,} B {'within' if ok else 'over'} {what} ({budget:,} B)")
     test = lookup(work["quantize"], "cider.test")
     if not test or test.get("rel_drop") is None:
         lines.append("- ⬜ int8 CIDEr drop: not computable (metrics/quantize.json: no test rel_drop; see its notes)")
