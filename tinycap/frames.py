@@ -50,7 +50,6 @@ _SIGNATURES = [  # (offset, bytes, name): containers we recognise, to tell "trun
 class FramesParams:
     size: int = 64  # shorter side resized to this, centre-cropped to size x size (224 for real CLIP)
     max_failure_ratio: float = 0.05  # the stage fails when more than this share of the videos fail
-    workers: int = 0  # decoding processes; 0 = one per CPU core (the output does not depend on it)
 
 
 # ----------------------------------------------------------------------------- public API

@@ -15,7 +15,7 @@ from tinycap.errors import TinyCapError
 PARAMS_FILE = "params.yaml"
 # top-level keys and the value each must have; every other top-level key is a section below
 TOP_LEVEL = {"seed": int, "pooling": ("mean", "attention"), "num_frames": int}
-SECTIONS = ("data", "frames", "clip", "encoder", "pool", "guide", "microcap", "quantize", "firmware", "m7", "evaluate")
+SECTIONS = ("data", "frames", "compute", "clip", "encoder", "pool", "guide", "microcap", "quantize", "firmware", "m7", "evaluate")
 
 
 def load(path=PARAMS_FILE):
