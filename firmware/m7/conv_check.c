@@ -48,9 +48,12 @@ static int32_t pad_before(int32_t in_size, int32_t k, int32_t stride, int32_t ou
 }
 
 /* Random data and quantisation for a shape (a depthwise one reads the first k * k * c weights);
- * returns 0 if it does not fit the buffers. */
+ * returns 0 if it does not fit the buffers. Half the shapes get a converter-like quantisation (every
+ * shift <= -1, the activation clamping to the whole int8 range: the kernels' fast requantisation),
+ * the other half any shift in -14..2 and any clamp (the general one). */
 static int make(tc_conv_params *p, int32_t b, int32_t h, int32_t wd, int32_t c, int32_t oc, int32_t k, int32_t stride,
                 int32_t same, int32_t depthwise) {
+  const int general = (int)(next() % 2);
   const int32_t nw = depthwise ? k * k * c : oc * k * k * c;
   memset(p, 0, sizeof *p);
   p->in_h = h, p->in_w = wd, p->in_c = c, p->out_c = oc, p->k_h = k, p->k_w = k;
@@ -62,14 +65,14 @@ static int make(tc_conv_params *p, int32_t b, int32_t h, int32_t wd, int32_t c, 
   p->pad_h = pad_before(h, k, stride, p->out_h), p->pad_w = pad_before(wd, k, stride, p->out_w);
   p->in_offset = uniform(-127, 128);
   p->out_offset = uniform(-128, 127);
-  p->act_min = next() % 2 ? -128 : uniform(-128, 0);
-  p->act_max = next() % 2 ? 127 : uniform(p->act_min, 127);
+  p->act_min = !general || next() % 2 ? -128 : uniform(-128, 0);
+  p->act_max = !general || next() % 2 ? 127 : uniform(p->act_min, 127);
   for (int32_t i = 0; i < b * h * wd * c; ++i) in[i] = (int8_t)next();
   for (int32_t i = 0; i < nw; ++i) w[i] = (int8_t)uniform(-127, 127);
   for (int32_t i = 0; i < oc; ++i) {
     bias[i] = uniform(-20000, 20000);
     mult[i] = uniform(1 << 30, 0x7fffffff);
-    shift[i] = next() % 8 ? uniform(-14, -4) : uniform(-1, 2);
+    shift[i] = !general ? uniform(-14, -1) : next() % 8 ? uniform(-14, -4) : uniform(-1, 2);
   }
   p->weights = w, p->bias = next() % 4 ? bias : NULL, p->mult = mult, p->shift = shift;
   return 1;
@@ -99,7 +102,8 @@ int main(void) {
   for (int32_t i = 0; i < num_bench; ++i) {
     const int32_t *s = bench[i];
     make(&p, s[0], s[1], s[2], s[3], s[4], s[5], s[6], 1, 0);
-    p.act_min = -128, p.act_max = 127;
+    p.act_min = -128, p.act_max = 127; /* benchmark shapes: quantised as the converter does */
+    for (int32_t c = 0; c < MAX_C; ++c) shift[c] = shift[c] < 0 ? shift[c] : -1 - shift[c];
     const int32_t n = s[0] * p.out_h * p.out_w * p.out_c;
     tc_mark();
     tc_k_conv2d_ref(&p, s[0], in, out_ref);

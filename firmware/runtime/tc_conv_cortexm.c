@@ -75,9 +75,10 @@ static void im2col_any(const tc_conv_params *p, const int8_t *in, int32_t oy, in
   for (int32_t i = 0; i < tail; ++i) t[i] = plain[4 * groups + i];
 }
 
-/* acc[0..3] = (pixel 0, channel 0), (0, 1), (1, 0), (1, 1): dot products of weight rows w0, w1 with
- * the 2 interleaved columns over `groups` (>= 1) groups of 4 taps. Per group: 2 LDR (weights,
- * unaligned), 2 LDRD (columns), 4 SXTB16, 8 SMLAD (16 MACs), SUBS + BNE: 18 instructions. */
+/* acc[0..3] = (pixel 0, channel 0), (0, 1), (1, 0), (1, 1): acc[] (the bias) plus the dot products of
+ * weight rows w0, w1 with the 2 interleaved columns over `groups` (>= 1) groups of 4 taps. Per group:
+ * 2 LDR (weights, unaligned), 2 LDRD (columns), 4 SXTB16, 8 SMLAD (16 MACs), SUBS + BNE: 18
+ * instructions. */
 void tc_k_conv2d_dot2x2(const int8_t *w0, const int8_t *w1, const uint32_t *cols, int32_t groups, int32_t *acc);
 __asm__(
     "  .section .text.tc_k_conv2d_dot2x2, \"ax\", %progbits\n" /* its own section: --gc-sections drops it unused */
@@ -89,7 +90,8 @@ __asm__(
     "  .thumb_func\n"
     "tc_k_conv2d_dot2x2:\n"
     "  push {r4-r11, lr}\n"
-    "  movs r4, #0\n  movs r5, #0\n  movs r6, #0\n  movs r7, #0\n"
+    "  ldr r8, [sp, #36]\n"          /* acc: the 5th argument, above the 9 saved registers */
+    "  ldm r8, {r4-r7}\n"
     "1:\n"
     "  ldr r8, [r0], #4\n"           /* weights of channel 0 */
     "  ldr r9, [r1], #4\n"           /* weights of channel 1 */
@@ -105,19 +107,50 @@ __asm__(
     "  smlad r7, lr, r10, r7\n  smlad r7, r9, r11, r7\n"
     "  subs r3, r3, #1\n"
     "  bne 1b\n"
-    "  ldr r0, [sp, #36]\n"          /* acc: the 5th argument, above the 9 saved registers */
+    "  ldr r0, [sp, #36]\n"
     "  stmia r0, {r4-r7}\n"
     "  pop {r4-r11, pc}\n"
     "  .size tc_k_conv2d_dot2x2, . - tc_k_conv2d_dot2x2\n"
     "  .text\n");
 
-static inline int8_t requantise(const tc_conv_params *p, int32_t acc, int32_t oc) {
-  acc = requantize(acc, p->mult[oc], p->shift[oc]) + p->out_offset;
-  return (int8_t)clamp(acc, p->act_min, p->act_max);
+/* The requantisation of an op's outputs, read once from its parameters: per output channel TFLM's
+ * MultiplyByQuantizedMultiplier, the output offset and the fused clamp. `fast` ops (requant_fast())
+ * take requantize_small() (5 instructions) and SSAT instead of the general routine and the clamp. */
+typedef struct {
+  const int32_t *mult, *shift;
+  int32_t out_offset, act_min, act_max;
+} requant_params;
+
+/* 1 when every output of the op can take the fast route: every accumulator stays below 2^30 in
+ * magnitude (k products of a weight and an offset input, |w| <= 128, |x + in_offset| <= 255, plus the
+ * bias), every channel's shift is <= -1 with a multiplier >= 0, and the fused activation clamps to the
+ * whole int8 range (the usual case: a ReLU's output zero point is -128). */
+static int requant_fast(const tc_conv_params *p, int32_t k, int32_t channels) {
+  int64_t bias = 0;
+  int fast = p->act_min == -128 && p->act_max == 127;
+  for (int32_t c = 0; c < channels; ++c) {
+    const int64_t b = p->bias ? (p->bias[c] < 0 ? -(int64_t)p->bias[c] : p->bias[c]) : 0;
+    bias = b > bias ? b : bias;
+    fast &= p->shift[c] < 0 && p->mult[c] >= 0;
+  }
+  return fast && (int64_t)k * 128 * 255 + bias < ((int64_t)1 << 30);
 }
 
-TC_CONV_NOINLINE void tc_k_conv2d_dsp(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out,
-                                      void *scratch) {
+static inline __attribute__((always_inline)) int8_t requantise(const requant_params *r, int32_t acc, int32_t c,
+                                                               const int fast) {
+  if (fast) {
+    const int32_t right_shift = -r->shift[c];
+    return (int8_t)__ssat(requantize_small(acc, r->mult[c], right_shift, 1 << (right_shift - 1)) + r->out_offset, 8);
+  }
+  return (int8_t)clamp(requantize(acc, r->mult[c], r->shift[c]) + r->out_offset, r->act_min, r->act_max);
+}
+
+/* tc_k_conv2d_dsp's body, specialised by `fast` (requant_fast()). */
+static inline __attribute__((always_inline)) void conv2d_dsp(const tc_conv_params *p, int32_t batches, const int8_t *in,
+                                                             int8_t *out, void *scratch, const int fast) {
+  const requant_params r = {p->mult, p->shift, p->out_offset, p->act_min, p->act_max};
+  const int8_t *const weights = p->weights;
+  const int32_t *const bias = p->bias;
   const int32_t k = p->k_h * p->k_w * p->in_c, out_c = p->out_c;
   const int32_t groups = k >> 2, tail = k & 3;
   const int32_t pixels = p->out_h * p->out_w, out_w = p->out_w;
@@ -141,8 +174,9 @@ TC_CONV_NOINLINE void tc_k_conv2d_dsp(const tc_conv_params *p, int32_t batches, 
       for (int32_t oc = 0; oc < out_c; oc += 2) {
         /* Two output channels per pass (the last one twice when out_c is odd). */
         const int32_t oc1 = oc + 1 < out_c ? oc + 1 : oc;
-        const int8_t *w0 = p->weights + (size_t)oc * k, *w1 = p->weights + (size_t)oc1 * k;
-        int32_t acc[4] = {0, 0, 0, 0}; /* (pixel, channel) 00, 01, 10, 11 */
+        const int8_t *w0 = weights + (size_t)oc * k, *w1 = weights + (size_t)oc1 * k;
+        const int32_t b0 = bias ? bias[oc] : 0, b1 = bias ? bias[oc1] : 0;
+        int32_t acc[4] = {b0, b1, b0, b1}; /* (pixel, channel) 00, 01, 10, 11 */
         if (groups > 0) tc_k_conv2d_dot2x2(w0, w1, cols, groups, acc);
         w0 += 4 * groups, w1 += 4 * groups;
         for (int32_t t = 0; t < tail; ++t) {
@@ -151,41 +185,49 @@ TC_CONV_NOINLINE void tc_k_conv2d_dsp(const tc_conv_params *p, int32_t batches, 
           acc[2] += w0[t] * t1[t];
           acc[3] += w1[t] * t1[t];
         }
-        if (p->bias) {
-          acc[0] += p->bias[oc], acc[2] += p->bias[oc];
-          acc[1] += p->bias[oc1], acc[3] += p->bias[oc1];
-        }
         /* Odd counts: the duplicate results land on the same bytes, written last with the same value. */
-        out0[oc] = requantise(p, acc[0], oc);
-        out1[oc] = requantise(p, acc[2], oc);
-        out0[oc1] = requantise(p, acc[1], oc1);
-        out1[oc1] = requantise(p, acc[3], oc1);
+        out0[oc] = requantise(&r, acc[0], oc, fast);
+        out1[oc] = requantise(&r, acc[2], oc, fast);
+        out0[oc1] = requantise(&r, acc[1], oc1, fast);
+        out1[oc1] = requantise(&r, acc[3], oc1, fast);
       }
     }
     out += (size_t)pixels * out_c;
   }
 }
 
+TC_CONV_NOINLINE void tc_k_conv2d_dsp(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out,
+                                      void *scratch) {
+  if (requant_fast(p, p->k_h * p->k_w * p->in_c, p->out_c))
+    conv2d_dsp(p, batches, in, out, scratch, 1);
+  else
+    conv2d_dsp(p, batches, in, out, scratch, 0);
+}
+
 /* DEPTHWISE_CONV_2D, 4 channels at a time (in_c % 4 == 0): per tap one word of 4 input bytes and
  * one of 4 weights, each split by SXTB16 (plain / ROR #8) into halfword pairs (c0, c2), (c1, c3),
  * the input offset added by SADD16 (x + in_offset fits 16 bits), then SMLABB / SMLATT into 4
  * accumulators. The window is clipped to the image once per pixel (no test per tap). */
-TC_CONV_NOINLINE void tc_k_depthwise_conv2d_dsp(const tc_conv_params *p, int32_t batches, const int8_t *in,
-                                                int8_t *out) {
-  const int32_t c_n = p->in_c, in_w = p->in_w, k_w = p->k_w;
-  const int32_t in_image = p->in_h * in_w * c_n;
+static inline __attribute__((always_inline)) void depthwise_conv2d_dsp(const tc_conv_params *p, int32_t batches,
+                                                                       const int8_t *in, int8_t *out, const int fast) {
+  const requant_params r = {p->mult, p->shift, p->out_offset, p->act_min, p->act_max};
+  const int32_t *const bias = p->bias;
+  const int32_t c_n = p->in_c, in_w = p->in_w, in_h = p->in_h, k_w = p->k_w, k_h = p->k_h;
+  const int32_t out_h = p->out_h, out_w = p->out_w, stride_h = p->stride_h, stride_w = p->stride_w;
+  const int32_t in_image = in_h * in_w * c_n;
   const uint32_t off2 = ((uint32_t)p->in_offset & 0xffffu) * 0x10001u;
   for (int32_t b = 0; b < batches; ++b, in += in_image) {
-    for (int32_t oy = 0; oy < p->out_h; ++oy) {
-      const int32_t y0 = oy * p->stride_h - p->pad_h;
-      const int32_t ky0 = y0 < 0 ? -y0 : 0, ky1 = p->k_h < p->in_h - y0 ? p->k_h : p->in_h - y0;
-      for (int32_t ox = 0; ox < p->out_w; ++ox) {
-        const int32_t x0 = ox * p->stride_w - p->pad_w;
+    for (int32_t oy = 0; oy < out_h; ++oy) {
+      const int32_t y0 = oy * stride_h - p->pad_h;
+      const int32_t ky0 = y0 < 0 ? -y0 : 0, ky1 = k_h < in_h - y0 ? k_h : in_h - y0;
+      for (int32_t ox = 0; ox < out_w; ++ox) {
+        const int32_t x0 = ox * stride_w - p->pad_w;
         const int32_t kx0 = x0 < 0 ? -x0 : 0, kx1 = k_w < in_w - x0 ? k_w : in_w - x0;
         const int8_t *in0 = in + ((y0 + ky0) * in_w + x0 + kx0) * c_n;
         const int8_t *w0 = p->weights + (ky0 * k_w + kx0) * c_n;
         for (int32_t c = 0; c < c_n; c += 4, out += 4) {
           int32_t acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
+          if (bias) acc0 = bias[c], acc1 = bias[c + 1], acc2 = bias[c + 2], acc3 = bias[c + 3];
           const int8_t *xr = in0 + c, *wr = w0 + c;
 #define TC_DW_TAP(xp, wp)                                                                    \
   do {                                                                                      \
@@ -210,17 +252,22 @@ TC_CONV_NOINLINE void tc_k_depthwise_conv2d_dsp(const tc_conv_params *p, int32_t
             }
           }
 #undef TC_DW_TAP
-          if (p->bias) {
-            acc0 += p->bias[c], acc1 += p->bias[c + 1], acc2 += p->bias[c + 2], acc3 += p->bias[c + 3];
-          }
-          out[0] = requantise(p, acc0, c);
-          out[1] = requantise(p, acc1, c + 1);
-          out[2] = requantise(p, acc2, c + 2);
-          out[3] = requantise(p, acc3, c + 3);
+          out[0] = requantise(&r, acc0, c, fast);
+          out[1] = requantise(&r, acc1, c + 1, fast);
+          out[2] = requantise(&r, acc2, c + 2, fast);
+          out[3] = requantise(&r, acc3, c + 3, fast);
         }
       }
     }
   }
+}
+
+TC_CONV_NOINLINE void tc_k_depthwise_conv2d_dsp(const tc_conv_params *p, int32_t batches, const int8_t *in,
+                                                int8_t *out) {
+  if (requant_fast(p, p->k_h * p->k_w, p->in_c))
+    depthwise_conv2d_dsp(p, batches, in, out, 1);
+  else
+    depthwise_conv2d_dsp(p, batches, in, out, 0);
 }
 
 #else

@@ -1,6 +1,7 @@
 /* Shared by the kernel implementations (tc_kernels.c: portable reference, always built;
  * tc_kernels_cortexm.c: Cortex-M DSP fast paths) — not part of the runtime's API (tc_kernels.h).
- * TFLM's / gemmlowp's fixed-point primitives with their names spelled out, and the
+ * TFLM's / gemmlowp's fixed-point primitives with their names spelled out (and requantize_small, the
+ * short form the conv fast paths take where it is exact), and the
  * requantisation of fully-connected accumulators both FULLY_CONNECTED implementations share. */
 #ifndef TC_KERNELS_INTERNAL_H
 #define TC_KERNELS_INTERNAL_H
@@ -63,6 +64,28 @@ static inline int32_t multiply_by_quantized_multiplier_smaller_than_one(int32_t 
 static inline int32_t requantize(int32_t x, int32_t multiplier, int32_t shift) {
   if (shift > 0 || multiplier < 0) return multiply_by_quantized_multiplier(x, multiplier, shift);
   return multiply_by_quantized_multiplier_smaller_than_one(x, multiplier, -shift, shift < 0 ? 1u << (-shift - 1) : 0u);
+}
+
+/* multiply_by_quantized_multiplier() for an accumulator with |x| < 2^30, multiplier >= 0 and
+ * shift <= -1 (right_shift = -shift >= 1, half = 1 << (right_shift - 1)), in 5 instructions on a
+ * Cortex-M with the DSP extension. SaturatingRoundingDoublingHighMul(x, m) rounds half up on both
+ * sides ((a*b + nudge) / 2^31 truncated equals floor((a*b + 2^30) / 2^31)) and cannot saturate when
+ * |x| < 2^30, so it is SMMULR(2x, m) = floor((2x*m + 2^31) / 2^32). RoundingDivideByPOT rounds half
+ * away from zero: floor((v + half - (v < 0)) / 2^right_shift) (ADD with an ASR #31 operand).
+ * Checked against multiply_by_quantized_multiplier() by firmware/host/requant_check.c. */
+static inline int32_t rounding_doubling_high_mul_small(int32_t x, int32_t m) {
+#if defined(__ARM_FEATURE_DSP) && defined(__thumb2__) && defined(__GNUC__)
+  int32_t v;
+  __asm__("smmulr %0, %1, %2" : "=r"(v) : "r"(x << 1), "r"(m));
+  return v;
+#else
+  return (int32_t)(((int64_t)x * m * 2 + ((int64_t)1 << 31)) >> 32); /* >> of a negative: arithmetic in gcc */
+#endif
+}
+
+static inline int32_t requantize_small(int32_t x, int32_t multiplier, int32_t right_shift, int32_t half) {
+  const int32_t v = rounding_doubling_high_mul_small(x, multiplier);
+  return (v + (v >> 31) + half) >> right_shift;
 }
 
 static inline int32_t clamp(int32_t v, int32_t lo, int32_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
