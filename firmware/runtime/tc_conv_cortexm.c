@@ -124,8 +124,9 @@ typedef struct {
 /* 1 when every output of the op can take the fast route: every accumulator stays below 2^30 in
  * magnitude (k products of a weight and an offset input, |w| <= 128, |x + in_offset| <= 255, plus the
  * bias), every channel's shift is <= -1 with a multiplier >= 0, and the fused activation clamps to the
- * whole int8 range (the usual case: a ReLU's output zero point is -128). */
-static int requant_fast(const tc_conv_params *p, int32_t k, int32_t channels) {
+ * whole int8 range (the usual case: a ReLU's output zero point is -128). Inlined, so its instructions
+ * count under the kernel's own symbol in metrics/m7.json. */
+static inline __attribute__((always_inline)) int requant_fast(const tc_conv_params *p, int32_t k, int32_t channels) {
   int64_t bias = 0;
   int fast = p->act_min == -128 && p->act_max == 127;
   for (int32_t c = 0; c < channels; ++c) {
