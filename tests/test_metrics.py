@@ -1,5 +1,7 @@
 """pycocoevalcap wiring on hand-checked captions: score, per-clip CIDEr and the paired-bootstrap drop."""
 
+import os
+
 import pytest
 
 from tinycap import metrics
@@ -13,6 +15,17 @@ def test_exact_captions_score_the_maximum():
     assert s["ROUGE-L"] == pytest.approx(1.0)
     assert s["CIDEr"] == pytest.approx(10.0, abs=1e-3)  # CIDEr-D: 10 x cosine, averaged over references
     assert s["METEOR"] > 0.9
+
+
+def test_pipelined_meteor_equals_pycocoevalcap():
+    # the SCORE requests sent ahead of the answers (metrics._meteor_score) against pycocoevalcap's own
+    # one-at-a-time compute_score, on one JVM: every clip's score and the corpus score to the last bit
+    words = "a the red blue green circle square ball moves jumps left right slowly fast on over".split()
+    refs = {f"v{i}": [" ".join(words[(i + j) % len(words)] for j in range(k, k + 6)) for k in range(3)] for i in range(40)}
+    preds = {f"v{i}": " ".join(words[(3 * i + j) % len(words)] for j in range(5)) for i in range(40)}
+    gts, res = metrics._tokenized(preds, refs)
+    meteor = metrics._meteor(os.getpid())
+    assert metrics._meteor_score(meteor, gts, res) == meteor.compute_score(gts, res)
 
 
 def test_bleu_and_rouge_by_hand():

@@ -9,6 +9,7 @@ cider_per_clip() and paired_drop() give a score difference with its paired-boots
 import functools
 import os
 import shutil
+import threading
 
 import numpy as np
 from pycocoevalcap.bleu.bleu import Bleu
@@ -48,6 +49,34 @@ def _meteor(pid):
     Keyed by `pid` so a forked child starts its own instead of writing into its parent's pipes, and
     never evicted: dropping the inherited one would run its __del__, which kills the parent's JVM."""
     return Meteor()
+
+
+def _meteor_score(meteor, gts, res):
+    """pycocoevalcap's Meteor.compute_score with its requests pipelined. The jar answers one SCORE line
+    (references ||| hypothesis) with one line of statistics, then one EVAL line of all statistics with
+    every clip's score and the corpus score. pycocoevalcap waits for each answer before it sends the next
+    SCORE (a JVM round trip per clip); here a thread sends every SCORE line while this one reads the
+    answers: the same lines to the same jar, so the same scores, about 5x sooner (2000 test clips: 7.3 s
+    -> 1.4 s, equal to the last bit)."""
+    proc = meteor.meteor_p
+    ids = list(gts)
+    lines = "".join(
+        " ||| ".join(("SCORE", " ||| ".join(gts[k]), res[k][0].replace("|||", "").replace("  ", " "))) + "\n" for k in ids
+    )
+
+    def send():
+        proc.stdin.write(lines.encode())
+        proc.stdin.flush()
+
+    with meteor.lock:
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        stats = [proc.stdout.readline().decode().strip() for _ in ids]
+        sender.join()
+        proc.stdin.write(("EVAL ||| " + " ||| ".join(stats) + "\n").encode())
+        proc.stdin.flush()
+        scores = [float(proc.stdout.readline().strip()) for _ in ids]
+        return float(proc.stdout.readline().strip()), scores
 
 
 def _tokenized(predictions, references):
@@ -92,7 +121,7 @@ def score(predictions, references, metrics=METRICS, notes=None):
         out["BLEU-4"] = float(Bleu(4).compute_score(gts, res, verbose=0)[0][3])
     if "METEOR" in metrics:
         try:
-            out["METEOR"] = float(_meteor(os.getpid()).compute_score(gts, res)[0])
+            out["METEOR"] = _meteor_score(_meteor(os.getpid()), gts, res)[0]
         except (ValueError, BrokenPipeError) as e:
             _meteor.cache_clear()
             if notes is not None:
