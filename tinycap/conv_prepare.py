@@ -73,9 +73,9 @@ class ConvKernel:
 
     @property
     def scratch_bytes(self):
-        """TC_CONV2D_SCRATCH_BYTES: the int16 im2col columns of the Cortex-M path of CONV_2D."""
+        """TC_CONV2D_SCRATCH_BYTES: the int16 im2col columns and int32 accumulators of the Cortex-M path of CONV_2D."""
         k = self.k_h * self.k_w * self.in_c
-        return 6 * ((k + 3) & ~3) if self.kind == KIND_CONV else 0
+        return 6 * ((k + 3) & ~3) + 8 * self.out_c if self.kind == KIND_CONV else 0
 
     @property
     def macs(self):

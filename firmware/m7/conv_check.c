@@ -28,7 +28,7 @@
 
 static int8_t in[MAX_IN], w[MAX_W], out_ref[MAX_OUT], out_dsp[MAX_OUT];
 static int32_t bias[MAX_C], mult[MAX_C], shift[MAX_C];
-static uint32_t scratch[TC_CONV2D_SCRATCH_BYTES(3, 3, 64) / 4]; /* k <= 3 * 3 * 64 */
+static uint32_t scratch[TC_CONV2D_SCRATCH_BYTES(3, 3, 64, MAX_C) / 4]; /* k <= 3 * 3 * 64 */
 
 static uint32_t rng = 2463534242u;
 static uint32_t next(void) {
@@ -102,7 +102,7 @@ int main(void) {
   for (int32_t i = 0; i < num_bench; ++i) {
     const int32_t *s = bench[i];
     make(&p, s[0], s[1], s[2], s[3], s[4], s[5], s[6], 1, 0);
-    p.act_min = -128, p.act_max = 127; /* benchmark shapes: quantised as the converter does */
+    p.act_min = -128, p.act_max = 127, p.bias = bias; /* benchmark shapes: quantised as the converter does */
     for (int32_t c = 0; c < MAX_C; ++c) shift[c] = shift[c] < 0 ? shift[c] : -1 - shift[c];
     const int32_t n = s[0] * p.out_h * p.out_w * p.out_c;
     tc_mark();

@@ -45,12 +45,14 @@ typedef struct {
   const int32_t *shift;          /* out_c TFLM shifts (> 0: left) */
 } tc_conv_params;
 
-/* CONV_2D. scratch: TC_CONV2D_SCRATCH_BYTES(k_h, k_w, in_c) bytes, 4-byte aligned (used by the DSP
- * path only; the portable build ignores it and accepts NULL). Dispatches to tc_k_conv2d_dsp on
+/* CONV_2D. scratch: TC_CONV2D_SCRATCH_BYTES(k_h, k_w, in_c, out_c) bytes, 4-byte aligned (used by the
+ * DSP path only; the portable build ignores it and accepts NULL). Dispatches to tc_k_conv2d_dsp on
  * Cortex-M with DSP, to tc_k_conv2d_ref elsewhere. */
 void tc_k_conv2d(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out, void *scratch);
-/* Two interleaved int16 im2col columns + one plain one: 6 bytes per k = k_h * k_w * in_c, k rounded up to 4. */
-#define TC_CONV2D_SCRATCH_BYTES(k_h, k_w, in_c) ((size_t)6 * (size_t)(((k_h) * (k_w) * (in_c) + 3) & ~3))
+/* Two interleaved int16 im2col columns + one plain one: 6 bytes per k = k_h * k_w * in_c, k rounded up to 4;
+ * then the int32 accumulators of 2 pixels x out_c channels. */
+#define TC_CONV2D_SCRATCH_BYTES(k_h, k_w, in_c, out_c) \
+  ((size_t)6 * (size_t)(((k_h) * (k_w) * (in_c) + 3) & ~3) + (size_t)8 * (size_t)(out_c))
 
 /* The portable reference: TFLM's ConvPerChannel loop order and arithmetic. */
 void tc_k_conv2d_ref(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out);
@@ -58,9 +60,11 @@ void tc_k_conv2d_ref(const tc_conv_params *p, int32_t batches, const int8_t *in,
 #if TC_CONV_DSP
 /* Cortex-M (SXTB16 + SMLAD): per pair of output pixels, the receptive fields are expanded once
  * into int16 (input + in_offset, 0 where padded, so padding needs no test in the inner loop);
- * then 2 output channels x 2 pixels per inner loop (tc_k_conv2d_dot2x2, assembly): 2 weight words
- * (4 SXTB16) against 4 column words, 8 SMLAD = 16 MACs in 18 instructions. Weights stay OHWI as
- * in the .tflite (unaligned word loads). */
+ * then 2 output channels x 2 pixels per inner loop (assembly): 2 weight words (4 SXTB16) against
+ * 4 column words, 8 SMLAD = 16 MACs in 18 instructions. Where k % 4 == 0, out_c is even and there
+ * is a bias, one call (tc_k_conv2d_dot2xn) runs every channel pair of the 2 pixels into int32
+ * accumulators, requantised after it; otherwise one call per channel pair (tc_k_conv2d_dot2x2) and
+ * the k % 4 tail in C. Weights stay OHWI as in the .tflite (unaligned word loads). */
 void tc_k_conv2d_dsp(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out, void *scratch);
 #endif
 

@@ -113,6 +113,67 @@ __asm__(
     "  .size tc_k_conv2d_dot2x2, . - tc_k_conv2d_dot2x2\n"
     "  .text\n");
 
+/* Every channel pair of 2 pixels: for pair j (channels 2j, 2j + 1; weight rows w + 2j * k, each
+ * k = 4 * groups bytes), acc[4j..4j+3] = (pixel 0, channel 2j), (0, 2j + 1), (1, 2j), (1, 2j + 1),
+ * each its channel's bias plus the dot product with the 2 interleaved columns (the loop of
+ * tc_k_conv2d_dot2x2). Per pair 17 instructions besides the 18 per group of 4 taps. */
+void tc_k_conv2d_dot2xn(const int8_t *w, const uint32_t *cols, int32_t groups, int32_t pairs, const int32_t *bias,
+                        int32_t *acc);
+__asm__(
+    "  .section .text.tc_k_conv2d_dot2xn, \"ax\", %progbits\n"
+    "  .syntax unified\n"
+    "  .thumb\n"
+    "  .global tc_k_conv2d_dot2xn\n"
+    "  .type tc_k_conv2d_dot2xn, %function\n"
+    "  .p2align 2\n"
+    "  .thumb_func\n"
+    "tc_k_conv2d_dot2xn:\n"
+    "  push {r4-r11, lr}\n"
+    "  sub sp, sp, #16\n"            /* [sp] cols, [sp+4] groups, [sp+8] pairs left, [sp+12] k bytes */
+    "  str r1, [sp, #0]\n"
+    "  str r2, [sp, #4]\n"
+    "  str r3, [sp, #8]\n"
+    "  lsls r12, r2, #2\n"
+    "  str r12, [sp, #12]\n"
+    "  add r1, r0, r12\n"            /* weight row of the pair's second channel */
+    "2:\n"
+    "  ldr r8, [sp, #52]\n"          /* bias: the 5th argument, above the 16 bytes and 9 saved registers */
+    "  ldrd r4, r5, [r8], #8\n"
+    "  str r8, [sp, #52]\n"
+    "  mov r6, r4\n"
+    "  mov r7, r5\n"
+    "  ldr r2, [sp, #0]\n"
+    "  ldr r3, [sp, #4]\n"
+    "1:\n"
+    "  ldr r8, [r0], #4\n"
+    "  ldr r9, [r1], #4\n"
+    "  ldrd r10, r11, [r2], #8\n"
+    "  sxtb16 r12, r8\n"
+    "  sxtb16 r8, r8, ror #8\n"
+    "  smlad r4, r12, r10, r4\n  smlad r4, r8, r11, r4\n"
+    "  sxtb16 lr, r9\n"
+    "  sxtb16 r9, r9, ror #8\n"
+    "  smlad r5, lr, r10, r5\n  smlad r5, r9, r11, r5\n"
+    "  ldrd r10, r11, [r2], #8\n"
+    "  smlad r6, r12, r10, r6\n  smlad r6, r8, r11, r6\n"
+    "  smlad r7, lr, r10, r7\n  smlad r7, r9, r11, r7\n"
+    "  subs r3, r3, #1\n"
+    "  bne 1b\n"
+    "  ldr r8, [sp, #56]\n"          /* acc: the 6th argument */
+    "  stmia r8!, {r4-r7}\n"
+    "  str r8, [sp, #56]\n"
+    "  mov r0, r1\n"                 /* the rows just read end where the next pair's begin */
+    "  ldr r12, [sp, #12]\n"
+    "  add r1, r1, r12\n"
+    "  ldr r12, [sp, #8]\n"
+    "  subs r12, r12, #1\n"
+    "  str r12, [sp, #8]\n"
+    "  bne 2b\n"
+    "  add sp, sp, #16\n"
+    "  pop {r4-r11, pc}\n"
+    "  .size tc_k_conv2d_dot2xn, . - tc_k_conv2d_dot2xn\n"
+    "  .text\n");
+
 /* The requantisation of an op's outputs, read once from its parameters: per output channel TFLM's
  * MultiplyByQuantizedMultiplier, the output offset and the fused clamp. `fast` ops (requant_fast())
  * take requantize_small() (5 instructions) and SSAT instead of the general routine and the clamp. */
@@ -158,7 +219,8 @@ static inline __attribute__((always_inline)) void conv2d_dsp(const tc_conv_param
   const int32_t in_image = p->in_h * p->in_w * p->in_c;
   uint32_t *cols = (uint32_t *)scratch;                          /* 4 * k4 bytes, k4 = k rounded up to 4 */
   int16_t *plain = (int16_t *)(cols + ((k + 3) & ~3));           /* 2 * k4 bytes (im2col_any only) */
-  const int by4 = p->in_c % 4 == 0;
+  int32_t *accs = (int32_t *)(plain + ((k + 3) & ~3));           /* 8 * out_c bytes (tc_k_conv2d_dot2xn) */
+  const int by4 = p->in_c % 4 == 0, all_pairs = by4 && out_c % 2 == 0 && bias != NULL;
   for (int32_t b = 0; b < batches; ++b, in += in_image) {
     for (int32_t px = 0; px < pixels; px += 2) {
       /* Two output pixels per pass (the last one twice when the count is odd). */
@@ -172,6 +234,17 @@ static inline __attribute__((always_inline)) void conv2d_dsp(const tc_conv_param
       }
       const int16_t *t0 = (const int16_t *)(cols + 4 * groups), *t1 = t0 + tail;
       int8_t *out0 = out + (size_t)px * out_c, *out1 = out + (size_t)px1 * out_c;
+      if (all_pairs) { /* k % 4 == 0: every pair in one call, then the requantisation */
+        tc_k_conv2d_dot2xn(weights, cols, groups, out_c / 2, bias, accs);
+        const int32_t *a = accs;
+        for (int32_t oc = 0; oc < out_c; oc += 2, a += 4) {
+          out0[oc] = requantise(&r, a[0], oc, fast);
+          out0[oc + 1] = requantise(&r, a[1], oc + 1, fast);
+          out1[oc] = requantise(&r, a[2], oc, fast);
+          out1[oc + 1] = requantise(&r, a[3], oc + 1, fast);
+        }
+        continue;
+      }
       for (int32_t oc = 0; oc < out_c; oc += 2) {
         /* Two output channels per pass (the last one twice when out_c is odd). */
         const int32_t oc1 = oc + 1 < out_c ? oc + 1 : oc;
