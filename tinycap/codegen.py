@@ -407,7 +407,7 @@ class Codegen:
         x, y = self._ref(gc, op.inputs[0]), self._ref(gc, op.outputs[0])
         if k.kind == conv_prepare.KIND_DEPTHWISE:
             return [f"tc_k_depthwise_conv2d(&{gc.p}_{name}, {k.batches}, {x}, {y});"]
-        if self.conv_scratch is None or k.scratch_bytes > _scratch_bytes(*self.conv_scratch):
+        if self.conv_scratch is None or k.scratch_bytes > conv_prepare.conv2d_scratch_bytes(*self.conv_scratch):
             self.conv_scratch = (k.k_h, k.k_w, k.in_c, k.out_c)
         return [f"tc_k_conv2d(&{gc.p}_{name}, {k.batches}, {x}, {y}, tc_conv_scratch);"]
 
@@ -555,7 +555,7 @@ class Codegen:
         ]
         if conv:
             kh, kw, ic, oc = self.conv_scratch or (1, 1, 1, 1)
-            h[-1:-1] = [f"#define TC_CONV_SCRATCH_BYTES {_scratch_bytes(kh, kw, ic, oc)}"]
+            h[-1:-1] = [f"#define TC_CONV_SCRATCH_BYTES {conv_prepare.conv2d_scratch_bytes(kh, kw, ic, oc)}"]
             c[-1:-1] = [
                 f"static uint32_t tc_conv_scratch[TC_CONV2D_SCRATCH_BYTES({kh}, {kw}, {ic}, {oc}) / 4] __attribute__((unused));"
                 " /* CONV_2D scratch, passed in */"
@@ -631,12 +631,7 @@ LOWERINGS = {
 
 def conv_scratch_bytes(cg):
     """Bytes of the generated CONV_2D scratch (tc_conv_scratch) of a Codegen, 0 without CONV_2D."""
-    return _scratch_bytes(*cg.conv_scratch) if cg.conv_scratch else 0
-
-
-def _scratch_bytes(k_h, k_w, in_c, out_c):
-    """TC_CONV2D_SCRATCH_BYTES (tc_conv.h)."""
-    return 6 * ((k_h * k_w * in_c + 3) & ~3) + 8 * out_c
+    return conv_prepare.conv2d_scratch_bytes(*cg.conv_scratch) if cg.conv_scratch else 0
 
 
 def _ctype(t):

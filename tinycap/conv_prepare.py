@@ -44,6 +44,12 @@ def _pos(n):
     return int(n)
 
 
+def conv2d_scratch_bytes(k_h, k_w, in_c, out_c):
+    """TC_CONV2D_SCRATCH_BYTES (tc_conv.h): the int16 im2col columns and int32 accumulators of the Cortex-M
+    path of CONV_2D."""
+    return 6 * ((k_h * k_w * in_c + 3) & ~3) + 8 * out_c
+
+
 @dataclasses.dataclass
 class ConvKernel:
     """tc_conv_params (+ the kind and the arrays it points to)."""
@@ -73,9 +79,8 @@ class ConvKernel:
 
     @property
     def scratch_bytes(self):
-        """TC_CONV2D_SCRATCH_BYTES: the int16 im2col columns and int32 accumulators of the Cortex-M path of CONV_2D."""
-        k = self.k_h * self.k_w * self.in_c
-        return 6 * ((k + 3) & ~3) + 8 * self.out_c if self.kind == KIND_CONV else 0
+        """TC_CONV2D_SCRATCH_BYTES of a CONV_2D (conv2d_scratch_bytes), 0 for a depthwise one."""
+        return conv2d_scratch_bytes(self.k_h, self.k_w, self.in_c, self.out_c) if self.kind == KIND_CONV else 0
 
     @property
     def macs(self):

@@ -67,7 +67,7 @@ warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is d
 
 DEVICE_REFERENCE = "device_tflm.npz"  # the device path's TFLM tokens + int8 logits (test and novel clips)
 # Share of the device-path clips run in a forked child: the parent runs the rest after its three host decoders
-# (measured here per clip: device path 11 ms, TFLM + tf.lite int8 + tf.lite fp32 decoders 2.3 ms together).
+# (measured here per clip: device path 10.4 ms, TFLM + tf.lite int8 + tf.lite fp32 decoders 2.3 ms together).
 DEVICE_SHARE = 0.6
 DEVICE_CAPTIONS = "captions_device.json"
 H_QUANT = (1.0 / 128.0, 0)  # int8 (scale, zero point) of h0, h and h_new: TFLite's fixed TANH output params

@@ -75,6 +75,25 @@ static void im2col_any(const tc_conv_params *p, const int8_t *in, int32_t oy, in
   for (int32_t i = 0; i < tail; ++i) t[i] = plain[4 * groups + i];
 }
 
+/* The loop both dot routines share: r3 groups of 4 taps, weight rows at r0 and r1, the 2 interleaved
+ * columns at r2, accumulators r4-r7 (pixel, channel) 00, 01, 10, 11 (label 1). */
+#define TC_DOT2X2_GROUPS \
+    "1:\n" \
+    "  ldr r8, [r0], #4\n"           /* weights of channel 0 */ \
+    "  ldr r9, [r1], #4\n"           /* weights of channel 1 */ \
+    "  ldrd r10, r11, [r2], #8\n"    /* column 0: (x0, x2), (x1, x3) */ \
+    "  sxtb16 r12, r8\n" \
+    "  sxtb16 r8, r8, ror #8\n" \
+    "  smlad r4, r12, r10, r4\n  smlad r4, r8, r11, r4\n" \
+    "  sxtb16 lr, r9\n" \
+    "  sxtb16 r9, r9, ror #8\n" \
+    "  smlad r5, lr, r10, r5\n  smlad r5, r9, r11, r5\n" \
+    "  ldrd r10, r11, [r2], #8\n"    /* column 1 */ \
+    "  smlad r6, r12, r10, r6\n  smlad r6, r8, r11, r6\n" \
+    "  smlad r7, lr, r10, r7\n  smlad r7, r9, r11, r7\n" \
+    "  subs r3, r3, #1\n" \
+    "  bne 1b\n"
+
 /* acc[0..3] = (pixel 0, channel 0), (0, 1), (1, 0), (1, 1): acc[] (the bias) plus the dot products of
  * weight rows w0, w1 with the 2 interleaved columns over `groups` (>= 1) groups of 4 taps. Per group:
  * 2 LDR (weights, unaligned), 2 LDRD (columns), 4 SXTB16, 8 SMLAD (16 MACs), SUBS + BNE: 18
@@ -92,21 +111,7 @@ __asm__(
     "  push {r4-r11, lr}\n"
     "  ldr r8, [sp, #36]\n"          /* acc: the 5th argument, above the 9 saved registers */
     "  ldm r8, {r4-r7}\n"
-    "1:\n"
-    "  ldr r8, [r0], #4\n"           /* weights of channel 0 */
-    "  ldr r9, [r1], #4\n"           /* weights of channel 1 */
-    "  ldrd r10, r11, [r2], #8\n"    /* column 0: (x0, x2), (x1, x3) */
-    "  sxtb16 r12, r8\n"
-    "  sxtb16 r8, r8, ror #8\n"
-    "  smlad r4, r12, r10, r4\n  smlad r4, r8, r11, r4\n"
-    "  sxtb16 lr, r9\n"
-    "  sxtb16 r9, r9, ror #8\n"
-    "  smlad r5, lr, r10, r5\n  smlad r5, r9, r11, r5\n"
-    "  ldrd r10, r11, [r2], #8\n"    /* column 1 */
-    "  smlad r6, r12, r10, r6\n  smlad r6, r8, r11, r6\n"
-    "  smlad r7, lr, r10, r7\n  smlad r7, r9, r11, r7\n"
-    "  subs r3, r3, #1\n"
-    "  bne 1b\n"
+    TC_DOT2X2_GROUPS
     "  ldr r0, [sp, #36]\n"
     "  stmia r0, {r4-r7}\n"
     "  pop {r4-r11, pc}\n"
@@ -116,7 +121,7 @@ __asm__(
 /* Every channel pair of 2 pixels: for pair j (channels 2j, 2j + 1; weight rows w + 2j * k, each
  * k = 4 * groups bytes), acc[4j..4j+3] = (pixel 0, channel 2j), (0, 2j + 1), (1, 2j), (1, 2j + 1),
  * each its channel's bias plus the dot product with the 2 interleaved columns (the loop of
- * tc_k_conv2d_dot2x2). Per pair 17 instructions besides the 18 per group of 4 taps. */
+ * tc_k_conv2d_dot2x2, TC_DOT2X2_GROUPS). Per pair 17 instructions besides the 18 per group of 4 taps. */
 void tc_k_conv2d_dot2xn(const int8_t *w, const uint32_t *cols, int32_t groups, int32_t pairs, const int32_t *bias,
                         int32_t *acc);
 __asm__(
@@ -144,21 +149,7 @@ __asm__(
     "  mov r7, r5\n"
     "  ldr r2, [sp, #0]\n"
     "  ldr r3, [sp, #4]\n"
-    "1:\n"
-    "  ldr r8, [r0], #4\n"
-    "  ldr r9, [r1], #4\n"
-    "  ldrd r10, r11, [r2], #8\n"
-    "  sxtb16 r12, r8\n"
-    "  sxtb16 r8, r8, ror #8\n"
-    "  smlad r4, r12, r10, r4\n  smlad r4, r8, r11, r4\n"
-    "  sxtb16 lr, r9\n"
-    "  sxtb16 r9, r9, ror #8\n"
-    "  smlad r5, lr, r10, r5\n  smlad r5, r9, r11, r5\n"
-    "  ldrd r10, r11, [r2], #8\n"
-    "  smlad r6, r12, r10, r6\n  smlad r6, r8, r11, r6\n"
-    "  smlad r7, lr, r10, r7\n  smlad r7, r9, r11, r7\n"
-    "  subs r3, r3, #1\n"
-    "  bne 1b\n"
+    TC_DOT2X2_GROUPS
     "  ldr r8, [sp, #56]\n"          /* acc: the 6th argument */
     "  stmia r8!, {r4-r7}\n"
     "  str r8, [sp, #56]\n"
