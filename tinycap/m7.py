@@ -197,13 +197,15 @@ def run_elf(elf, workdir, plugin, timeout_s, args=()):
         "-plugin",
         f"{plugin},out={counts},mark={syms.address('tc_mark'):#x}",
     ]
+    console = workdir / "console.txt"
     try:
-        # QEMU writes the semihosting console to stderr: read both as one stream.
-        p = subprocess.run(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL
-        )
+        # QEMU writes the semihosting console to stderr: both go to one file. Not a pipe: QEMU makes its stdio
+        # non-blocking, and a write to a full pipe (this reader slowed by a busy machine) is dropped, lines and all.
+        with open(console, "w") as out:
+            p = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise TinyCapError("qemu-system-arm", f"timed out after {timeout_s} s running {elf.name}") from None
+    p.stdout = console.read_text()
     if p.returncode != 0:
         lines = [ln for ln in p.stdout.splitlines() if ln.strip()]
         why = next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else "no output")
