@@ -75,10 +75,7 @@ void tc_k_depthwise_conv2d(const tc_conv_params *p, int32_t batches, const int8_
 void tc_k_depthwise_conv2d_ref(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out);
 #if TC_CONV_DSP
 /* Cortex-M, in_c % 4 == 0: 4 channels per pass, SXTB16 + SADD16 (input offset) + SMLABB/SMLATT,
- * the window clipped to the image once per output pixel; a 3x3 window inside the image (in_c <=
- * TC_DW3_MAX_CHANNELS) runs every channel in one assembly call with the input offset folded into the
- * bias (its int32 bias and accumulators on the stack: 8 bytes per channel). */
-#define TC_DW3_MAX_CHANNELS 256
+ * the window clipped to the image once per output pixel. */
 void tc_k_depthwise_conv2d_dsp(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out);
 #endif
 

@@ -165,66 +165,6 @@ __asm__(
     "  .size tc_k_conv2d_dot2xn, . - tc_k_conv2d_dot2xn\n"
     "  .text\n");
 
-/* DEPTHWISE_CONV_2D 3x3 where the whole window lies inside the image: every group of 4 channels of
- * one output pixel, acc[c] = bias_eff[c] + sum over the 9 taps of x * w (raw int8 input: the input
- * offset is in bias_eff, bias + in_offset * the channel's weight sum). x: the window's top-left input
- * pixel, w: tap (0, 0) of the weights, both at channel 0; c_n channels (a multiple of 4); row_bytes =
- * in_w * c_n. Per group and tap: 2 LDR (register offsets 0, c_n, 2 c_n), 4 SXTB16, SMLABB/SMLATT into
- * 4 accumulators: 10 instructions for 4 MACs. */
-void tc_k_depthwise3x3_dot(const int8_t *x, const int8_t *w, int32_t c_n, int32_t row_bytes, const int32_t *bias_eff,
-                           int32_t *acc);
-#define TC_DW3_ROW                                                                          \
-    "  ldr r8, [r0]\n  ldr r9, [r1]\n"                                        \
-    "  sxtb16 r10, r8\n  sxtb16 r8, r8, ror #8\n  sxtb16 r11, r9\n  sxtb16 r9, r9, ror #8\n" \
-    "  smlabb r4, r10, r11, r4\n  smlatt r6, r10, r11, r6\n"                  \
-    "  smlabb r5, r8, r9, r5\n  smlatt r7, r8, r9, r7\n"                                                 \
-    "  ldr r8, [r0, r2]\n  ldr r9, [r1, r2]\n"                                        \
-    "  sxtb16 r10, r8\n  sxtb16 r8, r8, ror #8\n  sxtb16 r11, r9\n  sxtb16 r9, r9, ror #8\n" \
-    "  smlabb r4, r10, r11, r4\n  smlatt r6, r10, r11, r6\n"                  \
-    "  smlabb r5, r8, r9, r5\n  smlatt r7, r8, r9, r7\n"                                         \
-    "  ldr r8, [r0, r2, lsl #1]\n  ldr r9, [r1, r2, lsl #1]\n"                                        \
-    "  sxtb16 r10, r8\n  sxtb16 r8, r8, ror #8\n  sxtb16 r11, r9\n  sxtb16 r9, r9, ror #8\n" \
-    "  smlabb r4, r10, r11, r4\n  smlatt r6, r10, r11, r6\n"                  \
-    "  smlabb r5, r8, r9, r5\n  smlatt r7, r8, r9, r7\n"
-__asm__(
-    "  .section .text.tc_k_depthwise3x3_dot, \"ax\", %progbits\n"
-    "  .syntax unified\n"
-    "  .thumb\n"
-    "  .global tc_k_depthwise3x3_dot\n"
-    "  .type tc_k_depthwise3x3_dot, %function\n"
-    "  .p2align 2\n"
-    "  .thumb_func\n"
-    "tc_k_depthwise3x3_dot:\n"
-    "  push {r4-r11, lr}\n"
-    "  sub sp, sp, #8\n"             /* [sp] groups left; bias_eff at [sp, #44], acc at [sp, #48] */
-    "  lsrs r12, r2, #2\n"
-    "  str r12, [sp]\n"
-    "1:\n"
-    "  ldr r12, [sp, #44]\n"
-    "  ldmia r12!, {r4-r7}\n"
-    "  str r12, [sp, #44]\n"
-    TC_DW3_ROW
-    "  add r0, r0, r3\n"             /* next input row; weights: 3 taps on */
-    "  add r1, r1, r2\n  add r1, r1, r2, lsl #1\n"
-    TC_DW3_ROW
-    "  add r0, r0, r3\n"
-    "  add r1, r1, r2\n  add r1, r1, r2, lsl #1\n"
-    TC_DW3_ROW
-    "  sub r0, r0, r3, lsl #1\n  adds r0, r0, #4\n"          /* back to row 0, next 4 channels */
-    "  sub r1, r1, r2, lsl #2\n  sub r1, r1, r2, lsl #1\n  adds r1, r1, #4\n"
-    "  ldr r12, [sp, #48]\n"
-    "  stmia r12!, {r4-r7}\n"
-    "  str r12, [sp, #48]\n"
-    "  ldr r12, [sp]\n"
-    "  subs r12, r12, #1\n"
-    "  str r12, [sp]\n"
-    "  bne 1b\n"
-    "  add sp, sp, #8\n"
-    "  pop {r4-r11, pc}\n"
-    "  .size tc_k_depthwise3x3_dot, . - tc_k_depthwise3x3_dot\n"
-    "  .text\n");
-#undef TC_DW3_ROW
-
 /* The requantisation of an op's outputs, read once from its parameters: per output channel TFLM's
  * MultiplyByQuantizedMultiplier, the output offset and the fused clamp. `fast` ops (requant_fast())
  * take requantize_small() (5 instructions) and SSAT instead of the general routine and the clamp. */
@@ -341,14 +281,6 @@ static inline __attribute__((always_inline)) void depthwise_conv2d_dsp(const tc_
   const int32_t out_h = p->out_h, out_w = p->out_w, stride_h = p->stride_h, stride_w = p->stride_w;
   const int32_t in_image = in_h * in_w * c_n;
   const uint32_t off2 = ((uint32_t)p->in_offset & 0xffffu) * 0x10001u;
-  /* 3x3 windows inside the image: tc_k_depthwise3x3_dot with the input offset folded into the bias */
-  int32_t bias_eff[TC_DW3_MAX_CHANNELS], accs[TC_DW3_MAX_CHANNELS];
-  const int dw3 = k_h == 3 && k_w == 3 && c_n <= TC_DW3_MAX_CHANNELS;
-  for (int32_t c = 0; dw3 && c < c_n; ++c) {
-    int32_t sum = 0;
-    for (int32_t t = 0; t < 9; ++t) sum += p->weights[t * c_n + c];
-    bias_eff[c] = (bias ? bias[c] : 0) + p->in_offset * sum;
-  }
   for (int32_t b = 0; b < batches; ++b, in += in_image) {
     for (int32_t oy = 0; oy < out_h; ++oy) {
       const int32_t y0 = oy * stride_h - p->pad_h;
@@ -358,12 +290,6 @@ static inline __attribute__((always_inline)) void depthwise_conv2d_dsp(const tc_
         const int32_t kx0 = x0 < 0 ? -x0 : 0, kx1 = k_w < in_w - x0 ? k_w : in_w - x0;
         const int8_t *in0 = in + ((y0 + ky0) * in_w + x0 + kx0) * c_n;
         const int8_t *w0 = p->weights + (ky0 * k_w + kx0) * c_n;
-        if (dw3 && ky1 - ky0 == 3 && kx1 - kx0 == 3) {
-          tc_k_depthwise3x3_dot(in0, w0, c_n, in_w * c_n, bias_eff, accs);
-          for (int32_t c = 0; c < c_n; ++c) out[c] = requantise(&r, accs[c], c, fast);
-          out += c_n;
-          continue;
-        }
         for (int32_t c = 0; c < c_n; c += 4, out += 4) {
           int32_t acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
           if (bias) acc0 = bias[c], acc1 = bias[c + 1], acc2 = bias[c + 2], acc3 = bias[c + 3];
