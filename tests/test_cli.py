@@ -258,19 +258,6 @@ def test_embed_resumes_after_a_crash(data, tmp_path, fmt="npy"):
         assert np.asarray(index["videos"][0]["frame_emb"]).shape[0] == 5
 
 
-def test_embed_resume_skips_what_a_kill_left_behind(tmp_path):
-    """A kill mid-write leaves atomic_path's empty dot-temp (.name.XXXX.npz) or a truncated part:
-    both are dropped and those videos embedded again, the finished parts are kept."""
-    parts = embed._Parts(tmp_path / "emb", {"num_frames": 2})
-    entry = {"key": "a", "video_id": "a", "frame_emb": np.ones((2, 3), np.float32), "timestamps_s": np.zeros(2, np.float32)}
-    parts.add(entry)
-    (parts.dir / ".0123.npz.tmp1.npz").write_bytes(b"")
-    (parts.dir / "truncated.npz").write_bytes(b"PK\x03\x04")
-    done = parts.load()
-    assert list(done) == ["a"] and np.array_equal(done["a"]["frame_emb"], entry["frame_emb"])
-    assert sorted(p.name for p in parts.dir.iterdir()) == sorted(["config.json", next(parts.dir.glob("[!.]*.npz")).name])
-
-
 def test_int8_logits_below_the_window_are_ranked_last():
     """Beam search and sampling on int8 logits: the tokens clipped to the window's floor get -inf, so
     they neither win a beam nor carry probability mass; a step with every token at the floor stays finite."""

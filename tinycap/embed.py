@@ -19,9 +19,7 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
-import zipfile
 from pathlib import Path
 
 import h5py
@@ -30,7 +28,8 @@ from tqdm import tqdm
 
 from tinycap import frames as frames_mod
 from tinycap.errors import TinyCapError
-from tinycap.io import atomic_path, read_json, write_json
+from tinycap.io import atomic_path
+from tinycap.journal import Journal, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -84,61 +83,6 @@ def _fingerprint(path):
 
 def _key(path):
     return str(Path(path).resolve())
-
-
-def clip_fingerprint(clip_dir):
-    """Identifies the CLIP weights: names, sizes and mtimes of the files in data/clip."""
-    h = hashlib.sha256()
-    for p in sorted(Path(clip_dir).rglob("*")):
-        if p.is_file():
-            st = p.stat()
-            h.update(f"{p.relative_to(clip_dir)}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()[:16]
-
-
-# ----------------------------------------------------------------------------------------------
-# resumable state
-
-
-class _Parts:
-    """<out>.partial/: config.json + one .npz per finished video, each written atomically."""
-
-    def __init__(self, out, config):
-        self.dir = Path(str(out) + ".partial")
-        self.config = config
-        cfg_path = self.dir / "config.json"
-        if self.dir.is_dir() and cfg_path.is_file() and read_json(cfg_path) == config:
-            return
-        if self.dir.exists():
-            log.info("%s: unfinished run with other settings; starting over", self.dir)
-            shutil.rmtree(self.dir)
-        self.dir.mkdir(parents=True)
-        write_json(cfg_path, config)
-
-    def load(self):
-        """{key: entry} of the finished videos kept here."""
-        done = {}
-        for p in self.dir.glob("*.npz"):
-            if p.name.startswith("."):  # the temp file of a write that was killed (atomic_path)
-                p.unlink()
-                continue
-            try:
-                with np.load(p) as z:
-                    meta = json.loads(str(z["meta"]))
-                    done[meta["key"]] = {**meta, "frame_emb": z["frame_emb"], "timestamps_s": z["timestamps_s"]}
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-                p.unlink()  # unreadable leftover: that video is simply done again
-        return done
-
-    def add(self, entry):
-        name = hashlib.sha1(entry["key"].encode()).hexdigest()[:20] + ".npz"
-        meta = {k: v for k, v in entry.items() if k not in ("frame_emb", "timestamps_s")}
-        with atomic_path(self.dir / name, suffix=".npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, frame_emb=entry["frame_emb"], timestamps_s=entry["timestamps_s"], meta=json.dumps(meta))
-
-    def remove(self):
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,7 +196,7 @@ def embed_videos(inputs, out, encoder, num_frames, fmt="h5", batch_frames=64, pr
     t0 = time.perf_counter()
     out = Path(out)
     config = {
-        "clip": clip_fingerprint(encoder.clip_dir),
+        "clip": fingerprint(encoder.clip_dir),
         "num_frames": int(num_frames),
         "frame_size": int(encoder.frame_size),
         "dim": int(encoder.dim),
@@ -262,7 +206,7 @@ def embed_videos(inputs, out, encoder, num_frames, fmt="h5", batch_frames=64, pr
     if old_config is not None and old_config != config:
         log.info("%s was made with other settings; embedding everything again", out)
         done = {}
-    parts = _Parts(out, config)
+    parts = Journal(str(out) + ".partial", config)  # one part per finished video
     done.update(parts.load())
 
     entries, todo = [], []
