@@ -206,3 +206,31 @@ def test_frames_and_annotations_mismatch(tmp_path):
         f["frames"] = np.zeros((4, T, 64, 64), np.uint8)
     with pytest.raises(TinyCapError, match=r"frames\.h5: frames must be uint8 \[V,T,S,S,3\]"):
         clip.read_clips(frames, ann)
+
+
+def test_embed_resumes_from_its_journal(trained, tmp_path, monkeypatch):
+    """Interrupted at the fourth chunk (2 videos each), the rerun embeds only chunks 4.. and writes the
+    clip.h5 of an uninterrupted run; the journal is gone once clip.h5 is written."""
+    root, frames, ann, _ = trained
+    embed_chunk, starts = clip.embed_chunk, []
+
+    def interrupted_at_video_6(bundle, f, a, *args):
+        if a == 6:
+            raise KeyboardInterrupt
+        starts.append(a)
+        return embed_chunk(bundle, f, a, *args)
+
+    monkeypatch.setattr(clip, "embed_chunk", interrupted_at_video_6)
+    out, journal = tmp_path / "clip.h5", tmp_path / "resume"
+    with pytest.raises(KeyboardInterrupt):
+        clip.embed(root / "clip", frames, ann, out, grid=True, batch_size=8, resume_dir=journal)
+    assert starts == [0, 2, 4] and not out.exists() and len(list(journal.glob("*.npz"))) == 3
+
+    starts.clear()
+    monkeypatch.setattr(clip, "embed_chunk", lambda bundle, f, a, *args: starts.append(a) or embed_chunk(bundle, f, a, *args))
+    clip.embed(root / "clip", frames, ann, out, grid=True, batch_size=8, resume_dir=journal)
+    assert starts == [6, 8, 10, 12] and not journal.exists()
+    with h5py.File(out) as a, h5py.File(root / "emb" / "clip.h5") as b:
+        assert set(a) == set(b)
+        for k in a:
+            np.testing.assert_array_equal(a[k][()], b[k][()])

@@ -337,3 +337,51 @@ def test_stage_rejects_bad_annotations(tmp_path):
     (tmp_path / "annotations.json").write_text(json.dumps({"videos": [{"video_id": "a", "path": "a.mp4"}]}))
     with pytest.raises(TinyCapError, match=r"videos\[0\]: missing key\(s\) split"):
         F.sample_frames(tmp_path / "annotations.json", tmp_path / "out", 5, S, 0.1)
+
+
+def test_a_killed_run_resumes_from_its_journal(tmp_path, monkeypatch):
+    """Interrupted after the first part (2 videos), the rerun decodes only the other parts and writes the files
+    of an uninterrupted run; the journal is gone once the files are written."""
+    ann = make_dataset(tmp_path / "videos", bad=1)
+    F.sample_frames(ann, tmp_path / "plain", 5, S, max_failure_ratio=0.2)
+    monkeypatch.setattr(F, "RESUME_VIDEOS", 2)
+    sample_job, decoded = F._sample_job, []
+
+    def interrupted_at_the_third_video(job):
+        if len(decoded) == 2:
+            raise KeyboardInterrupt
+        decoded.append(job[0].name)
+        return sample_job(job)
+
+    monkeypatch.setattr(F, "_sample_job", interrupted_at_the_third_video)
+    journal = tmp_path / "resume"
+    with pytest.raises(KeyboardInterrupt):
+        F.sample_frames(ann, tmp_path / "frames", 5, S, max_failure_ratio=0.2, workers=1, resume_dir=journal)
+    assert not (tmp_path / "frames").exists() and len(list(journal.glob("*.npz"))) == 1
+
+    decoded.clear()
+    monkeypatch.setattr(F, "_sample_job", lambda job: decoded.append(job[0].name) or sample_job(job))
+    summary = F.sample_frames(ann, tmp_path / "frames", 5, S, max_failure_ratio=0.2, workers=1, resume_dir=journal)
+    assert decoded == ["c.avi", "d.mov", "bad0.mp4"] and summary["resumed"] == 2
+    for name in ("frames.h5", "failures.json"):
+        assert (tmp_path / "frames" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes()
+    assert not journal.exists()
+
+
+def test_a_journal_of_other_inputs_is_not_used(tmp_path, monkeypatch):
+    ann = make_dataset(tmp_path / "videos", bad=0)
+    journal = tmp_path / "resume"
+    monkeypatch.setattr(F, "RESUME_VIDEOS", 2)
+    sample_job = F._sample_job
+
+    def interrupted(job):
+        if job[0].name == "c.avi":
+            raise KeyboardInterrupt
+        return sample_job(job)
+
+    monkeypatch.setattr(F, "_sample_job", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        F.sample_frames(ann, tmp_path / "frames", 5, S, max_failure_ratio=0, workers=1, resume_dir=journal)
+    monkeypatch.setattr(F, "_sample_job", sample_job)
+    summary = F.sample_frames(ann, tmp_path / "frames", 4, S, max_failure_ratio=0, workers=1, resume_dir=journal)
+    assert summary["resumed"] == 0 and summary["frames"] == 16  # num_frames changed: everything decoded again

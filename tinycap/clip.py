@@ -47,9 +47,10 @@ import torch.nn.functional as F  # noqa: E402
 from open_clip.loss import ClipLoss  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from tinycap import retrieval  # noqa: E402
+from tinycap import ray_engine, retrieval  # noqa: E402
 from tinycap.errors import TinyCapError  # noqa: E402
 from tinycap.io import atomic_path, read_json  # noqa: E402
+from tinycap.journal import Journal, fingerprint, journalled  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -247,18 +248,19 @@ def embed_frames(bundle, frames, batch_size=256, grid=False, progress=False):
         raise TinyCapError("params.yaml: clip.grid", f"model {bundle.name} has no patch tokens (not a ViT)")
     out, out_grid = [], []
     previous = getattr(visual, "output_tokens", False)
+    device = next(visual.parameters()).device  # the CPU, or a Ray actor's GPU
     visual.output_tokens = grid
     try:
         for i in tqdm(range(0, len(frames), batch_size), desc="frames", unit="batch", disable=not progress):
-            x = _to_input(frames[i : i + batch_size], bundle.mean, bundle.std)
+            x = _to_input(frames[i : i + batch_size], bundle.mean, bundle.std).to(device)
             if grid:
                 pooled, tokens = visual(x)  # (B, D), (B, G, width)
                 if visual.proj is not None:
                     tokens = tokens @ visual.proj  # (B, G, D)
-                out_grid.append(F.normalize(tokens, dim=-1).numpy())
+                out_grid.append(F.normalize(tokens, dim=-1).cpu().numpy())
             else:
                 pooled = visual(x)  # (B, D)
-            out.append(F.normalize(pooled, dim=-1).numpy())
+            out.append(F.normalize(pooled, dim=-1).cpu().numpy())
     finally:
         visual.output_tokens = previous
     dim = bundle.dim
@@ -539,8 +541,15 @@ def train(frames_path, annotations_path, out_dir, cfg: ClipParams, seed=0, live_
 # ----------------------------------------------------------------------------- the clip_embed stage
 
 
-def embed(clip_dir, frames_path, annotations_path, out_path, grid=False, batch_size=256):
-    """The `clip_embed` stage: every video's frame embeddings and every caption's text embedding -> clip.h5."""
+def embed(clip_dir, frames_path, annotations_path, out_path, grid=False, batch_size=256, engine="local", workers=0,
+          resume_dir=None):  # fmt: skip
+    """The `clip_embed` stage: every video's frame embeddings and every caption's text embedding -> clip.h5.
+
+    engine "ray" (compute.engine) embeds the frames in Ray Data actors (`workers` of them, 0: one per cluster
+    CPU; one GPU each where the cluster has GPUs), the same chunks of videos as here, written in the same order.
+    With `resume_dir`, each embedded chunk is kept there (an io.Journal) until clip.h5 is written, so a killed
+    run embeds only the chunks it had not finished.
+    """
     bundle = load_model(clip_dir)
     clips = read_clips(frames_path, annotations_path, load_frames=False)
     V, T, S = clips["shape"][:3]
@@ -554,22 +563,31 @@ def embed(clip_dir, frames_path, annotations_path, out_path, grid=False, batch_s
     caption_video = np.array([i for i, caps in enumerate(clips["captions"]) for _ in caps], dtype=np.int32)
     t0 = time.time()
     videos_per_batch = max(1, batch_size // T)
-    with atomic_path(out_path, suffix=".h5") as tmp, h5py.File(tmp, "w") as out:
+    starts = range(0, V, videos_per_batch)
+    with atomic_path(out_path, suffix=".h5") as tmp, h5py.File(tmp, "w") as out, contextlib.ExitStack() as stack:
         D = bundle.dim
         frame_emb = out.create_dataset("frame_emb", (V, T, D), dtype="f4")
         grid_emb = None
-        with h5py.File(frames_path, "r") as f:
-            for a in tqdm(range(0, V, videos_per_batch), desc="clip_embed", unit="batch"):
-                chunk = f["frames"][a : a + videos_per_batch]  # (b, T, S, S, 3)
-                flat = chunk.reshape(-1, S, S, 3)
-                if grid:
-                    emb, g = embed_frames(bundle, flat, batch_size, grid=True)
-                    if grid_emb is None:
-                        grid_emb = out.create_dataset("grid_emb", (V, T, g.shape[1], D), dtype="f4")
-                    grid_emb[a : a + len(chunk)] = g.reshape(len(chunk), T, -1, D)
-                else:
-                    emb = embed_frames(bundle, flat, batch_size)
-                frame_emb[a : a + len(chunk)] = emb.reshape(len(chunk), T, D)
+        journal = None
+        if resume_dir is not None:
+            config = {"clip": fingerprint(clip_dir), "frames": fingerprint(frames_path), "grid": grid, "batch_size": batch_size}
+            journal = Journal(resume_dir, config)
+        held = journal.keys() if journal else set()
+        todo = [a for a in starts if _chunk_key(a) not in held]
+        if engine == "ray" and todo:
+            stack.enter_context(ray_engine.session(workers))
+            computed = _ray_chunks(clip_dir, frames_path, todo, videos_per_batch, batch_size, grid, workers)
+            stack.enter_context(contextlib.closing(computed))  # before the session ends, also on an error
+        else:
+            computed = _local_chunks(bundle, frames_path, todo, videos_per_batch, batch_size, grid)
+        parts = journalled(journal, held, map(_chunk_key, starts), computed)
+        for part in tqdm(parts, total=len(starts), desc="clip_embed", unit="batch"):
+            a, emb, g = part["start"], part["frame_emb"], part.get("grid_emb")  # (b, T, D), (b, T, G, D)
+            if grid:
+                if grid_emb is None:
+                    grid_emb = out.create_dataset("grid_emb", (V, T, g.shape[2], D), dtype="f4")
+                grid_emb[a : a + len(emb)] = g
+            frame_emb[a : a + len(emb)] = emb
         frame_seconds = time.time() - t0
         out["video_id"] = clips["video_id"].astype("S")
         out["split"] = clips["split"].astype("S")
@@ -581,6 +599,8 @@ def embed(clip_dir, frames_path, annotations_path, out_path, grid=False, batch_s
             out["order_dependent"] = clips["order_dependent"]
         out.attrs["model"] = bundle.name
         out.attrs["logit_scale"] = bundle.model.logit_scale.exp().item()
+    if journal:
+        journal.remove()
     log.info(
         "embedded %d frames in %.1f s (%.0f frames/s), %d captions",
         V * T,
@@ -589,3 +609,71 @@ def embed(clip_dir, frames_path, annotations_path, out_path, grid=False, batch_s
         len(captions),
     )
     return {"frames": V * T, "frame_seconds": frame_seconds, "captions": len(captions)}
+
+
+def _chunk_key(start):
+    return f"videos {start}"
+
+
+def embed_chunk(bundle, frames, a, videos, batch_size, grid):
+    """Videos a .. a+videos of an open frames dataset [V,T,S,S,3] -> frame embeddings (b, T, D) and, with
+    grid, patch embeddings (b, T, G, D) (else None). Both engines embed these same chunks."""
+    chunk = frames[a : a + videos]  # (b, T, S, S, 3)
+    b, T, S = chunk.shape[:3]
+    if grid:
+        emb, g = embed_frames(bundle, chunk.reshape(-1, S, S, 3), batch_size, grid=True)
+        return emb.reshape(b, T, -1), g.reshape(b, T, g.shape[1], -1)
+    return embed_frames(bundle, chunk.reshape(-1, S, S, 3), batch_size).reshape(b, T, -1), None
+
+
+def _chunk(a, emb, g):
+    """A chunk's embeddings as a journal part: start a, frame_emb (b, T, D), with grid also grid_emb (b, T, G, D)."""
+    return {"key": _chunk_key(a), "start": int(a), "frame_emb": emb, **({"grid_emb": g} if g is not None else {})}
+
+
+def _local_chunks(bundle, frames_path, starts, videos, batch_size, grid):
+    """_chunk() of each chunk start, embedded in this process."""
+    with h5py.File(frames_path, "r") as f:
+        for a in starts:
+            yield _chunk(a, *embed_chunk(bundle, f["frames"], a, videos, batch_size, grid))
+
+
+def _ray_chunks(clip_dir, frames_path, starts, videos, batch_size, grid, workers):
+    """_local_chunks' results in the same order, embedded by ChunkEmbedder actors on the Ray cluster.
+
+    On CPU each actor runs this process's torch thread count and asks Ray for as many CPUs: the thread count
+    changes float rounding, so with equal counts the embeddings are the local engine's bit for bit."""
+    gpus = ray_engine.cluster_gpus()
+    threads = torch.get_num_threads()
+    fit = gpus or max(1, ray_engine.cluster_cpus() // threads)  # actors the cluster holds at once
+    actors = max(1, min(workers or fit, fit, len(starts)))
+    rows = [{"index": i, "start": a} for i, a in enumerate(starts)]
+    kwargs = dict(clip_dir=str(Path(clip_dir).resolve()), frames_path=str(Path(frames_path).resolve()), videos=videos,
+                  batch_size=batch_size, grid=grid, threads=threads, cuda=bool(gpus))  # fmt: skip
+    resources = {"num_gpus": 1, "num_cpus": 0} if gpus else {"num_gpus": 0, "num_cpus": threads}
+    for row in ray_engine.map_rows_actor(rows, ChunkEmbedder, 1, actors, constructor_kwargs=kwargs, **resources):
+        yield _chunk(row["start"], row["frame_emb"], row["grid_emb"] if grid else None)
+
+
+class ChunkEmbedder:
+    """A Ray actor: the CLIP model loaded once; each row {index, start} -> that chunk's embeddings (embed_chunk).
+
+    `threads` torch threads (the driver's; Ray reserves that many CPUs for the actor), the model on the GPU when
+    the actor has one. On CPU the embeddings equal the local engine's bit for bit (tests/test_ray_engine.py); on
+    a GPU other kernels run, so they are not expected to (not measured: no GPU here).
+    """
+
+    def __init__(self, clip_dir, frames_path, videos, batch_size, grid, threads, cuda):
+        torch.set_num_threads(threads)
+        self.bundle = load_model(clip_dir)
+        if cuda:
+            self.bundle.model.to("cuda")
+        self.file = h5py.File(frames_path, "r")
+        self.videos, self.batch_size, self.grid = videos, batch_size, grid
+
+    def __call__(self, batch):  # one row: Ray's batch_size is 1, the chunk is the batch
+        emb, g = embed_chunk(self.bundle, self.file["frames"], int(batch["start"][0]), self.videos, self.batch_size, self.grid)
+        out = {"index": batch["index"], "start": batch["start"], "frame_emb": emb[None]}  # (1, b, T, D)
+        if g is not None:
+            out["grid_emb"] = g[None]  # (1, b, T, G, D)
+        return out

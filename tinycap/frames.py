@@ -31,8 +31,10 @@ from av.video.reformatter import Interpolation, VideoReformatter
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
+from tinycap import ray_engine
 from tinycap.errors import TinyCapError
 from tinycap.io import atomic_path, read_json, write_json
+from tinycap.journal import Journal, fingerprint, journalled
 
 log = logging.getLogger(__name__)
 
@@ -121,14 +123,18 @@ def load_image(path, size):
     return _centre_crop(arr, size)
 
 
-def sample_frames(annotations_path, out_dir, num_frames, size, max_failure_ratio, workers=1):
+def sample_frames(annotations_path, out_dir, num_frames, size, max_failure_ratio, workers=1, engine="local",
+                  resume_dir=None):  # fmt: skip
     """The sample_frames stage: every video of annotations.json -> out_dir/frames.h5 + failures.json.
 
     frames.h5: frames uint8 [V,T,S,S,3], video_id [V] (str), split [V] (str), timestamps_s float32 [V,T]
     (attrs num_frames, size), in annotation order; videos that fail are left out and listed in
     failures.json as {video_id, path, reason}. Raises TinyCapError (and writes nothing) as soon as
     more than `max_failure_ratio` of the videos have failed. `workers` decoding processes
-    (0: one per CPU core). Returns a summary dict (videos, failures, frames, seconds).
+    (0: one per CPU core); engine "ray" decodes in Ray Data tasks instead (compute.engine; tinycap.ray_engine),
+    same files byte for byte. With `resume_dir`, every RESUME_VIDEOS decoded videos are kept there (an
+    io.Journal) until the files are written, so a killed run decodes only what it had not finished.
+    Returns a summary dict (videos, failures, frames, seconds, resumed: videos taken from resume_dir).
     """
     _check_sizes(num_frames, size)
     if not 0 <= max_failure_ratio <= 1:
@@ -137,17 +143,34 @@ def sample_frames(annotations_path, out_dir, num_frames, size, max_failure_ratio
     videos = _read_video_list(annotations_path)
     n = len(videos)
     allowed = int(max_failure_ratio * n)  # "more than max_failure_ratio" fails
-    workers = min(workers or os.cpu_count() or 1, n)
-    jobs = [(v["file"], num_frames, size) for v in videos]
+    journal = None
+    if resume_dir is not None:
+        inputs = fingerprint(annotations_path, *(v["file"] for v in videos))
+        journal = Journal(resume_dir, {"inputs": inputs, "num_frames": num_frames, "size": size})
+    held = journal.keys() if journal else set()
+    starts = range(0, n, RESUME_VIDEOS)
+    todo = [a for a in starts if _part_key(a) not in held]
+    jobs = [(videos[i]["file"], num_frames, size) for a in todo for i in range(a, min(a + RESUME_VIDEOS, n))]
     failures, ids, splits = [], [], []
     t0 = time.perf_counter()
     with atomic_path(out_dir) as tmp, contextlib.ExitStack() as stack:
         tmp.mkdir()
-        if workers > 1:
+        if engine == "ray" and jobs:
+            stack.enter_context(ray_engine.session(workers))
+            workers = min(workers or ray_engine.cluster_cpus(), len(jobs))
+            # closed before the session ends, also when too many failures stop the loop early
+            decoded = stack.enter_context(contextlib.closing(_ray_results([job[0] for job in jobs], num_frames, size, workers)))
+        elif (workers := max(1, min(workers or os.cpu_count() or 1, len(jobs)))) > 1:
             pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers))
-            results = pool.imap(_sample_job, jobs, chunksize=8)
+            decoded = pool.imap(_sample_job, jobs, chunksize=8)
         else:
-            results = map(_sample_job, jobs)
+            decoded = map(_sample_job, jobs)
+        parts = journalled(journal, held, map(_part_key, starts), _parts(decoded, todo, n, num_frames, size))
+        results = (
+            (None, None, reason) if reason else (clip, ts, None)
+            for part in parts
+            for clip, ts, reason in zip(part["frames"], part["timestamps_s"], part["reasons"])
+        )
         with h5py.File(tmp / "frames.h5", "w") as f:
             # one chunk per video; gzip level 1 keeps synthetic clips at about a quarter of their raw size
             frames = f.create_dataset(
@@ -178,18 +201,45 @@ def sample_frames(annotations_path, out_dir, num_frames, size, max_failure_ratio
             f.create_dataset("split", data=splits, dtype=h5py.string_dtype())
             f.attrs.update(num_frames=num_frames, size=size)
         write_json(tmp / "failures.json", failures)
+    if journal:
+        journal.remove()
     seconds = time.perf_counter() - t0
-    summary = {"videos": len(ids), "failures": len(failures), "frames": len(ids) * num_frames, "seconds": seconds}
+    summary = {"videos": len(ids), "failures": len(failures), "frames": len(ids) * num_frames, "seconds": seconds,
+               "resumed": n - len(jobs)}  # fmt: skip
     log.info(
-        "sampled %d frames from %d videos in %.1f s with %d worker(s) (%.0f frames/s); %d failed",
+        "sampled %d frames from %d videos in %.1f s with %d %s worker(s) (%.0f frames/s); %d failed",
         summary["frames"],
         len(ids),
         seconds,
         workers,
+        engine,
         summary["frames"] / max(seconds, 1e-9),
         len(failures),
     )
     return summary
+
+
+RESUME_VIDEOS = 64  # videos per journal part: the most a killed run decodes again
+
+
+def _part_key(start):
+    return f"videos {start}"
+
+
+def _parts(decoded, starts, n, num_frames, size):
+    """The decoded videos of parts `starts` in order -> one part (journal entry) per RESUME_VIDEOS videos:
+    frames (B, T, S, S, 3) and timestamps_s (B, T), zeros for a failed video, whose reason is in reasons."""
+    for a in starts:
+        b = min(a + RESUME_VIDEOS, n)
+        frames = np.zeros((b - a, num_frames, size, size, 3), np.uint8)  # (B, T, S, S, 3)
+        stamps = np.zeros((b - a, num_frames), np.float32)  # (B, T)
+        reasons = []
+        for i in range(b - a):
+            clip, ts, reason = next(decoded)
+            if reason is None:
+                frames[i], stamps[i] = clip, ts
+            reasons.append(reason or "")
+        yield {"key": _part_key(a), "frames": frames, "timestamps_s": stamps, "reasons": reasons}
 
 
 def _sample_job(job):
@@ -198,6 +248,33 @@ def _sample_job(job):
         return *sample_video(*job), None
     except TinyCapError as e:
         return None, None, e.reason
+
+
+RAY_BATCH_VIDEOS = 8  # videos per Ray Data batch (the local pool's chunksize)
+
+
+def _ray_results(files, num_frames, size, workers):
+    """_sample_job's results in file order, decoded in Ray Data map_batches tasks by `workers` tasks at a time."""
+    rows = [{"index": i, "path": str(path)} for i, path in enumerate(files)]
+    kwargs = {"num_frames": num_frames, "size": size}
+    for row in ray_engine.map_rows(rows, _sample_batch, RAY_BATCH_VIDEOS, workers, fn_kwargs=kwargs):
+        reason = str(row["reason"])
+        yield (None, None, reason) if reason else (row["frames"], row["timestamps_s"], None)
+
+
+def _sample_batch(batch, num_frames, size):
+    """A Ray Data batch {index, path} -> {index, frames, timestamps_s, reason}: _sample_job per video, a
+    failed video gets zero frames and its reason (one bad file never fails the task)."""
+    n = len(batch["index"])
+    frames = np.zeros((n, num_frames, size, size, 3), np.uint8)  # (B, T, S, S, 3)
+    stamps = np.zeros((n, num_frames), np.float32)  # (B, T)
+    reasons = []
+    for i, path in enumerate(batch["path"]):
+        clip, ts, reason = _sample_job((Path(str(path)), num_frames, size))
+        if reason is None:
+            frames[i], stamps[i] = clip, ts
+        reasons.append(reason or "")
+    return {"index": batch["index"], "frames": frames, "timestamps_s": stamps, "reason": np.array(reasons, dtype=object)}
 
 
 # ----------------------------------------------------------------------------- decoding
