@@ -6,17 +6,22 @@ training curves in dvclive/clip_train. An interrupted run resumes from data/.res
 and data are unchanged.
 """
 
-from tinycap import clip, params, stage
+from tinycap import clip, distributed, params, stage
+from tinycap.compute import ComputeParams
 from tinycap.io import write_json
 
 
 def main():
     p = params.load()
+    if distributed.relaunch(params.section(p, "compute", ComputeParams).nproc):
+        return  # compute.nproc > 1: this script ran again as that many torchrun ranks, which trained and wrote
     cfg = params.section(p, "clip", clip.ClipParams)
-    metrics = clip.train("data/frames/frames.h5", "data/videos/annotations.json", "data/clip", cfg,
-                         seed=p["seed"], live_dir="dvclive/clip_train",
-                         resume_path="data/.resume/clip_train.pt")  # fmt: skip
-    write_json("metrics/clip.json", metrics)
+    with distributed.process_group():  # a torchrun rank joins the others; a plain process: nothing
+        metrics = clip.train("data/frames/frames.h5", "data/videos/annotations.json", "data/clip", cfg,
+                             seed=p["seed"], live_dir="dvclive/clip_train",
+                             resume_path="data/.resume/clip_train.pt")  # fmt: skip
+        if distributed.is_main():
+            write_json("metrics/clip.json", metrics)
 
 
 if __name__ == "__main__":
