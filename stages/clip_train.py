@@ -1,9 +1,9 @@
 """clip_train: train (or fine-tune, or just export) the CLIP model on the train clips.
 
-Reads params `seed` and `clip:` (model, pretrained, epochs, batch_size, lr); reads data/frames/frames.h5 and
-data/videos/annotations.json; writes data/clip/ (open_clip_config.json + model.pt), metrics/clip.json and
-training curves in dvclive/clip_train. An interrupted run resumes from data/.resume/clip_train.pt when params
-and data are unchanged.
+Reads params `seed`, `clip:` (model, pretrained, epochs, batch_size, lr) and `compute.nproc` (> 1: as that many
+torchrun ranks, tinycap.distributed); reads data/frames/frames.h5 and data/videos/annotations.json; writes
+data/clip/ (open_clip_config.json + model.pt), metrics/clip.json and training curves in dvclive/clip_train. An
+interrupted run resumes from data/.resume/clip_train.pt when params and data are unchanged.
 """
 
 from tinycap import clip, distributed, params, stage

@@ -1,8 +1,9 @@
 """distill_microcap: train the MicroCap student from the guide (CE + alpha KL + beta attention alignment).
 
-Reads params `seed`, `pooling`, `guide.max_len`, `microcap:`; reads data/embeddings, data/pooled (the
-attention pooler's initial weights), data/guide; writes data/microcap/microcap.pt, metrics/microcap.json
-(params counts, val CIDEr, ablation no_kd / kl / kl_attn) and curves in dvclive/distill_microcap.
+Reads params `seed`, `pooling`, `guide.max_len`, `microcap:` and `compute.nproc` (> 1: as that many torchrun
+ranks, tinycap.distributed); reads data/embeddings, data/pooled (the attention pooler's initial weights),
+data/guide; writes data/microcap/microcap.pt, metrics/microcap.json (params counts, val CIDEr, ablation
+no_kd / kl / kl_attn) and curves in dvclive/distill_microcap.
 """
 
 from tinycap import distributed, guide, microcap, params, stage

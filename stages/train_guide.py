@@ -1,8 +1,9 @@
 """train_guide: build the vocabulary from the train captions and train the transformer guide.
 
-Reads params `seed` and `guide:`; reads data/embeddings/clip.h5; writes data/guide/ (vocab.json, guide.pt),
-metrics/guide.json and training curves in dvclive/train_guide. An interrupted run resumes from
-data/.resume/train_guide.pt when params and data are unchanged.
+Reads params `seed`, `guide:` and `compute.nproc` (> 1: as that many torchrun ranks, tinycap.distributed);
+reads data/embeddings/clip.h5; writes data/guide/ (vocab.json, guide.pt), metrics/guide.json and training
+curves in dvclive/train_guide. An interrupted run resumes from data/.resume/train_guide.pt when params and
+data are unchanged.
 """
 
 from tinycap import distributed, guide, params, stage
