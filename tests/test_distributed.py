@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 import yaml
 from conftest import ROOT
 from test_guide import make_embeddings, small_params
@@ -94,6 +95,36 @@ def test_nproc_1_opens_no_process_group(tmp_path, monkeypatch):
         assert torch.equal(model.weight.grad, grad)
         assert distributed.all_sum(1.5, 3) == (1.5, 3)
     assert not dist.is_initialized()
+
+
+def _gather_rank(rank, world, init, out):
+    """One of `world` gloo ranks: the gradient of a loss that couples every row of a batch of 5 (like CLIP's
+    contrastive loss), from gathered shards and averaged over the ranks, next to the whole batch's gradient."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model, x = torch.nn.Linear(3, 4), torch.randn(5, 3)
+
+    def loss_of(feats):  # (5, 4) -> softmax cross-entropy of every row against all rows
+        return torch.nn.functional.cross_entropy(feats @ feats.T, torch.arange(len(feats)))
+
+    loss = loss_of(distributed.gather(model(distributed.shard(x)), len(x)))
+    loss.backward()
+    distributed.average_gradients(model)
+    ranked = model.weight.grad.clone()
+    model.zero_grad()
+    dist.destroy_process_group()
+    whole = loss_of(model(x))
+    whole.backward()
+    torch.save({"loss": (loss.item(), whole.item()), "grad": (ranked, model.weight.grad)}, f"{out}.{rank}")
+
+
+def test_gathered_shards_give_the_whole_batch_loss_and_gradient(tmp_path):
+    mp.spawn(_gather_rank, args=(2, f"file://{tmp_path / 'init'}", tmp_path / "rank"), nprocs=2)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank.{rank}", weights_only=True)
+        assert got["loss"][0] == pytest.approx(got["loss"][1], rel=1e-6)
+        torch.testing.assert_close(got["grad"][0], got["grad"][1], rtol=1e-5, atol=1e-7)
 
 
 def test_shards_cover_the_batch_in_rank_order():
