@@ -11,7 +11,8 @@ Each rank then trains inside `process_group()` (backend gloo) as data parallel t
   * after each backward the gradients are averaged over the ranks (`average_gradients`: one all-reduce,
     then / world size: what DDP's reducer does; done here because clip and microcap train through
     encode/unroll methods, and DDP only averages the gradients of its wrapper's forward());
-so every rank takes the same optimiser steps and holds the same model. Where a loss is not a mean over
+so every rank takes the same optimiser steps and holds the same model. A rank's own random draws (SCST's
+sampled captions) come from `own_generator`, so the generator that orders the batches stays alike on all ranks. Where a loss is not a mean over
 samples (CLIP's contrastive loss), `gather` collects every rank's rows with their gradients and each rank
 computes the loss of the whole batch: the averaged gradient is then the one-process gradient. Token-mean
 losses (guide, MicroCap) on shards are averaged as shard means: close to, not equal to, one process.
@@ -63,11 +64,14 @@ def relaunch(nproc):
 @contextlib.contextmanager
 def process_group():
     """Inside a torchrun rank: the gloo process group for the block, closed with a barrier (rank 0 has
-    written its outputs when every rank leaves). Outside torchrun: nothing."""
+    written its outputs when every rank leaves); ranks other than 0 log warnings only (they hold the same
+    model, their progress lines would repeat rank 0's). Outside torchrun: nothing."""
     if not is_rank():
         yield
         return
     dist.init_process_group("gloo")
+    if dist.get_rank() != 0:
+        logging.getLogger().setLevel(logging.WARNING)
     try:
         yield
         dist.barrier()
@@ -118,6 +122,15 @@ def gather(x, n):
     padded = torch.cat([x, x.new_zeros(size - len(x), *x.shape[1:])])  # (size, ...): all_gather needs equal shapes
     parts = dist_autograd.all_gather(padded)  # w x (size, ...)
     return torch.cat([part[: end - start] for part, (start, end) in zip(parts, (_bounds(n, r, w) for r in range(w)))])
+
+
+def own_generator(gen, seed):
+    """The generator for this rank's own random draws (SCST's sampled captions): `gen` itself in one process;
+    in a rank a generator seeded by (seed, rank), so that `gen`, which orders the batches, takes the same
+    draws on every rank and the shards of a batch stay one batch."""
+    if not active():
+        return gen
+    return torch.Generator().manual_seed(seed * 1000 + 1 + rank())
 
 
 def broadcast_parameters(model):

@@ -321,6 +321,7 @@ def scst_finetune(model, p, frames, references, val_cider, seed, live=None):
     distributed.broadcast_parameters(model)
     opt = torch.optim.Adam(model.parameters(), lr=p.scst_lr)
     gen = torch.Generator().manual_seed(seed)
+    sampling = distributed.own_generator(gen, seed)  # gen itself in one process
     k, t0 = p.scst_samples, time.time()
     history, best, best_state = [], None, None
     for epoch in range(p.scst_epochs):
@@ -330,9 +331,9 @@ def scst_finetune(model, p, frames, references, val_cider, seed, live=None):
             list(batches(len(rows), p.batch_size, gen)), desc=f"microcap scst epoch {epoch + 1}/{p.scst_epochs}", leave=False
         ):
             clips = rows[distributed.shard(b)]  # this rank's clips of the batch
-            seqs, logp = sample(model, frames[clips], k, gen)
-            r = torch.tensor([reward.score(s, references[int(clips[j // k])]) for j, s in enumerate(seqs)]).view(-1, k)  # (B, k)
-            advantage = r - (r.sum(1, keepdim=True) - r) / (k - 1)  # (B, k)
+            seqs, logp = sample(model, frames[clips], k, sampling)
+            r = torch.tensor([reward.score(s, references[int(clips[j // k])]) for j, s in enumerate(seqs)]).view(-1, k)  # (b, k)
+            advantage = r - (r.sum(1, keepdim=True) - r) / (k - 1)  # (b, k)
             loss = -(advantage.flatten() * logp).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
