@@ -6,14 +6,13 @@ data/clip/ (open_clip_config.json + model.pt), metrics/clip.json and training cu
 interrupted run resumes from data/.resume/clip_train.pt when params and data are unchanged.
 """
 
-from tinycap import clip, distributed, params, stage
-from tinycap.compute import ComputeParams
+from tinycap import clip, compute, distributed, params, stage
 from tinycap.io import write_json
 
 
 def main():
     p = params.load()
-    if distributed.relaunch(params.section(p, "compute", ComputeParams).nproc):
+    if distributed.relaunch(params.section(p, "compute", compute.ComputeParams).nproc):
         return  # compute.nproc > 1: this script ran again as that many torchrun ranks, which trained and wrote
     cfg = params.section(p, "clip", clip.ClipParams)
     with distributed.process_group():  # a torchrun rank joins the others; a plain process: nothing

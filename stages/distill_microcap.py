@@ -6,14 +6,13 @@ data/guide; writes data/microcap/microcap.pt, metrics/microcap.json (params coun
 no_kd / kl / kl_attn) and curves in dvclive/distill_microcap.
 """
 
-from tinycap import distributed, guide, microcap, params, stage
-from tinycap.compute import ComputeParams
+from tinycap import compute, distributed, guide, microcap, params, stage
 from tinycap.io import write_json
 
 
 def main():
     p = params.load()
-    if distributed.relaunch(params.section(p, "compute", ComputeParams).nproc):
+    if distributed.relaunch(params.section(p, "compute", compute.ComputeParams).nproc):
         return  # compute.nproc > 1: this script ran again as that many torchrun ranks, which trained and wrote
     cfg = params.section(p, "microcap", microcap.MicroCapParams)
     max_len = params.section(p, "guide", guide.GuideParams).max_len

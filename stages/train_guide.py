@@ -6,14 +6,13 @@ curves in dvclive/train_guide. An interrupted run resumes from data/.resume/trai
 data are unchanged.
 """
 
-from tinycap import distributed, guide, params, stage
-from tinycap.compute import ComputeParams
+from tinycap import compute, distributed, guide, params, stage
 from tinycap.io import write_json
 
 
 def main():
     p = params.load()
-    if distributed.relaunch(params.section(p, "compute", ComputeParams).nproc):
+    if distributed.relaunch(params.section(p, "compute", compute.ComputeParams).nproc):
         return  # compute.nproc > 1: this script ran again as that many torchrun ranks, which trained and wrote
     cfg = params.section(p, "guide", guide.GuideParams)
     with distributed.process_group():  # a torchrun rank joins the others; a plain process: nothing
