@@ -47,7 +47,7 @@ import torch.nn.functional as F  # noqa: E402
 from open_clip.loss import ClipLoss  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from tinycap import ray_engine, retrieval  # noqa: E402
+from tinycap import distributed, ray_engine, retrieval  # noqa: E402
 from tinycap.errors import TinyCapError  # noqa: E402
 from tinycap.io import atomic_path, read_json  # noqa: E402
 from tinycap.journal import Journal, fingerprint, journalled  # noqa: E402
@@ -407,7 +407,10 @@ def _fingerprint(cfg, seed, clips):
 def train(frames_path, annotations_path, out_dir, cfg: ClipParams, seed=0, live_dir=None, resume_path=None):
     """The `clip_train` stage: build/load the model, train it contrastively on the train clips, write
     out_dir (open_clip config + model.pt) atomically; return the metrics. After each epoch the full
-    training state goes to `resume_path`; a rerun with the same params and data resumes from it."""
+    training state goes to `resume_path`; a rerun with the same params and data resumes from it.
+    In a torchrun rank (tinycap.distributed) each rank encodes its shard of every batch and the contrastive
+    loss is computed on the whole gathered batch; rank 0 logs, writes and returns the metrics, the other
+    ranks return None."""
     out_dir = Path(out_dir)
     clips = read_clips(frames_path, annotations_path, splits=("train", "val"))
     torch.manual_seed(seed)
@@ -445,9 +448,10 @@ def train(frames_path, annotations_path, out_dir, cfg: ClipParams, seed=0, live_
             log.info("resuming from %s at epoch %d", resume, epoch0)
         else:
             log.info("ignoring %s: it was written with other params or data", resume)
+    distributed.broadcast_parameters(model)
 
     live = None
-    if live_dir and cfg.epochs > 0:
+    if live_dir and cfg.epochs > 0 and distributed.is_main():
         from dvclive import Live
 
         live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None, resume=epoch0 > 0)
@@ -455,7 +459,7 @@ def train(frames_path, annotations_path, out_dir, cfg: ClipParams, seed=0, live_
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size) if len(train_rows) else 0
     total = steps_per_epoch * cfg.epochs
     model.train()
-    bar = tqdm(total=total, initial=step, desc="clip_train", unit="step", disable=total == 0)
+    bar = tqdm(total=total, initial=step, desc="clip_train", unit="step", disable=total == 0 or not distributed.is_main())
     for epoch in range(epoch0, cfg.epochs):
         t0, c0 = time.time(), time.process_time()
         gen = torch.Generator().manual_seed(seed * 1000 + epoch)  # per epoch: resuming replays the same order
@@ -465,12 +469,15 @@ def train(frames_path, annotations_path, out_dir, cfg: ClipParams, seed=0, live_
             caps = [clips["captions"][r][int(torch.randint(len(clips["captions"][r]), (1,), generator=gen))] for r in rows]
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total, cfg.lr)
-            feats = _encode_clips(model, clips["frames"][rows], mean, std)  # (B, T, D)
-            text = F.normalize(model.encode_text(tokenizer(caps)), dim=-1)  # (B, D)
+            mine = distributed.shard(rows)  # this rank's clips of the batch: all of them in one process
+            feats = distributed.gather(_encode_clips(model, clips["frames"][mine], mean, std), len(rows))  # (B, T, D)
+            text = F.normalize(model.encode_text(tokenizer(distributed.shard(caps))), dim=-1)  # (b, D) this rank's
+            text = distributed.gather(text, len(rows))  # (B, D)
             od = clips["order_dependent"][rows] if clips["order_dependent"] is not None else None
             loss, parts = _video_losses(feats, text, model.logit_scale.exp(), loss_fn, od, cfg.order_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(model)
             opt.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
@@ -499,12 +506,14 @@ def train(frames_path, annotations_path, out_dir, cfg: ClipParams, seed=0, live_
             "cpu_seconds": cpu_seconds,
             "fingerprint": fingerprint,
         }
-        if resume:
+        if resume and distributed.is_main():
             with atomic_path(resume) as tmp:
                 torch.save(state, tmp)
     bar.close()
     if live:
         live.end()
+    if not distributed.is_main():
+        return None  # rank 0 holds the same model: it evaluates and writes
 
     metrics = {"model": cfg.model, "pretrained": cfg.pretrained, "epochs": cfg.epochs}
     if len(val_rows):

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from tinycap import checkpoint
+from tinycap import checkpoint, distributed
 from tinycap.embeddings import batches, caption_rows, encode_captions, load_embeddings
 from tinycap.errors import TinyCapError
 from tinycap.io import atomic_path
@@ -317,7 +317,9 @@ def memory_input(emb):
 
 
 def train(emb_path, out_dir, p: GuideParams, seed=0, live_dir=None, resume_path=None):
-    """Build the vocabulary, train the guide, write out_dir/{vocab.json,guide.pt}; return the metrics."""
+    """Build the vocabulary, train the guide, write out_dir/{vocab.json,guide.pt}; return the metrics.
+    In a torchrun rank (tinycap.distributed) each rank trains on its shard of every batch; rank 0 logs,
+    writes and returns the metrics, the other ranks return None."""
     torch.manual_seed(seed)
     emb = load_embeddings(emb_path)
     train_rows, val_rows = emb.videos("train", emb_path), emb.videos("val", emb_path)
@@ -353,9 +355,10 @@ def train(emb_path, out_dir, p: GuideParams, seed=0, live_dir=None, resume_path=
             log.info("resuming from %s at epoch %d", resume_path, state["epoch"])
         else:
             log.info("ignoring %s: it was written with other params or data", resume_path)
+    distributed.broadcast_parameters(model)
 
     live = None
-    if live_dir is not None:
+    if live_dir is not None and distributed.is_main():
         from dvclive import Live
 
         live = Live(str(live_dir), resume=state["epoch"] > 0, save_dvc_exp=False, dvcyaml=None)
@@ -367,15 +370,17 @@ def train(emb_path, out_dir, p: GuideParams, seed=0, live_dir=None, resume_path=
         model.train()
         total, n = 0.0, 0
         for b in tqdm(list(batches(len(cap_train), p.batch_size, gen)), desc=f"guide epoch {epoch + 1}/{p.epochs}", leave=False):
-            idx = torch.from_numpy(cap_train)[b]
+            idx = torch.from_numpy(cap_train)[distributed.shard(b)]  # this rank's captions of the batch
             inp, tgt = teacher_forcing(tokens[idx])
             _, loss = model(frames[cap_video[idx]], inp, tgt, label_smoothing=p.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(model)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            total, n = total + loss.item() * len(b), n + len(b)
+            total, n = total + loss.item() * len(idx), n + len(idx)
+        total, n = distributed.all_sum(total, n)
         val_loss = evaluate_loss(model, val_frames, val_inp, val_tgt)
         state["seconds"] += time.time() - t0
         state["history"].append({"epoch": epoch + 1, "train_loss": total / n, "val_loss": val_loss})
@@ -388,13 +393,15 @@ def train(emb_path, out_dir, p: GuideParams, seed=0, live_dir=None, resume_path=
             live.log_metric("train/loss", total / n)
             live.log_metric("val/ce", val_loss)
             live.next_step()
-        if resume_path is not None:
+        if resume_path is not None and distributed.is_main():
             Path(resume_path).parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(resume_path) as tmp:
                 torch.save({"fingerprint": fingerprint, "model": model.state_dict(), "opt": opt.state_dict(),
                             "sched": sched.state_dict(), "rng": torch.get_rng_state(), "state": state}, tmp)  # fmt: skip
     if live is not None:
         live.end()
+    if not distributed.is_main():
+        return None  # rank 0 holds the same model: it evaluates and writes
 
     if state["best_model"] is not None:
         model.load_state_dict(state["best_model"])

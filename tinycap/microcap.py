@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from tinycap import checkpoint
+from tinycap import checkpoint, distributed
 from tinycap import guide as guide_mod
 from tinycap.cider import CiderD
 from tinycap.embeddings import batches, caption_rows, encode_captions, load_embeddings
@@ -230,6 +230,7 @@ def train_student(cfg, p, alpha, beta, data, subset, seed, pooled_dir, val_cider
     model = MicroCap(cfg)
     if cfg.pooling == "attention":
         _init_pooler(model, pooled_dir)
+    distributed.broadcast_parameters(model)
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=0.0)
     n = len(subset)
     steps = max(1, p.epochs * math.ceil(n / p.batch_size))
@@ -240,7 +241,7 @@ def train_student(cfg, p, alpha, beta, data, subset, seed, pooled_dir, val_cider
         model.train()
         sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "attn": 0.0}
         for b in tqdm(list(batches(n, p.batch_size, gen)), desc=f"{desc} epoch {epoch + 1}/{p.epochs}", leave=False):
-            b = subset[b]
+            b = subset[distributed.shard(b)]  # this rank's captions of the batch
             inp, tgt = data["inputs"][b], data["targets"][b]
             c, h0, weights = model.encode(data["frames"][data["video"][b]])
             logits = model.unroll(c, h0, inp)  # (B, L, V)
@@ -250,11 +251,13 @@ def train_student(cfg, p, alpha, beta, data, subset, seed, pooled_dir, val_cider
             loss = ce + alpha * kl + beta * attn
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(model)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             for k, v in (("loss", loss), ("ce", ce), ("kl", kl), ("attn", attn)):
                 sums[k] += v.item() * len(b)
+        sums = dict(zip(sums, distributed.all_sum(*sums.values())))
         val = {"val_CE": _val_ce(model, data), "val_CIDEr": val_cider(model)}
         log.info("%s epoch %d: loss %.4f (ce %.4f kl %.4f attn %.4f), val CE %.4f, val CIDEr %.4f", desc, epoch + 1,
                  sums["loss"] / n, sums["ce"] / n, sums["kl"] / n, sums["attn"] / n, val["val_CE"], val["val_CIDEr"])  # fmt: skip
@@ -315,8 +318,10 @@ def scst_finetune(model, p, frames, references, val_cider, seed, live=None):
     _check_scst(p)
     rows = torch.as_tensor(sorted(references))
     reward = CiderD([references[int(r)] for r in rows])
+    distributed.broadcast_parameters(model)
     opt = torch.optim.Adam(model.parameters(), lr=p.scst_lr)
     gen = torch.Generator().manual_seed(seed)
+    sampling = distributed.own_generator(gen, seed)  # gen itself in one process
     k, t0 = p.scst_samples, time.time()
     history, best, best_state = [], None, None
     for epoch in range(p.scst_epochs):
@@ -325,16 +330,18 @@ def scst_finetune(model, p, frames, references, val_cider, seed, live=None):
         for b in tqdm(
             list(batches(len(rows), p.batch_size, gen)), desc=f"microcap scst epoch {epoch + 1}/{p.scst_epochs}", leave=False
         ):
-            clips = rows[b]
-            seqs, logp = sample(model, frames[clips], k, gen)
-            r = torch.tensor([reward.score(s, references[int(clips[j // k])]) for j, s in enumerate(seqs)]).view(-1, k)  # (B, k)
-            advantage = r - (r.sum(1, keepdim=True) - r) / (k - 1)  # (B, k)
+            clips = rows[distributed.shard(b)]  # this rank's clips of the batch
+            seqs, logp = sample(model, frames[clips], k, sampling)
+            r = torch.tensor([reward.score(s, references[int(clips[j // k])]) for j, s in enumerate(seqs)]).view(-1, k)  # (b, k)
+            advantage = r - (r.sum(1, keepdim=True) - r) / (k - 1)  # (b, k)
             loss = -(advantage.flatten() * logp).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(model)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             total += r.sum().item()
+        (total,) = distributed.all_sum(total)
         history.append(val_cider(model))
         window = history[-p.scst_val_window :]
         if len(window) == p.scst_val_window or epoch + 1 == p.scst_epochs:
@@ -388,7 +395,10 @@ def decode_rows(model, frames, rows, vocab, batch_size=256):
 
 
 def distill(emb_path, pooled_dir, guide_dir, out_dir, p: MicroCapParams, pooling, max_len, seed=0, live_dir=None):
-    """Train MicroCap from the guide; write out_dir/microcap.pt; return the metrics (val CIDEr, ablation)."""
+    """Train MicroCap from the guide; write out_dir/microcap.pt; return the metrics (val CIDEr, ablation).
+    In a torchrun rank (tinycap.distributed) every student trains on each rank's shard of every batch, the
+    ablation students after the shipped one (no forked process); rank 0 logs, writes and returns the
+    metrics, the other ranks return None."""
     if pooling not in ("mean", "attention"):
         raise TinyCapError("params.yaml: pooling", f"{pooling!r} is not one of mean, attention")
     _check_scst(p)  # before minutes of distillation
@@ -440,7 +450,7 @@ def distill(emb_path, pooled_dir, guide_dir, out_dir, p: MicroCapParams, pooling
         variants.update({"no_kd": (0.0, 0.0, False), "kl": (p.alpha, 0.0, False), "kl_attn": (p.alpha, p.beta, False)})
     refs = emb.references(val_rows)
     live = None
-    if live_dir is not None:
+    if live_dir is not None and distributed.is_main():
         from dvclive import Live
 
         live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None)
@@ -462,12 +472,14 @@ def distill(emb_path, pooled_dir, guide_dir, out_dir, p: MicroCapParams, pooling
 
     # the ablation variants train in a forked process on the other core while the shipped one trains
     # here, one thread each (also without the ablation, so the shipped model is the same either way);
-    # every variant seeds its own RNGs, so each model is the same as trained one after another
+    # every variant seeds its own RNGs, so each model is the same as trained one after another.
+    # Torchrun ranks do not fork (a child would hold no process group): they train the variants after
+    # the shipped one, each across the ranks
     torch.set_num_threads(1)
     others = [name for name in variants if name != shipped]
     ablation = (
         in_forked_process(lambda: {name: train_variant(name)[1] for name in others}, "microcap ablation variants")
-        if others
+        if others and not distributed.active()
         else None
     )
     main, results[shipped] = train_variant(shipped)
@@ -487,7 +499,12 @@ def distill(emb_path, pooled_dir, guide_dir, out_dir, p: MicroCapParams, pooling
         live.end()
     if ablation is not None:
         ablated = ablation.result()
+    elif others:
+        ablated = {name: train_variant(name)[1] for name in others}
+    if others:
         results = {name: ablated[name] if name in ablated else results[name] for name in variants} | results
+    if not distributed.is_main():
+        return None  # rank 0 holds the same models: it evaluates and writes
 
     guide_caps = guide_mod.decode_rows(guide, memory, val_rows, vocab, beam=guide.beam)
     guide_val = score({emb.video_id[r]: c for r, c in guide_caps.items()}, refs, metrics=("CIDEr", "BLEU-4"))
