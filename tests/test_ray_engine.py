@@ -101,3 +101,19 @@ def test_workers_import_this_checkout_of_tinycap():
     """Ray's worker processes run the tinycap beside these tests (a worktree or a clone), not another install."""
     where = ray.get(ray.remote(lambda: frames.__file__).remote())
     assert where == frames.__file__
+
+
+def test_a_task_whose_worker_dies_is_retried(tmp_path):
+    """One failing task does not kill the run: Ray runs the dead worker's batch again elsewhere."""
+
+    def crash_once(batch, marker):  # nested: shipped to the workers by value (they cannot import tests/)
+        """The worker process dies (os._exit) the first time it sees row 2."""
+        if 2 in batch["index"] and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+        return {"index": batch["index"], "twice": 2 * batch["index"]}
+
+    rows = [{"index": i} for i in range(6)]
+    out = list(ray_engine.map_rows(rows, crash_once, 1, 2, fn_kwargs={"marker": str(tmp_path / "crashed")}))
+    assert (tmp_path / "crashed").exists()  # the worker did die
+    assert [int(r["index"]) for r in out] == list(range(6)) and [int(r["twice"]) for r in out] == [0, 2, 4, 6, 8, 10]

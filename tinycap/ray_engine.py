@@ -8,7 +8,8 @@ writes the same files, in the same order, as the local engine.
 
 The work itself stays in tinycap.frames / tinycap.clip (the same functions the local engine calls); this
 module knows nothing of videos or models. Every row carries an `index` (its position in the input);
-failures per item are the caller's business (its function returns a reason instead of raising).
+failures per item are the caller's business (its function returns a reason instead of raising). A task or
+actor whose process dies is run again by Ray (its default retries; tests/test_ray_engine.py kills a worker).
 
 `ray` is imported inside the functions here, not at the top: it is an optional, heavy third-party
 dependency (about a second to import) that only compute.engine: ray needs; no tinycap module is imported
