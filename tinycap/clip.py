@@ -556,7 +556,7 @@ def embed(clip_dir, frames_path, annotations_path, out_path, grid=False, batch_s
 
     engine "ray" (compute.engine) embeds the frames in Ray Data actors (`workers` of them, 0: one per cluster
     CPU; one GPU each where the cluster has GPUs), the same chunks of videos as here, written in the same order.
-    With `resume_dir`, each embedded chunk is kept there (an io.Journal) until clip.h5 is written, so a killed
+    With `resume_dir`, each embedded chunk is kept there (a journal.Journal) until clip.h5 is written, so a killed
     run embeds only the chunks it had not finished.
     """
     bundle = load_model(clip_dir)

@@ -118,10 +118,11 @@ def gather(x, n):
     w = world_size()
     if w == 1 or len(x) == n:
         return x
-    size = max(end - start for start, end in (_bounds(n, r, w) for r in range(w)))
+    bounds = [_bounds(n, r, w) for r in range(w)]
+    size = max(end - start for start, end in bounds)
     padded = torch.cat([x, x.new_zeros(size - len(x), *x.shape[1:])])  # (size, ...): all_gather needs equal shapes
     parts = dist_autograd.all_gather(padded)  # w x (size, ...)
-    return torch.cat([part[: end - start] for part, (start, end) in zip(parts, (_bounds(n, r, w) for r in range(w)))])
+    return torch.cat([part[: end - start] for part, (start, end) in zip(parts, bounds)])
 
 
 def own_generator(gen, seed):

@@ -132,8 +132,8 @@ def sample_frames(annotations_path, out_dir, num_frames, size, max_failure_ratio
     failures.json as {video_id, path, reason}. Raises TinyCapError (and writes nothing) as soon as
     more than `max_failure_ratio` of the videos have failed. `workers` decoding processes
     (0: one per CPU core); engine "ray" decodes in Ray Data tasks instead (compute.engine; tinycap.ray_engine),
-    same files byte for byte. With `resume_dir`, every RESUME_VIDEOS decoded videos are kept there (an
-    io.Journal) until the files are written, so a killed run decodes only what it had not finished.
+    same files byte for byte. With `resume_dir`, every RESUME_VIDEOS decoded videos are kept there (a
+    journal.Journal) until the files are written, so a killed run decodes only what it had not finished.
     Returns a summary dict (videos, failures, frames, seconds, resumed: videos taken from resume_dir).
     """
     _check_sizes(num_frames, size)
@@ -227,19 +227,24 @@ def _part_key(start):
 
 
 def _parts(decoded, starts, n, num_frames, size):
-    """The decoded videos of parts `starts` in order -> one part (journal entry) per RESUME_VIDEOS videos:
-    frames (B, T, S, S, 3) and timestamps_s (B, T), zeros for a failed video, whose reason is in reasons."""
+    """The decoded videos of parts `starts` in order -> one part (journal entry) per RESUME_VIDEOS videos."""
     for a in starts:
-        b = min(a + RESUME_VIDEOS, n)
-        frames = np.zeros((b - a, num_frames, size, size, 3), np.uint8)  # (B, T, S, S, 3)
-        stamps = np.zeros((b - a, num_frames), np.float32)  # (B, T)
-        reasons = []
-        for i in range(b - a):
-            clip, ts, reason = next(decoded)
-            if reason is None:
-                frames[i], stamps[i] = clip, ts
-            reasons.append(reason or "")
+        count = min(a + RESUME_VIDEOS, n) - a
+        frames, stamps, reasons = _pack((next(decoded) for _ in range(count)), count, num_frames, size)
         yield {"key": _part_key(a), "frames": frames, "timestamps_s": stamps, "reasons": reasons}
+
+
+def _pack(results, count, num_frames, size):
+    """`count` (frames, timestamps, reason) results -> frames (B, T, S, S, 3), timestamps_s (B, T) and reasons
+    [B]: zeros and the reason for a failed video, "" for one that decoded."""
+    frames = np.zeros((count, num_frames, size, size, 3), np.uint8)  # (B, T, S, S, 3)
+    stamps = np.zeros((count, num_frames), np.float32)  # (B, T)
+    reasons = []
+    for i, (clip, ts, reason) in enumerate(results):
+        if reason is None:
+            frames[i], stamps[i] = clip, ts
+        reasons.append(reason or "")
+    return frames, stamps, reasons
 
 
 def _sample_job(job):
@@ -265,15 +270,8 @@ def _ray_results(files, num_frames, size, workers):
 def _sample_batch(batch, num_frames, size):
     """A Ray Data batch {index, path} -> {index, frames, timestamps_s, reason}: _sample_job per video, a
     failed video gets zero frames and its reason (one bad file never fails the task)."""
-    n = len(batch["index"])
-    frames = np.zeros((n, num_frames, size, size, 3), np.uint8)  # (B, T, S, S, 3)
-    stamps = np.zeros((n, num_frames), np.float32)  # (B, T)
-    reasons = []
-    for i, path in enumerate(batch["path"]):
-        clip, ts, reason = _sample_job((Path(str(path)), num_frames, size))
-        if reason is None:
-            frames[i], stamps[i] = clip, ts
-        reasons.append(reason or "")
+    results = (_sample_job((Path(str(path)), num_frames, size)) for path in batch["path"])
+    frames, stamps, reasons = _pack(results, len(batch["index"]), num_frames, size)
     return {"index": batch["index"], "frames": frames, "timestamps_s": stamps, "reason": np.array(reasons, dtype=object)}
 
 

@@ -53,17 +53,8 @@ class Journal:
 
     def keys(self):
         """The keys of every readable part (reads only their JSON; unreadable leftovers are removed)."""
-        keys = set()
-        for path in self.dir.glob("*.npz"):
-            try:
-                if not path.name.startswith("."):  # "." names: atomic_path's temp files of killed writes
-                    with np.load(path) as z:
-                        keys.add(json.loads(str(z["meta"]))["key"])
-                    continue
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-                pass
-            path.unlink()
-        return keys
+        metas = (self._read(path, arrays=False) for path in self.dir.glob("*.npz"))
+        return {meta["key"] for meta in metas if meta is not None}
 
     def get(self, key):
         """The part stored under `key`, or None (not written yet, or unreadable)."""
@@ -76,12 +67,16 @@ class Journal:
         return {part["key"]: part for part in parts if part is not None}
 
     @staticmethod
-    def _read(path):
-        """The part in `path`; None, and the file removed, when it is a killed write's leftover or unreadable."""
+    def _read(path, arrays=True):
+        """The part in `path` (without its arrays: arrays=False); None, and the file removed, when it is a killed
+        write's leftover or unreadable."""
         if path.is_file() and not path.name.startswith("."):  # "." names: atomic_path's temp files
             try:
                 with np.load(path) as z:
-                    return {**json.loads(str(z["meta"])), **{k: z[k] for k in z.files if k != "meta"}}
+                    part = json.loads(str(z["meta"]))
+                    if arrays:
+                        part.update({k: z[k] for k in z.files if k != "meta"})
+                    return part
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
                 pass
         path.unlink(missing_ok=True)

@@ -205,24 +205,24 @@ def run_elf(elf, workdir, plugin, timeout_s, args=()):
             p = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise TinyCapError("qemu-system-arm", f"timed out after {timeout_s} s running {elf.name}") from None
-    p.stdout = console.read_text()
+    stdout = console.read_text()
     if p.returncode != 0:
-        lines = [ln for ln in p.stdout.splitlines() if ln.strip()]
+        lines = [ln for ln in stdout.splitlines() if ln.strip()]
         why = next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else "no output")
         raise TinyCapError("qemu-system-arm", f"{elf.name} exited with status {p.returncode}: {why.strip()}")
     blocks, segments = parse_counts(counts)
-    m = re.search(r"^stack_peak_bytes (\d+) of (\d+)$", p.stdout, re.M)
+    m = re.search(r"^stack_peak_bytes (\d+) of (\d+)$", stdout, re.M)
     if not m:
         raise TinyCapError(elf, "the firmware printed no stack_peak_bytes line (stack high-water mark)")
     return {
-        "stdout": p.stdout,
+        "stdout": stdout,
         "exit_status": p.returncode,
         "blocks": blocks,
         "segments": segments,
         "symbols": syms,
         "stack_peak_bytes": int(m.group(1)),
         "stack_size_bytes": int(m.group(2)),
-        "dwt_unavailable": "dwt_cycles unavailable" in p.stdout,
+        "dwt_unavailable": "dwt_cycles unavailable" in stdout,
     }
 
 
