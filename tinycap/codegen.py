@@ -98,7 +98,7 @@ class Codegen:
         self.weight_bytes = 0
         self.ops_used = set()
         self.fc_max_k4 = 4
-        self.conv_scratch = None  # (k_h, k_w, in_c, out_c) of the CONV_2D needing the most scratch, if any
+        self.conv_scratch = None  # (k_h, k_w, in_c, out_h * out_w) of the CONV_2D needing the most scratch, if any
 
     def add(self, name, model_bytes, where):
         g = load_graph(model_bytes, where)
@@ -408,7 +408,7 @@ class Codegen:
         if k.kind == conv_prepare.KIND_DEPTHWISE:
             return [f"tc_k_depthwise_conv2d(&{gc.p}_{name}, {k.batches}, {x}, {y});"]
         if self.conv_scratch is None or k.scratch_bytes > conv_prepare.conv2d_scratch_bytes(*self.conv_scratch):
-            self.conv_scratch = (k.k_h, k.k_w, k.in_c, k.out_c)
+            self.conv_scratch = (k.k_h, k.k_w, k.in_c, k.out_h * k.out_w)
         return [f"tc_k_conv2d(&{gc.p}_{name}, {k.batches}, {x}, {y}, tc_conv_scratch);"]
 
     def _op_l2_normalization(self, gc, op):
@@ -554,10 +554,10 @@ class Codegen:
             "",
         ]
         if conv:
-            kh, kw, ic, oc = self.conv_scratch or (1, 1, 1, 1)
-            h[-1:-1] = [f"#define TC_CONV_SCRATCH_BYTES {conv_prepare.conv2d_scratch_bytes(kh, kw, ic, oc)}"]
+            kh, kw, ic, px = self.conv_scratch or (1, 1, 1, 1)
+            h[-1:-1] = [f"#define TC_CONV_SCRATCH_BYTES {conv_prepare.conv2d_scratch_bytes(kh, kw, ic, px)}"]
             c[-1:-1] = [
-                f"static uint32_t tc_conv_scratch[TC_CONV2D_SCRATCH_BYTES({kh}, {kw}, {ic}, {oc}) / 4] __attribute__((unused));"
+                f"static uint32_t tc_conv_scratch[TC_CONV2D_SCRATCH_BYTES({kh}, {kw}, {ic}, {px}) / 4] __attribute__((unused));"
                 " /* CONV_2D scratch, passed in */"
             ]
         for name, gc in self.graphs.items():

@@ -44,10 +44,16 @@ def _pos(n):
     return int(n)
 
 
-def conv2d_scratch_bytes(k_h, k_w, in_c, out_c):
-    """TC_CONV2D_SCRATCH_BYTES (tc_conv.h): the int16 im2col columns and int32 accumulators of the Cortex-M
-    path of CONV_2D."""
-    return 6 * ((k_h * k_w * in_c + 3) & ~3) + 8 * out_c
+CONV2D_CHUNK_PAIRS = 16  # TC_CONV2D_CHUNK_PAIRS (tc_conv.h)
+
+
+def conv2d_scratch_bytes(k_h, k_w, in_c, pixels):
+    """TC_CONV2D_SCRATCH_BYTES (tc_conv.h) of a CONV_2D with `pixels` = out_h * out_w: the int16 im2col columns
+    and int32 accumulators of a chunk of output pixel pairs, one channel pair's unpacked weights and one column's
+    bytes before widening, on the Cortex-M path."""
+    k4 = (k_h * k_w * in_c + 3) & ~3
+    chunk = min((pixels + 1) // 2, CONV2D_CHUNK_PAIRS)
+    return chunk * (4 * k4 + 16) + 5 * k4
 
 
 @dataclasses.dataclass
@@ -80,7 +86,7 @@ class ConvKernel:
     @property
     def scratch_bytes(self):
         """TC_CONV2D_SCRATCH_BYTES of a CONV_2D (conv2d_scratch_bytes), 0 for a depthwise one."""
-        return conv2d_scratch_bytes(self.k_h, self.k_w, self.in_c, self.out_c) if self.kind == KIND_CONV else 0
+        return conv2d_scratch_bytes(self.k_h, self.k_w, self.in_c, self.out_h * self.out_w) if self.kind == KIND_CONV else 0
 
     @property
     def macs(self):

@@ -48,7 +48,7 @@ int main(void) {
     out_n = (size_t)batches * p.out_h * p.out_w * p.out_c;
     out = malloc(out_n);
     if (kind == 1) {
-      void *scratch = malloc(TC_CONV2D_SCRATCH_BYTES(p.k_h, p.k_w, p.in_c, p.out_c));
+      void *scratch = malloc(TC_CONV2D_SCRATCH_BYTES(p.k_h, p.k_w, p.in_c, p.out_h * p.out_w));
       tc_k_conv2d(&p, batches, in, out, scratch);
     } else {
       tc_k_depthwise_conv2d(&p, batches, in, out);

@@ -28,7 +28,7 @@
 
 static int8_t in[MAX_IN], w[MAX_W], out_ref[MAX_OUT], out_dsp[MAX_OUT];
 static int32_t bias[MAX_C], mult[MAX_C], shift[MAX_C];
-static uint32_t scratch[TC_CONV2D_SCRATCH_BYTES(3, 3, 64, MAX_C) / 4]; /* k <= 3 * 3 * 64 */
+static uint32_t scratch[TC_CONV2D_SCRATCH_BYTES(3, 3, 64, 20 * 20) / 4]; /* k <= 3 * 3 * 64, pixels <= 20 * 20 */
 
 static uint32_t rng = 2463534242u;
 static uint32_t next(void) {

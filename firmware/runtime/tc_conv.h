@@ -45,26 +45,30 @@ typedef struct {
   const int32_t *shift;          /* out_c TFLM shifts (> 0: left) */
 } tc_conv_params;
 
-/* CONV_2D. scratch: TC_CONV2D_SCRATCH_BYTES(k_h, k_w, in_c, out_c) bytes, 4-byte aligned (used by the
+/* CONV_2D. scratch: TC_CONV2D_SCRATCH_BYTES(k_h, k_w, in_c, out_h * out_w) bytes, 4-byte aligned (used by the
  * DSP path only; the portable build ignores it and accepts NULL). Dispatches to tc_k_conv2d_dsp on
  * Cortex-M with DSP, to tc_k_conv2d_ref elsewhere. */
 void tc_k_conv2d(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out, void *scratch);
-/* Two interleaved int16 im2col columns + one plain one: 6 bytes per k = k_h * k_w * in_c, k rounded up to 4;
- * then the int32 accumulators of 2 pixels x out_c channels. */
-#define TC_CONV2D_SCRATCH_BYTES(k_h, k_w, in_c, out_c) \
-  ((size_t)6 * (size_t)(((k_h) * (k_w) * (in_c) + 3) & ~3) + (size_t)8 * (size_t)(out_c))
+/* The Cortex-M path works on chunks of up to TC_CONV2D_CHUNK_PAIRS pairs of output pixels. */
+#define TC_CONV2D_CHUNK_PAIRS 16
+#define TC_CONV2D_K4(k_h, k_w, in_c) ((size_t)(((k_h) * (k_w) * (in_c) + 3) & ~3))
+#define TC_CONV2D_CHUNK(pixels) \
+  ((size_t)(((pixels) + 1) / 2 < TC_CONV2D_CHUNK_PAIRS ? ((pixels) + 1) / 2 : TC_CONV2D_CHUNK_PAIRS))
+/* Per chunk pair 2 int16 im2col columns of k4 taps (k rounded up to 4) and 4 int32 accumulators; one
+ * channel pair's unpacked weights (2 x k4 int16); one column's k4 bytes before widening. */
+#define TC_CONV2D_SCRATCH_BYTES(k_h, k_w, in_c, pixels) \
+  (TC_CONV2D_CHUNK(pixels) * (4 * TC_CONV2D_K4(k_h, k_w, in_c) + 16) + 5 * TC_CONV2D_K4(k_h, k_w, in_c))
 
 /* The portable reference: TFLM's ConvPerChannel loop order and arithmetic. */
 void tc_k_conv2d_ref(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out);
 
 #if TC_CONV_DSP
-/* Cortex-M (SXTB16 + SMLAD): per pair of output pixels, the receptive fields are expanded once
- * into int16 (input + in_offset, 0 where padded, so padding needs no test in the inner loop);
- * then 2 output channels x 2 pixels per inner loop (assembly): 2 weight words (4 SXTB16) against
- * 4 column words, 8 SMLAD = 16 MACs in 18 instructions. Where k % 4 == 0, out_c is even and there
- * is a bias, one call (tc_k_conv2d_dot2xn) runs every channel pair of the 2 pixels into int32
- * accumulators, requantised after it; otherwise one call per channel pair (tc_k_conv2d_dot2x2) and
- * the k % 4 tail in C. Weights stay OHWI as in the .tflite (unaligned word loads). */
+/* Cortex-M (SXTB16 + SMLAD), weight-stationary over a chunk of output pixel pairs: the chunk's
+ * receptive fields are expanded once into int16 columns (input + in_offset, 0 where padded, so
+ * padding needs no test in the inner loop); then per pair of output channels their weight rows are
+ * unpacked once to int16 and the assembly loop (tc_k_conv2d_pairs) runs every pixel pair of the
+ * chunk: per group of 4 taps 2 LDM (4 weight words, 4 column words) and 8 SMLAD = 16 MACs, unrolled
+ * 8 groups deep; then the channel pair is requantised. Weights stay OHWI as in the .tflite. */
 void tc_k_conv2d_dsp(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out, void *scratch);
 #endif
 

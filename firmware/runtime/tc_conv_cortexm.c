@@ -22,11 +22,11 @@ static inline uint32_t load_u32(const int8_t *p) { /* LDR allows unaligned addre
   return v;
 }
 
-/* The receptive fields of 2 output pixels ("columns" j = 0, 1) as int16 (input + in_offset; 0 where
- * padded, which is exactly TFLM's "skip the taps outside the image"), interleaved for the SMLAD
- * loop: for each group of 4 taps g, 4 words cols[4g..4g+3] = column 0 (x0, x2), (x1, x3), column 1
- * (x0, x2), (x1, x3) -- the halfword pairs SXTB16 gives of a weight word (plain and ROR #8). The
- * k % 4 tail follows in order, column 0 then column 1. */
+/* The receptive fields of 2 output pixels ("columns" j = 0, 1) of a pair as int16 (input + in_offset;
+ * 0 where padded, which is exactly TFLM's "skip the taps outside the image"; 0 past k up to k4, k
+ * rounded up to 4), interleaved for the SMLAD loop: for each group of 4 taps g, 4 words
+ * cols[4g..4g+3] = column 0 (x0, x2), (x1, x3), column 1 (x0, x2), (x1, x3) -- the halfword pairs
+ * SXTB16 gives of a word (plain and ROR #8); the weights are laid out the same way (unpack_weights). */
 static const int8_t *pixel_tap(const tc_conv_params *p, const int8_t *in, int32_t y, int32_t x) {
   return x < 0 || x >= p->in_w || y < 0 || y >= p->in_h ? NULL : in + (y * p->in_w + x) * p->in_c;
 }
@@ -51,118 +51,139 @@ static void im2col_by4(const tc_conv_params *p, const int8_t *in, int32_t oy, in
     }
 }
 
-/* Any in_c: the column in order into `plain` (k int16), then regrouped. */
+/* Any in_c: the receptive field's k bytes in order into `plain` (k4 bytes: the input zero point where
+ * padded and past k, which the input offset turns into 0), a kernel row at a time (k_w * in_c bytes in a
+ * row of the image), then widened a word at a time as in im2col_by4. */
 static void im2col_any(const tc_conv_params *p, const int8_t *in, int32_t oy, int32_t ox, int32_t j, uint32_t *cols,
-                       int16_t *plain) {
+                       int8_t *plain) {
   const int32_t y0 = oy * p->stride_h - p->pad_h, x0 = ox * p->stride_w - p->pad_w, in_c = p->in_c;
-  const int32_t off = p->in_offset, k = p->k_h * p->k_w * in_c, groups = k >> 2, tail = k & 3;
-  int16_t *dst = plain;
-  for (int32_t ky = 0; ky < p->k_h; ++ky)
-    for (int32_t kx = 0; kx < p->k_w; ++kx, dst += in_c) {
-      const int8_t *src = pixel_tap(p, in, y0 + ky, x0 + kx);
-      if (!src)
-        memset(dst, 0, (size_t)in_c * sizeof(int16_t));
-      else
-        for (int32_t c = 0; c < in_c; ++c) dst[c] = (int16_t)(src[c] + off);
+  const int32_t row = p->k_w * in_c, k = p->k_h * row, groups = (k + 3) >> 2;
+  const int8_t zero_point = (int8_t)-p->in_offset;
+  const int whole_rows = x0 >= 0 && x0 + p->k_w <= p->in_w;
+  int8_t *dst = plain;
+  for (int32_t ky = 0; ky < p->k_h; ++ky, dst += row) {
+    const int32_t y = y0 + ky;
+    if (y < 0 || y >= p->in_h) {
+      memset(dst, zero_point, (size_t)row);
+    } else if (whole_rows) {
+      const int8_t *src = in + (y * p->in_w + x0) * in_c;
+      for (int32_t i = 0; i < row; ++i) dst[i] = src[i];
+    } else {
+      for (int32_t kx = 0; kx < p->k_w; ++kx) {
+        const int8_t *src = pixel_tap(p, in, y, x0 + kx);
+        for (int32_t c = 0; c < in_c; ++c) dst[kx * in_c + c] = src ? src[c] : zero_point;
+      }
     }
-  const uint32_t *w = (const uint32_t *)plain; /* (x0, x1), (x2, x3) */
-  uint32_t *d = cols + 2 * j;
-  for (int32_t g = 0; g < groups; ++g, w += 2, d += 4) {
-    d[0] = (w[0] & 0xffffu) | (w[1] << 16);
-    d[1] = (w[0] >> 16) | (w[1] & 0xffff0000u);
   }
-  int16_t *t = (int16_t *)(cols + 4 * groups) + j * tail;
-  for (int32_t i = 0; i < tail; ++i) t[i] = plain[4 * groups + i];
+  for (int32_t t = k; t < 4 * groups; ++t) plain[t] = zero_point;
+  const uint32_t off2 = ((uint32_t)p->in_offset & 0xffffu) * 0x10001u;
+  uint32_t *d = cols + 2 * j;
+  for (int32_t g = 0; g < groups; ++g, d += 4) {
+    const uint32_t v = load_u32(plain + 4 * g);
+    d[0] = __sadd16(__sxtb16(v), off2);
+    d[1] = __sadd16(sxtb16_ror8(v), off2);
+  }
 }
 
-/* The loop both dot routines share: r3 groups of 4 taps, weight rows at r0 and r1, the 2 interleaved
- * columns at r2, accumulators r4-r7 (pixel, channel) 00, 01, 10, 11 (label 1). */
-#define TC_DOT2X2_GROUPS \
-    "1:\n" \
-    "  ldr r8, [r0], #4\n"           /* weights of channel 0 */ \
-    "  ldr r9, [r1], #4\n"           /* weights of channel 1 */ \
-    "  ldrd r10, r11, [r2], #8\n"    /* column 0: (x0, x2), (x1, x3) */ \
-    "  sxtb16 r12, r8\n" \
-    "  sxtb16 r8, r8, ror #8\n" \
-    "  smlad r4, r12, r10, r4\n  smlad r4, r8, r11, r4\n" \
-    "  sxtb16 lr, r9\n" \
-    "  sxtb16 r9, r9, ror #8\n" \
-    "  smlad r5, lr, r10, r5\n  smlad r5, r9, r11, r5\n" \
-    "  ldrd r10, r11, [r2], #8\n"    /* column 1 */ \
-    "  smlad r6, r12, r10, r6\n  smlad r6, r8, r11, r6\n" \
-    "  smlad r7, lr, r10, r7\n  smlad r7, r9, r11, r7\n" \
-    "  subs r3, r3, #1\n" \
-    "  bne 1b\n"
+/* The weight rows of output channels c0 and c1 (k int8 each, OHWI) as int16 in the columns' order:
+ * per group of 4 taps, c0 (w0, w2), (w1, w3), c1 (w0, w2), (w1, w3); 0 past k. With `twice` every
+ * weight is doubled (|2 w| <= 256 fits; SADD16 doubles each half alone), so the dot products come out
+ * as 2 x, the operand SMMULR wants (requantise_channel). */
+static inline __attribute__((always_inline)) void unpack_word(uint32_t v, uint32_t *dst, const int twice) {
+  const uint32_t lo = __sxtb16(v), hi = sxtb16_ror8(v);
+  dst[0] = twice ? (uint32_t)__sadd16(lo, lo) : lo;
+  dst[1] = twice ? (uint32_t)__sadd16(hi, hi) : hi;
+}
 
-/* acc[0..3] = (pixel 0, channel 0), (0, 1), (1, 0), (1, 1): acc[] (the bias) plus the dot products of
- * weight rows w0, w1 with the 2 interleaved columns over `groups` (>= 1) groups of 4 taps. Per group:
- * 2 LDR (weights, unaligned), 2 LDRD (columns), 4 SXTB16, 8 SMLAD (16 MACs), SUBS + BNE: 18
- * instructions. */
-void tc_k_conv2d_dot2x2(const int8_t *w0, const int8_t *w1, const uint32_t *cols, int32_t groups, int32_t *acc);
+static inline __attribute__((always_inline)) void unpack_weights(const int8_t *w0, const int8_t *w1, int32_t k,
+                                                                 uint32_t *dst, const int twice) {
+  const int32_t full = k >> 2;
+  for (int32_t g = 0; g < full; ++g, w0 += 4, w1 += 4, dst += 4) {
+    unpack_word(load_u32(w0), dst, twice);
+    unpack_word(load_u32(w1), dst + 2, twice);
+  }
+  if (k & 3) {
+    int8_t ta[4] = {0, 0, 0, 0}, tb[4] = {0, 0, 0, 0};
+    memcpy(ta, w0, (size_t)(k & 3)), memcpy(tb, w1, (size_t)(k & 3));
+    unpack_word(load_u32(ta), dst, twice);
+    unpack_word(load_u32(tb), dst + 2, twice);
+  }
+}
+
+/* One group of 4 taps in tc_k_conv2d_pairs: the channel pair's 4 weight words (r7-r10) and the pixel
+ * pair's 4 column words (r2, r11: pixel 0; r12, lr: pixel 1) in one LDM each, then 8 SMLAD (16 MACs)
+ * into (pixel, channel) 00 r3, 01 r4, 10 r5, 11 r6. 40 bytes of code (every instruction 32-bit), so
+ * tc_k_conv2d_pairs can enter the unrolled loop at any group. */
+#define TC_PAIRS_GROUP \
+    "  ldm r0!, {r7-r10}\n" \
+    "  ldm r1!, {r2, r11, r12, lr}\n" \
+    "  smlad r3, r7, r2, r3\n" \
+    "  smlad r4, r9, r2, r4\n" \
+    "  smlad r3, r8, r11, r3\n" \
+    "  smlad r4, r10, r11, r4\n" \
+    "  smlad r5, r7, r12, r5\n" \
+    "  smlad r6, r9, r12, r6\n" \
+    "  smlad r5, r8, lr, r5\n" \
+    "  smlad r6, r10, lr, r6\n"
+
+/* For each of `pairs` pixel pairs (cols: k4 words each, im2col order) the dot products with one
+ * channel pair's unpacked weights (wp: k4 words, unpack_weights) over `groups` = k4 / 4 (>= 1)
+ * groups, plus bias2[0] / bias2[1]; acc: 4 int32 per pixel pair, (pixel, channel) 00, 01, 10, 11.
+ * The group loop is unrolled 8 times and entered at group (-groups) mod 8 (no counter register is
+ * left: the 8-group chunks are counted on the stack). */
+void tc_k_conv2d_pairs(const uint32_t *wp, const uint32_t *cols, int32_t groups, int32_t pairs, const int32_t *bias2,
+                       int32_t *acc);
 __asm__(
-    "  .section .text.tc_k_conv2d_dot2x2, \"ax\", %progbits\n" /* its own section: --gc-sections drops it unused */
+    "  .section .text.tc_k_conv2d_pairs, \"ax\", %progbits\n" /* its own section: --gc-sections drops it unused */
     "  .syntax unified\n"
     "  .thumb\n"
-    "  .global tc_k_conv2d_dot2x2\n"
-    "  .type tc_k_conv2d_dot2x2, %function\n"
+    "  .global tc_k_conv2d_pairs\n"
+    "  .type tc_k_conv2d_pairs, %function\n"
     "  .p2align 2\n"
     "  .thumb_func\n"
-    "tc_k_conv2d_dot2x2:\n"
+    "tc_k_conv2d_pairs:\n"
     "  push {r4-r11, lr}\n"
-    "  ldr r8, [sp, #36]\n"          /* acc: the 5th argument, above the 9 saved registers */
-    "  ldm r8, {r4-r7}\n"
-    TC_DOT2X2_GROUPS
-    "  ldr r0, [sp, #36]\n"
-    "  stmia r0, {r4-r7}\n"
-    "  pop {r4-r11, pc}\n"
-    "  .size tc_k_conv2d_dot2x2, . - tc_k_conv2d_dot2x2\n"
-    "  .text\n");
-
-/* Every channel pair of 2 pixels: for pair j (channels 2j, 2j + 1; weight rows w + 2j * k, each
- * k = 4 * groups bytes), acc[4j..4j+3] = (pixel 0, channel 2j), (0, 2j + 1), (1, 2j), (1, 2j + 1),
- * each its channel's bias plus the dot product with the 2 interleaved columns (the loop of
- * tc_k_conv2d_dot2x2, TC_DOT2X2_GROUPS). Per pair 17 instructions besides the 18 per group of 4 taps. */
-void tc_k_conv2d_dot2xn(const int8_t *w, const uint32_t *cols, int32_t groups, int32_t pairs, const int32_t *bias,
-                        int32_t *acc);
-__asm__(
-    "  .section .text.tc_k_conv2d_dot2xn, \"ax\", %progbits\n"
-    "  .syntax unified\n"
-    "  .thumb\n"
-    "  .global tc_k_conv2d_dot2xn\n"
-    "  .type tc_k_conv2d_dot2xn, %function\n"
-    "  .p2align 2\n"
-    "  .thumb_func\n"
-    "tc_k_conv2d_dot2xn:\n"
-    "  push {r4-r11, lr}\n"
-    "  sub sp, sp, #16\n"            /* [sp] cols, [sp+4] groups, [sp+8] pairs left, [sp+12] k bytes */
-    "  str r1, [sp, #0]\n"
-    "  str r2, [sp, #4]\n"
-    "  str r3, [sp, #8]\n"
-    "  lsls r12, r2, #2\n"
-    "  str r12, [sp, #12]\n"
-    "  add r1, r0, r12\n"            /* weight row of the pair's second channel */
-    "2:\n"
-    "  ldr r8, [sp, #52]\n"          /* bias: the 5th argument, above the 16 bytes and 9 saved registers */
-    "  ldrd r4, r5, [r8], #8\n"
-    "  str r8, [sp, #52]\n"
-    "  mov r6, r4\n"
-    "  mov r7, r5\n"
-    "  ldr r2, [sp, #0]\n"
-    "  ldr r3, [sp, #4]\n"
-    TC_DOT2X2_GROUPS
-    "  ldr r8, [sp, #56]\n"          /* acc: the 6th argument */
-    "  stmia r8!, {r4-r7}\n"
-    "  str r8, [sp, #56]\n"
-    "  mov r0, r1\n"                 /* the rows just read end where the next pair's begin */
-    "  ldr r12, [sp, #12]\n"
-    "  add r1, r1, r12\n"
-    "  ldr r12, [sp, #8]\n"
-    "  subs r12, r12, #1\n"
+    "  sub sp, sp, #24\n"            /* [sp] pairs left, [4] chunks, [8] entry, [16] chunks left, [20] wp */
+    "  str r3, [sp, #0]\n"
+    "  str r0, [sp, #20]\n"
+    "  adds r12, r2, #7\n"
+    "  lsrs r12, r12, #3\n"
+    "  str r12, [sp, #4]\n"
+    "  rsbs r12, r2, #0\n"
+    "  and r12, r12, #7\n"           /* the group to enter at */
+    "  add r12, r12, r12, lsl #2\n"
+    "  adr.w r3, 3f\n"
+    "  add r12, r3, r12, lsl #3\n"   /* 40 bytes a group */
+    "  orr r12, r12, #1\n"           /* Thumb state */
     "  str r12, [sp, #8]\n"
+    "2:\n"                           /* a pixel pair */
+    "  ldr r12, [sp, #60]\n"         /* bias2: the 5th argument, above the 24 bytes and 9 saved registers */
+    "  ldrd r3, r4, [r12]\n"
+    "  mov r5, r3\n"
+    "  mov r6, r4\n"
+    "  ldr r0, [sp, #20]\n"
+    "  ldr r12, [sp, #4]\n"
+    "  str r12, [sp, #16]\n"
+    "  ldr r12, [sp, #8]\n"
+    "  bx r12\n"
+    "  .p2align 2\n"
+    "3:\n"
+    TC_PAIRS_GROUP TC_PAIRS_GROUP TC_PAIRS_GROUP TC_PAIRS_GROUP
+    TC_PAIRS_GROUP TC_PAIRS_GROUP TC_PAIRS_GROUP TC_PAIRS_GROUP
+    "  ldr r2, [sp, #16]\n"
+    "  subs r2, r2, #1\n"
+    "  str r2, [sp, #16]\n"
+    "  bne 3b\n"
+    "  ldr r12, [sp, #64]\n"         /* acc: the 6th argument */
+    "  stmia r12!, {r3-r6}\n"
+    "  str r12, [sp, #64]\n"
+    "  ldr r12, [sp, #0]\n"
+    "  subs r12, r12, #1\n"
+    "  str r12, [sp, #0]\n"
     "  bne 2b\n"
-    "  add sp, sp, #16\n"
+    "  add sp, sp, #24\n"
     "  pop {r4-r11, pc}\n"
-    "  .size tc_k_conv2d_dot2xn, . - tc_k_conv2d_dot2xn\n"
+    "  .size tc_k_conv2d_pairs, . - tc_k_conv2d_pairs\n"
     "  .text\n");
 
 /* The requantisation of an op's outputs, read once from its parameters: per output channel TFLM's
@@ -198,66 +219,81 @@ static inline __attribute__((always_inline)) int8_t requantise(const requant_par
   return (int8_t)clamp(requantize(acc, r->mult[c], r->shift[c]) + r->out_offset, r->act_min, r->act_max);
 }
 
-/* tc_k_conv2d_dsp's body, specialised by `fast` (requant_fast()). */
+/* Requantise one output channel of a chunk of pixel pairs: acc[4 q + a] (a: its place in the
+ * (pixel, channel) quadruple) -> out0[q * step] and, for the pair's second pixel, out1[q * step]. The
+ * channel's parameters are read once. The fast route takes 2 x acc (the weights were doubled:
+ * unpack_weights) and adds the output offset before the shift, (off << right_shift) with the
+ * rounding half: floor((a + off 2^s) / 2^s) = floor(a / 2^s) + off, so SSAT is the only step after it.
+ * Both pixels' accumulators are read before either byte is stored (a byte store may alias them). */
+static inline __attribute__((always_inline)) void requantise_channel(const requant_params *r, int32_t c, const int32_t *acc,
+                                                                     int32_t pairs, int8_t *out0, int8_t *out1,
+                                                                     int32_t step, const int fast) {
+  if (fast) {
+    const int32_t mult = r->mult[c], right_shift = -r->shift[c];
+    const int32_t half_off = (1 << (right_shift - 1)) + (r->out_offset << right_shift);
+    for (int32_t q = 0; q < pairs; ++q, acc += 4, out0 += step, out1 += step) {
+      const int32_t v0 = rounding_high_mul_of_doubled(acc[0], mult), v1 = rounding_high_mul_of_doubled(acc[2], mult);
+      out0[0] = (int8_t)__ssat((v0 + (v0 >> 31) + half_off) >> right_shift, 8);
+      out1[0] = (int8_t)__ssat((v1 + (v1 >> 31) + half_off) >> right_shift, 8);
+    }
+  } else {
+    for (int32_t q = 0; q < pairs; ++q, acc += 4, out0 += step, out1 += step) {
+      const int32_t a0 = acc[0], a1 = acc[2];
+      out0[0] = (int8_t)clamp(requantize(a0, r->mult[c], r->shift[c]) + r->out_offset, r->act_min, r->act_max);
+      out1[0] = (int8_t)clamp(requantize(a1, r->mult[c], r->shift[c]) + r->out_offset, r->act_min, r->act_max);
+    }
+  }
+}
+
+/* tc_k_conv2d_dsp's body, specialised by `fast` (requant_fast()): the output pixels in chunks of up to
+ * TC_CONV2D_CHUNK_PAIRS pairs; per chunk every pair's receptive fields into int16 columns once, then per
+ * output channel pair its weights unpacked once and tc_k_conv2d_pairs over the whole chunk, then the
+ * requantisation. An odd last pixel is paired with itself (its duplicate lands on the same bytes, last,
+ * with the same value); an odd last channel likewise. */
 static inline __attribute__((always_inline)) void conv2d_dsp(const tc_conv_params *p, int32_t batches, const int8_t *in,
                                                              int8_t *out, void *scratch, const int fast) {
   const requant_params r = {p->mult, p->shift, p->out_offset, p->act_min, p->act_max};
-  const int8_t *const weights = p->weights;
-  const int32_t *const bias = p->bias;
-  const int32_t k = p->k_h * p->k_w * p->in_c, out_c = p->out_c;
-  const int32_t groups = k >> 2, tail = k & 3;
-  const int32_t pixels = p->out_h * p->out_w, out_w = p->out_w;
+  const int32_t k = p->k_h * p->k_w * p->in_c, k4 = (k + 3) & ~3, out_c = p->out_c;
+  const int32_t pixels = p->out_h * p->out_w, out_w = p->out_w, all_pairs = (pixels + 1) >> 1;
   const int32_t in_image = p->in_h * p->in_w * p->in_c;
-  uint32_t *cols = (uint32_t *)scratch;                          /* 4 * k4 bytes, k4 = k rounded up to 4 */
-  int16_t *plain = (int16_t *)(cols + ((k + 3) & ~3));           /* 2 * k4 bytes (im2col_any only) */
-  int32_t *accs = (int32_t *)(plain + ((k + 3) & ~3));           /* 8 * out_c bytes (tc_k_conv2d_dot2xn) */
-  const int by4 = p->in_c % 4 == 0, all_pairs = by4 && out_c % 2 == 0 && bias != NULL;
-  for (int32_t b = 0; b < batches; ++b, in += in_image) {
-    for (int32_t px = 0; px < pixels; px += 2) {
-      /* Two output pixels per pass (the last one twice when the count is odd). */
-      const int32_t px1 = px + 1 < pixels ? px + 1 : px;
-      if (by4) {
-        im2col_by4(p, in, px / out_w, px % out_w, 0, cols);
-        im2col_by4(p, in, px1 / out_w, px1 % out_w, 1, cols);
-      } else {
-        im2col_any(p, in, px / out_w, px % out_w, 0, cols, plain);
-        im2col_any(p, in, px1 / out_w, px1 % out_w, 1, cols, plain);
-      }
-      const int16_t *t0 = (const int16_t *)(cols + 4 * groups), *t1 = t0 + tail;
-      int8_t *out0 = out + (size_t)px * out_c, *out1 = out + (size_t)px1 * out_c;
-      if (all_pairs) { /* k % 4 == 0: every pair in one call, then the requantisation */
-        tc_k_conv2d_dot2xn(weights, cols, groups, out_c / 2, bias, accs);
-        const int32_t *a = accs;
-        for (int32_t oc = 0; oc < out_c; oc += 2, a += 4) {
-          out0[oc] = requantise(&r, a[0], oc, fast);
-          out0[oc + 1] = requantise(&r, a[1], oc + 1, fast);
-          out1[oc] = requantise(&r, a[2], oc, fast);
-          out1[oc + 1] = requantise(&r, a[3], oc + 1, fast);
+  const int32_t chunk = all_pairs < TC_CONV2D_CHUNK_PAIRS ? all_pairs : TC_CONV2D_CHUNK_PAIRS;
+  uint32_t *cols = (uint32_t *)scratch;        /* chunk * k4 words */
+  uint32_t *wp = cols + (size_t)chunk * k4;    /* k4 words */
+  int32_t *accs = (int32_t *)(wp + k4);        /* 4 * chunk words */
+  int8_t *plain = (int8_t *)(accs + 4 * chunk); /* k4 bytes (im2col_any only) */
+  const int by4 = p->in_c % 4 == 0;
+  for (int32_t b = 0; b < batches; ++b, in += in_image, out += (size_t)pixels * out_c) {
+    for (int32_t q0 = 0; q0 < all_pairs; q0 += chunk) {
+      const int32_t pairs = all_pairs - q0 < chunk ? all_pairs - q0 : chunk;
+      for (int32_t q = 0; q < pairs; ++q) {
+        const int32_t px = 2 * (q0 + q), px1 = px + 1 < pixels ? px + 1 : px;
+        uint32_t *c = cols + (size_t)q * k4;
+        if (by4) {
+          im2col_by4(p, in, px / out_w, px % out_w, 0, c);
+          im2col_by4(p, in, px1 / out_w, px1 % out_w, 1, c);
+        } else {
+          im2col_any(p, in, px / out_w, px % out_w, 0, c, plain);
+          im2col_any(p, in, px1 / out_w, px1 % out_w, 1, c, plain);
         }
-        continue;
       }
+      /* the pixels of this chunk: 2 q0 .. ; the last pair's second pixel may be its first again */
+      const int32_t last1 = 2 * (q0 + pairs) - 1 < pixels ? 2 * (q0 + pairs) - 1 : pixels - 1;
+      int8_t *out0 = out + (size_t)(2 * q0) * out_c, *out1 = out0 + out_c;
       for (int32_t oc = 0; oc < out_c; oc += 2) {
-        /* Two output channels per pass (the last one twice when out_c is odd). */
         const int32_t oc1 = oc + 1 < out_c ? oc + 1 : oc;
-        const int8_t *w0 = weights + (size_t)oc * k, *w1 = weights + (size_t)oc1 * k;
-        const int32_t b0 = bias ? bias[oc] : 0, b1 = bias ? bias[oc1] : 0;
-        int32_t acc[4] = {b0, b1, b0, b1}; /* (pixel, channel) 00, 01, 10, 11 */
-        if (groups > 0) tc_k_conv2d_dot2x2(w0, w1, cols, groups, acc);
-        w0 += 4 * groups, w1 += 4 * groups;
-        for (int32_t t = 0; t < tail; ++t) {
-          acc[0] += w0[t] * t0[t];
-          acc[1] += w1[t] * t0[t];
-          acc[2] += w0[t] * t1[t];
-          acc[3] += w1[t] * t1[t];
-        }
-        /* Odd counts: the duplicate results land on the same bytes, written last with the same value. */
-        out0[oc] = requantise(&r, acc[0], oc, fast);
-        out1[oc] = requantise(&r, acc[2], oc, fast);
-        out0[oc1] = requantise(&r, acc[1], oc1, fast);
-        out1[oc1] = requantise(&r, acc[3], oc1, fast);
+        const int32_t twice = fast ? 2 : 1; /* the fast requantisation takes 2 x the accumulator */
+        const int32_t bias2[2] = {p->bias ? twice * p->bias[oc] : 0, p->bias ? twice * p->bias[oc1] : 0};
+        unpack_weights(p->weights + (size_t)oc * k, p->weights + (size_t)oc1 * k, k, wp, fast);
+        tc_k_conv2d_pairs(wp, cols, k4 >> 2, pairs, bias2, accs);
+        /* every pair but the last, then the last with its own second pixel */
+        requantise_channel(&r, oc, accs, pairs - 1, out0 + oc, out1 + oc, 2 * out_c, fast);
+        requantise_channel(&r, oc1, accs + 1, pairs - 1, out0 + oc1, out1 + oc1, 2 * out_c, fast);
+        const int32_t *a = accs + 4 * (pairs - 1);
+        int8_t *l0 = out0 + (size_t)(2 * (pairs - 1)) * out_c, *l1 = out + (size_t)last1 * out_c;
+        requantise_channel(&r, oc, a, 1, l0 + oc, l1 + oc, 0, fast);
+        requantise_channel(&r, oc1, a + 1, 1, l0 + oc1, l1 + oc1, 0, fast);
       }
     }
-    out += (size_t)pixels * out_c;
   }
 }
 

@@ -73,14 +73,19 @@ static inline int32_t requantize(int32_t x, int32_t multiplier, int32_t shift) {
  * |x| < 2^30, so it is SMMULR(2x, m) = floor((2x*m + 2^31) / 2^32). RoundingDivideByPOT rounds half
  * away from zero: floor((v + half - (v < 0)) / 2^right_shift) (ADD with an ASR #31 operand).
  * Checked against multiply_by_quantized_multiplier() by firmware/host/requant_check.c. */
-static inline int32_t rounding_doubling_high_mul_small(int32_t x, int32_t m) {
+/* SMMULR: floor((x2 * m + 2^31) / 2^32); with x2 = 2 x, rounding_doubling_high_mul_small(x, m). */
+static inline int32_t rounding_high_mul_of_doubled(int32_t x2, int32_t m) {
 #if defined(__ARM_FEATURE_DSP) && defined(__thumb2__) && defined(__GNUC__)
   int32_t v;
-  __asm__("smmulr %0, %1, %2" : "=r"(v) : "r"(x << 1), "r"(m));
+  __asm__("smmulr %0, %1, %2" : "=r"(v) : "r"(x2), "r"(m));
   return v;
 #else
-  return (int32_t)(((int64_t)x * m * 2 + ((int64_t)1 << 31)) >> 32); /* >> of a negative: arithmetic in gcc */
+  return (int32_t)(((int64_t)x2 * m + ((int64_t)1 << 31)) >> 32); /* >> of a negative: arithmetic in gcc */
 #endif
+}
+
+static inline int32_t rounding_doubling_high_mul_small(int32_t x, int32_t m) {
+  return rounding_high_mul_of_doubled(x * 2, m);
 }
 
 static inline int32_t requantize_small(int32_t x, int32_t multiplier, int32_t right_shift, int32_t half) {
