@@ -448,7 +448,7 @@ def test_cortex_m7_build_matches_the_reference_under_qemu(stage_build, device_in
     for i in range(len(frames)):  # every push runs the encoder's convolutions, the caption the decoder
         for j in range(5):
             names = m7.segment_by_symbol(res["segments"][1 + 2 * (5 * i + j)], res["blocks"], syms)
-            assert ("tc_push_frame" in names and "tc_k_depthwise_conv2d_dsp" in names) == (j < 4), (i, j)
+            assert ("tc_push_frame" in names and "tc_k_depthwise3_dsp" in names) == (j < 4), (i, j)
             assert ("tc_k_argmax" in names) == (j == 4), (i, j)
 
 

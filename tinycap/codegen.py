@@ -98,7 +98,7 @@ class Codegen:
         self.weight_bytes = 0
         self.ops_used = set()
         self.fc_max_k4 = 4
-        self.conv_scratch = None  # (k_h, k_w, in_c, out_h * out_w) of the CONV_2D needing the most scratch, if any
+        self.conv_scratch = None  # (bytes, C expression) of the convolution needing the most scratch, if any
 
     def add(self, name, model_bytes, where):
         g = load_graph(model_bytes, where)
@@ -393,7 +393,7 @@ class Codegen:
 
     def _op_conv(self, gc, op):
         """CONV_2D / DEPTHWISE_CONV_2D: parameters from conv_prepare (TFLM's Prepare), kernels of tc_conv.h;
-        CONV_2D's scratch is the generated code's tc_conv_scratch, sized for the largest CONV_2D."""
+        their scratch is the generated code's tc_conv_scratch, sized for the op needing the most (ConvKernel.scratch)."""
         k = conv_prepare.conv_kernel(gc.g, op)
         w = self._t(gc, op.inputs[1])
         wn = gc.tensor_const(w)  # OHWI / 1HWC, as stored in the .tflite
@@ -405,11 +405,10 @@ class Codegen:
         dims += [k.in_offset, k.out_offset, k.act_min, k.act_max]
         gc.data.append(f"static const tc_conv_params {gc.p}_{name} = {{{', '.join(map(str, dims))}, {wn}, {bn}, {mn}, {sn}}};\n")
         x, y = self._ref(gc, op.inputs[0]), self._ref(gc, op.outputs[0])
-        if k.kind == conv_prepare.KIND_DEPTHWISE:
-            return [f"tc_k_depthwise_conv2d(&{gc.p}_{name}, {k.batches}, {x}, {y});"]
-        if self.conv_scratch is None or k.scratch_bytes > conv_prepare.conv2d_scratch_bytes(*self.conv_scratch):
-            self.conv_scratch = (k.k_h, k.k_w, k.in_c, k.out_h * k.out_w)
-        return [f"tc_k_conv2d(&{gc.p}_{name}, {k.batches}, {x}, {y}, tc_conv_scratch);"]
+        if self.conv_scratch is None or k.scratch[0] > self.conv_scratch[0]:
+            self.conv_scratch = k.scratch
+        kernel = "tc_k_depthwise_conv2d" if k.kind == conv_prepare.KIND_DEPTHWISE else "tc_k_conv2d"
+        return [f"{kernel}(&{gc.p}_{name}, {k.batches}, {x}, {y}, tc_conv_scratch);"]
 
     def _op_l2_normalization(self, gc, op):
         x, y = self._t(gc, op.inputs[0]), self._t(gc, op.outputs[0])
@@ -554,10 +553,10 @@ class Codegen:
             "",
         ]
         if conv:
-            kh, kw, ic, px = self.conv_scratch or (1, 1, 1, 1)
-            h[-1:-1] = [f"#define TC_CONV_SCRATCH_BYTES {conv_prepare.conv2d_scratch_bytes(kh, kw, ic, px)}"]
+            nbytes, expr = self.conv_scratch
+            h[-1:-1] = [f"#define TC_CONV_SCRATCH_BYTES {nbytes}"]
             c[-1:-1] = [
-                f"static uint32_t tc_conv_scratch[TC_CONV2D_SCRATCH_BYTES({kh}, {kw}, {ic}, {px}) / 4] __attribute__((unused));"
+                f"static uint32_t tc_conv_scratch[({expr} + 3) / 4] __attribute__((unused));"
                 " /* CONV_2D scratch, passed in */"
             ]
         for name, gc in self.graphs.items():
@@ -630,8 +629,8 @@ LOWERINGS = {
 
 
 def conv_scratch_bytes(cg):
-    """Bytes of the generated CONV_2D scratch (tc_conv_scratch) of a Codegen, 0 without CONV_2D."""
-    return conv_prepare.conv2d_scratch_bytes(*cg.conv_scratch) if cg.conv_scratch else 0
+    """Bytes of the generated convolution scratch (tc_conv_scratch) of a Codegen, 0 without a convolution."""
+    return cg.conv_scratch[0] if cg.conv_scratch else 0
 
 
 def _ctype(t):

@@ -56,6 +56,11 @@ def conv2d_scratch_bytes(k_h, k_w, in_c, pixels):
     return chunk * (4 * k4 + 16) + 5 * k4
 
 
+def depthwise_scratch_bytes(out_h, out_w, stride_h, stride_w):
+    """TC_DEPTHWISE_SCRATCH_BYTES (tc_conv.h): one channel's int16 plane of the Cortex-M 3x3 depthwise path."""
+    return 2 * ((out_h - 1) * stride_h + 3) * (((out_w - 1) * stride_w + 5) & ~1)
+
+
 @dataclasses.dataclass
 class ConvKernel:
     """tc_conv_params (+ the kind and the arrays it points to)."""
@@ -84,9 +89,14 @@ class ConvKernel:
     shift: np.ndarray  # int32 [out_c]
 
     @property
-    def scratch_bytes(self):
-        """TC_CONV2D_SCRATCH_BYTES of a CONV_2D (conv2d_scratch_bytes), 0 for a depthwise one."""
-        return conv2d_scratch_bytes(self.k_h, self.k_w, self.in_c, self.out_h * self.out_w) if self.kind == KIND_CONV else 0
+    def scratch(self):
+        """(bytes, C expression) of the scratch the op's Cortex-M path takes: TC_CONV2D_SCRATCH_BYTES or
+        TC_DEPTHWISE_SCRATCH_BYTES with this op's arguments (tc_conv.h)."""
+        if self.kind == KIND_CONV:
+            args = (self.k_h, self.k_w, self.in_c, self.out_h * self.out_w)
+            return conv2d_scratch_bytes(*args), f"TC_CONV2D_SCRATCH_BYTES({', '.join(map(str, args))})"
+        args = (self.out_h, self.out_w, self.stride_h, self.stride_w)
+        return depthwise_scratch_bytes(*args), f"TC_DEPTHWISE_SCRATCH_BYTES({', '.join(map(str, args))})"
 
     @property
     def macs(self):

@@ -51,7 +51,8 @@ int main(void) {
       void *scratch = malloc(TC_CONV2D_SCRATCH_BYTES(p.k_h, p.k_w, p.in_c, p.out_h * p.out_w));
       tc_k_conv2d(&p, batches, in, out, scratch);
     } else {
-      tc_k_depthwise_conv2d(&p, batches, in, out);
+      void *scratch = malloc(TC_DEPTHWISE_SCRATCH_BYTES(p.out_h, p.out_w, p.stride_h, p.stride_w));
+      tc_k_depthwise_conv2d(&p, batches, in, out, scratch);
     }
   } else if (kind == 3) {
     tc_mean_params p;

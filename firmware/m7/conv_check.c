@@ -1,5 +1,5 @@
 /* Cortex-M7 check of the fast paths (tests/test_conv_kernels.py): tc_k_conv2d_dsp against
- * tc_k_conv2d_ref and tc_k_depthwise_conv2d_dsp against tc_k_depthwise_conv2d_ref on random
+ * tc_k_conv2d_ref, tc_k_depthwise_conv2d_dsp and tc_k_depthwise3_dsp against tc_k_depthwise_conv2d_ref on random
  * shapes, parameters and data (a fixed xorshift stream),
  * byte for byte, under QEMU mps2-an500; built with firmware/runtime/tc_conv*.c, startup.c,
  * semihost.c, marker.c (no Makefile target: the test compiles it).
@@ -29,6 +29,7 @@
 static int8_t in[MAX_IN], w[MAX_W], out_ref[MAX_OUT], out_dsp[MAX_OUT];
 static int32_t bias[MAX_C], mult[MAX_C], shift[MAX_C];
 static uint32_t scratch[TC_CONV2D_SCRATCH_BYTES(3, 3, 64, 20 * 20) / 4]; /* k <= 3 * 3 * 64, pixels <= 20 * 20 */
+static uint32_t dw_scratch[TC_DEPTHWISE_SCRATCH_BYTES(20, 20, 2, 2) / 4];
 
 static uint32_t rng = 2463534242u;
 static uint32_t next(void) {
@@ -122,9 +123,9 @@ int main(void) {
     tc_k_depthwise_conv2d_ref(&q, s[0], in, out_ref);
     tc_mark();
     tc_mark();
-    if (q.in_c % 4 == 0) tc_k_depthwise_conv2d_dsp(&q, s[0], in, out_dsp);
+    tc_k_depthwise3_dsp(&q, s[0], in, out_dsp, dw_scratch);
     tc_mark();
-    const int32_t dd = q.in_c % 4 == 0 ? compare(dn) : 0;
+    const int32_t dd = compare(dn);
     failed += dd != 0;
     line("bench ", i, " macs ", (uint32_t)(n * s[5] * s[5] * s[3]), " dw_macs ", (uint32_t)(dn * 9));
     line("dwcase ", i, " macs ", (uint32_t)(dn * 9), " diff ", (uint32_t)dd);
@@ -155,6 +156,22 @@ int main(void) {
     d += out_dsp[n] != 0x55;
     failed += d != 0;
     line("dwcase ", num_bench + i, " macs ", (uint32_t)(n * k * k), " diff ", (uint32_t)d);
+  }
+  for (int32_t i = 0; i < NUM_RANDOM; ++i) { /* depthwise 3x3 (tc_k_depthwise3_dsp), any channel count */
+    const int32_t b = uniform(1, 2), h = uniform(1, 11), wd = uniform(1, 11), c = uniform(1, 40);
+    const int32_t stride = uniform(1, 2), same = (int32_t)(next() % 2);
+    if (!make(&p, b, h, wd, c, c, 3, stride, same, 1) && !make(&p, b, h, wd, c, c, 3, stride, 1, 1)) continue;
+    p.stride_w = uniform(1, 2); /* stride_h and stride_w apart */
+    p.out_w = out_size(same, wd, 3, p.stride_w), p.pad_w = pad_before(wd, 3, p.stride_w, p.out_w);
+    if (p.out_w < 1) continue;
+    const int32_t n = b * p.out_h * p.out_w * c;
+    memset(out_dsp, 0x55, (size_t)n + 4);
+    tc_k_depthwise_conv2d_ref(&p, b, in, out_ref);
+    tc_k_depthwise3_dsp(&p, b, in, out_dsp, dw_scratch);
+    int32_t d = compare(n);
+    d += out_dsp[n] != 0x55;
+    failed += d != 0;
+    line("dwcase ", 1000 + i, " macs ", (uint32_t)(n * 9), " diff ", (uint32_t)d);
   }
   out_str("stack_peak_bytes ");
   out_u32(tc_stack_peak_bytes());

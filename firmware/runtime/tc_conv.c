@@ -47,13 +47,19 @@ TC_CONV_NOINLINE void tc_k_conv2d_ref(const tc_conv_params *p, int32_t batches, 
 
 /* ---- DEPTHWISE_CONV_2D (depth_multiplier 1) ----------------------------------------------- */
 
-TC_CONV_NOINLINE void tc_k_depthwise_conv2d(const tc_conv_params *p, int32_t batches, const int8_t *in,
-                                            int8_t *out) {
+TC_CONV_NOINLINE void tc_k_depthwise_conv2d(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out,
+                                            void *scratch) {
 #if TC_CONV_DSP
+  if (p->k_h == 3 && p->k_w == 3 && (p->stride_w == 1 || p->stride_w == 2)) {
+    tc_k_depthwise3_dsp(p, batches, in, out, scratch);
+    return;
+  }
   if (p->in_c % 4 == 0) {
     tc_k_depthwise_conv2d_dsp(p, batches, in, out);
     return;
   }
+#else
+  (void)scratch;
 #endif
   tc_k_depthwise_conv2d_ref(p, batches, in, out);
 }

@@ -72,15 +72,24 @@ void tc_k_conv2d_ref(const tc_conv_params *p, int32_t batches, const int8_t *in,
 void tc_k_conv2d_dsp(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out, void *scratch);
 #endif
 
-/* DEPTHWISE_CONV_2D, depth_multiplier 1 (p->out_c == p->in_c). Dispatches to
- * tc_k_depthwise_conv2d_dsp on Cortex-M with DSP when in_c % 4 == 0, to the reference otherwise. */
-void tc_k_depthwise_conv2d(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out);
+/* DEPTHWISE_CONV_2D, depth_multiplier 1 (p->out_c == p->in_c). scratch: TC_DEPTHWISE_SCRATCH_BYTES(out_h,
+ * out_w, stride_h, stride_w) bytes, 4-byte aligned (DSP path only; NULL is accepted elsewhere). Dispatches on
+ * Cortex-M with DSP to tc_k_depthwise3_dsp for 3x3 kernels of stride_w 1 or 2, else to
+ * tc_k_depthwise_conv2d_dsp when in_c % 4 == 0; to the reference otherwise. */
+void tc_k_depthwise_conv2d(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out, void *scratch);
+/* One channel's int16 plane of a 3x3 depthwise op: its windows' rows, one column more, the width even. */
+#define TC_DEPTHWISE_SCRATCH_BYTES(out_h, out_w, stride_h, stride_w) \
+  ((size_t)2 * (size_t)(((out_h) - 1) * (stride_h) + 3) * (size_t)((((out_w) - 1) * (stride_w) + 5) & ~1))
 /* The portable reference: TFLM's DepthwiseConvPerChannel loop order and arithmetic. */
 void tc_k_depthwise_conv2d_ref(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out);
 #if TC_CONV_DSP
 /* Cortex-M, in_c % 4 == 0: 4 channels per pass, SXTB16 + SADD16 (input offset) + SMLABB/SMLATT,
  * the window clipped to the image once per output pixel. */
 void tc_k_depthwise_conv2d_dsp(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out);
+/* Cortex-M, 3x3, stride_w 1 or 2, any in_c: one channel at a time over its zero-point-padded int16 plane
+ * (scratch), two neighbouring outputs per pass from one LDRD per kernel row: SMLAD / SMLABT / SMLATB
+ * with two weight words per row, (w0, w1) and (w1, w2), the input offset folded into the bias. */
+void tc_k_depthwise3_dsp(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out, void *scratch);
 #endif
 
 /* AVERAGE_POOL_2D int8 (input and output share scale and zero point, as TFLM requires): the sum
