@@ -556,8 +556,7 @@ class Codegen:
             nbytes, expr = self.conv_scratch
             h[-1:-1] = [f"#define TC_CONV_SCRATCH_BYTES {nbytes}"]
             c[-1:-1] = [
-                f"static uint32_t tc_conv_scratch[({expr} + 3) / 4] __attribute__((unused));"
-                " /* CONV_2D scratch, passed in */"
+                f"static uint32_t tc_conv_scratch[({expr} + 3) / 4] __attribute__((unused)); /* CONV_2D scratch, passed in */"
             ]
         for name, gc in self.graphs.items():
             g = gc.g
