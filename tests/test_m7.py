@@ -495,7 +495,7 @@ def test_elfs_do_not_depend_on_where_they_are_built(fixture_fw, tmp_path):
 
 def test_flash_lines_count_constants_once_or_per_pass(tmp_path):
     """The flash model reads each op's constants once per invocation while they fit the reusable D-cache,
-    else once per pass of the kernel over them (CONV_2D: one pass per 2 output pixels)."""
+    else once per pass of the kernel over them (CONV_2D: one pass per chunk of 16 output pixel pairs)."""
     tf = pytest.importorskip("tensorflow")
     w = tf.constant(np.random.default_rng(0).random((3, 3, 4, 16), np.float32))  # HWIO
     b = tf.constant(np.ones(16, np.float32))
@@ -509,7 +509,7 @@ def test_flash_lines_count_constants_once_or_per_pass(tmp_path):
     assert [op.name for op in tflite.read_graph(path).ops] == ["CONV_2D"]
     # float weights 16 x 3 x 3 x 4 x 4 B + bias 16 x 4 B + multiplier and shift 16 x 8 B = 2496 B = 78 lines
     assert m7.flash_lines(path, reuse_bytes=8192) == 78
-    assert m7.flash_lines(path, reuse_bytes=1024) == 78 * 32  # 64 output pixels: 32 passes
+    assert m7.flash_lines(path, reuse_bytes=1024) == 78 * 2  # 64 output pixels: 32 pairs, 2 chunks of 16
 
 
 def test_tiny_pipeline_benchmarks_the_whole_device_path(tiny_project):

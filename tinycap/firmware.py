@@ -477,8 +477,8 @@ def build(int8_dir, vocab_path, encoder_path, frames_path, reference_path, out_d
         "static_buffer_bytes": {
             "value": static_bytes,
             "method": "generated: one activation arena planned by lifetime, shared by the encoder, pooler and decoder "
-            f"graphs ({info['arena_bytes']}) + FC input scratch ({info['fc_scratch_bytes']}) + CONV_2D im2col scratch "
-            f"({info['conv_scratch_bytes']}) + decode-loop "
+            f"graphs ({info['arena_bytes']}) + FC input scratch ({info['fc_scratch_bytes']}) + convolution scratch (im2col "
+            f"columns, depthwise planes: {info['conv_scratch_bytes']}) + decode-loop "
             f"buffers h, h_new, context, logits, pooling weights ({info['loop_buffer_bytes']}) + T x D int8 "
             f"MicroCap input and the frame being encoded ({info['frame_buffer_bytes']}); no heap",
         },

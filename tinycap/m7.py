@@ -30,6 +30,7 @@ from typing import Literal
 import numpy as np
 
 from tinycap import vocab
+from tinycap.conv_prepare import CONV2D_CHUNK_PAIRS
 from tinycap.errors import TinyCapError
 from tinycap.firmware import device_clips
 from tinycap.io import read_json
@@ -422,7 +423,8 @@ def flash_lines(tflite_path, reuse_bytes):
     """32-byte flash lines one invocation of a graph reads into the D-cache: every op's constants (weights,
     bias, and the per-channel multiplier + shift the generated code adds) once; an op whose constants exceed
     reuse_bytes (what of the D-cache is left next to the activations) is re-read on every pass the kernel
-    makes over them (CONV_2D: one pass per 2 output pixels; FULLY_CONNECTED: one per input row)."""
+    makes over them (CONV_2D: one pass per chunk of CONV2D_CHUNK_PAIRS pairs of output pixels, the Cortex-M
+    kernel being weight-stationary over a chunk; FULLY_CONNECTED: one per input row)."""
     g = read_graph(tflite_path)
     lines = 0
     for op in g.ops:
@@ -436,8 +438,9 @@ def flash_lines(tflite_path, reuse_bytes):
         passes = 1
         if nbytes > reuse_bytes:
             out = g.tensors[op.outputs[0]].shape
-            if op.name == "CONV_2D":
-                passes = -(-int(np.prod(out[:-1])) // 2)
+            if op.name == "CONV_2D":  # per image: ceil(ceil(pixels / 2) / chunk) chunks
+                pairs = -(-int(np.prod(out[1:-1])) // 2)
+                passes = int(out[0]) * -(-pairs // CONV2D_CHUNK_PAIRS)
             elif op.name == "FULLY_CONNECTED":
                 passes = int(np.prod(out[:-1]))
         lines += passes * -(-nbytes // FLASH_LINE_BYTES)

@@ -110,10 +110,10 @@ static inline __attribute__((always_inline)) void unpack_weights(const int8_t *w
   }
 }
 
-/* One group of 4 taps in tc_k_conv2d_pairs: the channel pair's 4 weight words (r7-r10) and the pixel
+/* One group of 4 taps of the pair kernels (TC_PAIRS_PROLOGUE): the channel pair's 4 weight words (r7-r10) and the pixel
  * pair's 4 column words (r2, r11: pixel 0; r12, lr: pixel 1) in one LDM each, then 8 SMLAD (16 MACs)
  * into (pixel, channel) 00 r3, 01 r4, 10 r5, 11 r6. 40 bytes of code (every instruction 32-bit), so
- * tc_k_conv2d_pairs can enter the unrolled loop at any group. */
+ * the kernels can enter the unrolled loop at any group. */
 #define TC_PAIRS_GROUP \
     "  ldm r0!, {r7-r10}\n" \
     "  ldm r1!, {r2, r11, r12, lr}\n" \
@@ -126,65 +126,116 @@ static inline __attribute__((always_inline)) void unpack_weights(const int8_t *w
     "  smlad r5, r8, lr, r5\n" \
     "  smlad r6, r10, lr, r6\n"
 
-/* For each of `pairs` pixel pairs (cols: k4 words each, im2col order) the dot products with one
- * channel pair's unpacked weights (wp: k4 words, unpack_weights) over `groups` = k4 / 4 (>= 1)
- * groups, plus bias2[0] / bias2[1]; acc: 4 int32 per pixel pair, (pixel, channel) 00, 01, 10, 11.
- * The group loop is unrolled 8 times and entered at group (-groups) mod 8 (no counter register is
- * left: the 8-group chunks are counted on the stack). */
+/* The body both pair kernels share, up to the end of a pixel pair's dot products (accumulators r3-r6):
+ * r0 the channel pair's unpacked weights (wp: k4 words, unpack_weights), r1 the pixel pairs' columns
+ * (k4 words each, im2col order), r2 `groups` = k4 / 4 (>= 1), r3 `pairs`; the 5th argument (at [sp, #60]
+ * once inside) points at the two channels' starting accumulators (the bias). The group loop is unrolled
+ * 8 times and entered at group (-groups) mod 8 (no counter register is left: the 8-group chunks are
+ * counted on the stack). NAME_ is the function. */
+#define TC_PAIRS_PROLOGUE(NAME_) \
+    "  .section .text." NAME_ ", \"ax\", %progbits\n" /* its own section: --gc-sections drops it unused */ \
+    "  .syntax unified\n" \
+    "  .thumb\n" \
+    "  .global " NAME_ "\n" \
+    "  .type " NAME_ ", %function\n" \
+    "  .p2align 2\n" \
+    "  .thumb_func\n" \
+    NAME_ ":\n" \
+    "  push {r4-r11, lr}\n" \
+    "  sub sp, sp, #24\n"            /* [sp] pairs left, [4] chunks, [8] entry, [16] chunks left, [20] wp */ \
+    "  str r3, [sp, #0]\n" \
+    "  str r0, [sp, #20]\n" \
+    "  adds r12, r2, #7\n" \
+    "  lsrs r12, r12, #3\n" \
+    "  str r12, [sp, #4]\n" \
+    "  rsbs r12, r2, #0\n" \
+    "  and r12, r12, #7\n"           /* the group to enter at */ \
+    "  add r12, r12, r12, lsl #2\n" \
+    "  adr.w r3, 3f\n" \
+    "  add r12, r3, r12, lsl #3\n"   /* 40 bytes a group */ \
+    "  orr r12, r12, #1\n"           /* Thumb state */ \
+    "  str r12, [sp, #8]\n" \
+    "2:\n"                           /* a pixel pair */ \
+    "  ldr r12, [sp, #60]\n"         /* the 5th argument, above the 24 bytes and 9 saved registers */ \
+    "  ldrd r3, r4, [r12]\n" \
+    "  mov r5, r3\n" \
+    "  mov r6, r4\n" \
+    "  ldr r0, [sp, #20]\n" \
+    "  ldr r12, [sp, #4]\n" \
+    "  str r12, [sp, #16]\n" \
+    "  ldr r12, [sp, #8]\n" \
+    "  bx r12\n" \
+    "  .p2align 2\n" \
+    "3:\n" \
+    TC_PAIRS_GROUP TC_PAIRS_GROUP TC_PAIRS_GROUP TC_PAIRS_GROUP \
+    TC_PAIRS_GROUP TC_PAIRS_GROUP TC_PAIRS_GROUP TC_PAIRS_GROUP \
+    "  ldr r2, [sp, #16]\n" \
+    "  subs r2, r2, #1\n" \
+    "  str r2, [sp, #16]\n" \
+    "  bne 3b\n"
+
+#define TC_PAIRS_EPILOGUE(NAME_) \
+    "  ldr r12, [sp, #0]\n" \
+    "  subs r12, r12, #1\n" \
+    "  str r12, [sp, #0]\n" \
+    "  bne 2b\n" \
+    "  add sp, sp, #24\n" \
+    "  pop {r4-r11, pc}\n" \
+    "  .size " NAME_ ", . - " NAME_ "\n" \
+    "  .text\n"
+
+/* For each of `pairs` pixel pairs the dot products with one channel pair's weights plus bias2[0] /
+ * bias2[1] (TC_PAIRS_PROLOGUE); acc: 4 int32 per pixel pair, (pixel, channel) 00, 01, 10, 11. */
 void tc_k_conv2d_pairs(const uint32_t *wp, const uint32_t *cols, int32_t groups, int32_t pairs, const int32_t *bias2,
                        int32_t *acc);
 __asm__(
-    "  .section .text.tc_k_conv2d_pairs, \"ax\", %progbits\n" /* its own section: --gc-sections drops it unused */
-    "  .syntax unified\n"
-    "  .thumb\n"
-    "  .global tc_k_conv2d_pairs\n"
-    "  .type tc_k_conv2d_pairs, %function\n"
-    "  .p2align 2\n"
-    "  .thumb_func\n"
-    "tc_k_conv2d_pairs:\n"
-    "  push {r4-r11, lr}\n"
-    "  sub sp, sp, #24\n"            /* [sp] pairs left, [4] chunks, [8] entry, [16] chunks left, [20] wp */
-    "  str r3, [sp, #0]\n"
-    "  str r0, [sp, #20]\n"
-    "  adds r12, r2, #7\n"
-    "  lsrs r12, r12, #3\n"
-    "  str r12, [sp, #4]\n"
-    "  rsbs r12, r2, #0\n"
-    "  and r12, r12, #7\n"           /* the group to enter at */
-    "  add r12, r12, r12, lsl #2\n"
-    "  adr.w r3, 3f\n"
-    "  add r12, r3, r12, lsl #3\n"   /* 40 bytes a group */
-    "  orr r12, r12, #1\n"           /* Thumb state */
-    "  str r12, [sp, #8]\n"
-    "2:\n"                           /* a pixel pair */
-    "  ldr r12, [sp, #60]\n"         /* bias2: the 5th argument, above the 24 bytes and 9 saved registers */
-    "  ldrd r3, r4, [r12]\n"
-    "  mov r5, r3\n"
-    "  mov r6, r4\n"
-    "  ldr r0, [sp, #20]\n"
-    "  ldr r12, [sp, #4]\n"
-    "  str r12, [sp, #16]\n"
-    "  ldr r12, [sp, #8]\n"
-    "  bx r12\n"
-    "  .p2align 2\n"
-    "3:\n"
-    TC_PAIRS_GROUP TC_PAIRS_GROUP TC_PAIRS_GROUP TC_PAIRS_GROUP
-    TC_PAIRS_GROUP TC_PAIRS_GROUP TC_PAIRS_GROUP TC_PAIRS_GROUP
-    "  ldr r2, [sp, #16]\n"
-    "  subs r2, r2, #1\n"
-    "  str r2, [sp, #16]\n"
-    "  bne 3b\n"
+    TC_PAIRS_PROLOGUE("tc_k_conv2d_pairs")
     "  ldr r12, [sp, #64]\n"         /* acc: the 6th argument */
     "  stmia r12!, {r3-r6}\n"
     "  str r12, [sp, #64]\n"
-    "  ldr r12, [sp, #0]\n"
-    "  subs r12, r12, #1\n"
-    "  str r12, [sp, #0]\n"
-    "  bne 2b\n"
-    "  add sp, sp, #24\n"
-    "  pop {r4-r11, pc}\n"
-    "  .size tc_k_conv2d_pairs, . - tc_k_conv2d_pairs\n"
-    "  .text\n");
+    TC_PAIRS_EPILOGUE("tc_k_conv2d_pairs"));
+
+/* tc_k_conv2d_pairs with the fast requantisation (requantise_channel's) of the 4 results in registers
+ * and their bytes stored: prm = {2 bias0, 2 bias1, mult0, half_off0, right_shift0, mult1, half_off1,
+ * right_shift1, out_c}; out: the first pair's (pixel 0, channel 0) byte; channel 1 follows it, the pair's
+ * pixel 1 is out_c bytes on, the next pair 2 out_c. For channel pairs and pixel pairs without
+ * duplicates (out_c and the pixel count even). 33 instructions a pixel pair besides the dot products. */
+void tc_k_conv2d_pairs_requant(const uint32_t *wp, const uint32_t *cols, int32_t groups, int32_t pairs,
+                               const int32_t *prm, int8_t *out);
+__asm__(
+    TC_PAIRS_PROLOGUE("tc_k_conv2d_pairs_requant")
+    "  ldr r12, [sp, #60]\n"
+    "  add r12, r12, #8\n"
+    "  ldm r12, {r0, r2, r7, r8, r9, r10, r11}\n" /* mult0, half_off0, shift0, mult1, half_off1, shift1, out_c */
+    "  smmulr r3, r3, r0\n"
+    "  smmulr r5, r5, r0\n"
+    "  smmulr r4, r4, r8\n"
+    "  smmulr r6, r6, r8\n"
+    "  add r3, r3, r3, asr #31\n"
+    "  add r5, r5, r5, asr #31\n"
+    "  add r4, r4, r4, asr #31\n"
+    "  add r6, r6, r6, asr #31\n"
+    "  add r3, r3, r2\n"
+    "  add r5, r5, r2\n"
+    "  add r4, r4, r9\n"
+    "  add r6, r6, r9\n"
+    "  asr r3, r3, r7\n"
+    "  asr r5, r5, r7\n"
+    "  asr r4, r4, r10\n"
+    "  asr r6, r6, r10\n"
+    "  ssat r3, #8, r3\n"
+    "  ssat r5, #8, r5\n"
+    "  ssat r4, #8, r4\n"
+    "  ssat r6, #8, r6\n"
+    "  ldr r12, [sp, #64]\n"         /* out: the 6th argument */
+    "  strb r3, [r12]\n"
+    "  strb r4, [r12, #1]\n"
+    "  strb r5, [r12, r11]\n"
+    "  add r2, r12, r11\n"
+    "  strb r6, [r2, #1]\n"
+    "  add r12, r12, r11, lsl #1\n"
+    "  str r12, [sp, #64]\n"
+    TC_PAIRS_EPILOGUE("tc_k_conv2d_pairs_requant"));
 
 /* The requantisation of an op's outputs, read once from its parameters: per output channel TFLM's
  * MultiplyByQuantizedMultiplier, the output offset and the fused clamp. `fast` ops (requant_fast())
@@ -261,7 +312,7 @@ static inline __attribute__((always_inline)) void conv2d_dsp(const tc_conv_param
   uint32_t *wp = cols + (size_t)chunk * k4;    /* k4 words */
   int32_t *accs = (int32_t *)(wp + k4);        /* 4 * chunk words */
   int8_t *plain = (int8_t *)(accs + 4 * chunk); /* k4 bytes (im2col_any only) */
-  const int by4 = p->in_c % 4 == 0;
+  const int by4 = p->in_c % 4 == 0, even = out_c % 2 == 0 && pixels % 2 == 0; /* no duplicated channel or pixel */
   for (int32_t b = 0; b < batches; ++b, in += in_image, out += (size_t)pixels * out_c) {
     for (int32_t q0 = 0; q0 < all_pairs; q0 += chunk) {
       const int32_t pairs = all_pairs - q0 < chunk ? all_pairs - q0 : chunk;
@@ -284,6 +335,13 @@ static inline __attribute__((always_inline)) void conv2d_dsp(const tc_conv_param
         const int32_t twice = fast ? 2 : 1; /* the fast requantisation takes 2 x the accumulator */
         const int32_t bias2[2] = {p->bias ? twice * p->bias[oc] : 0, p->bias ? twice * p->bias[oc1] : 0};
         unpack_weights(p->weights + (size_t)oc * k, p->weights + (size_t)oc1 * k, k, wp, fast);
+        if (fast && even) { /* the requantisation in the assembly loop */
+          const int32_t s0 = -p->shift[oc], s1 = -p->shift[oc1];
+          const int32_t prm[9] = {bias2[0], bias2[1], p->mult[oc], (1 << (s0 - 1)) + (p->out_offset << s0), s0,
+                                  p->mult[oc1], (1 << (s1 - 1)) + (p->out_offset << s1), s1, out_c};
+          tc_k_conv2d_pairs_requant(wp, cols, k4 >> 2, pairs, prm, out0 + oc);
+          continue;
+        }
         tc_k_conv2d_pairs(wp, cols, k4 >> 2, pairs, bias2, accs);
         /* every pair but the last, then the last with its own second pixel */
         requantise_channel(&r, oc, accs, pairs - 1, out0 + oc, out1 + oc, 2 * out_c, fast);
