@@ -1,6 +1,7 @@
 """Cortex-M7 side: exact instruction counter, ELF sizes, QEMU runs of the firmware harness."""
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -247,8 +248,13 @@ def test_mca_instructions_flatten_it_blocks():
      1cc:      	addne.w	r0, r0, r3
      1d0:      	bls	0x1c4 <loop>
      1d2:      	.word	0x12345678
+     1d6:      	bl	0x1c4 <loop> @ imm = #-22
+     1da:      	blx	r7
+     1dc:      	bls.w	0x1c4 <loop>
 """
     d = m7.mca_instructions(listing)
+    assert d[0x1D6] == "b tc_target" and d[0x1DA] == "bx r7"  # calls as branches: llvm-mca charges a call 100 cycles
+    assert d[0x1DC] == "bls.w tc_target"
     assert d[0x1C6] == "bne tc_target"
     assert d[0x1C8] == "nop" and d[0x1CA] == "ldrb r3, [r1], #1" and d[0x1CC] == "add.w r0, r0, r3"
     assert d[0x1D0] == "bls tc_target"  # outside the IT block a condition stays
@@ -262,6 +268,18 @@ def test_llvm_mca_cycles_for_the_calibration_loop(calib):
     loop = m7.SymbolMap(m7.symbols(elf)).address("tc_calib_loop")
     cycles = m7.block_cycles(elf, [(loop, loop + 2)])
     assert 1.0 <= cycles[(loop, loop + 2)] <= 4.0  # subs + bne: LLVM models 3 cycles (flag dependency)
+
+
+@needs_toolchain
+def test_llvm_mca_charges_a_call_as_a_branch(calib):
+    """A block that ends in a call costs what its branch costs, not llvm-mca's 100-cycle call latency."""
+    _, out = calib
+    elf = out / toolchain.CALIB_ELF
+    text = toolchain.run_tool(["llvm-objdump", "-d", "--no-show-raw-insn", str(elf)], elf)
+    calls = [int(a, 16) for a in re.findall(r"^\s*([0-9a-f]+):\s+bl\s", text, re.M)]
+    assert calls
+    cycles = m7.block_cycles(elf, [(calls[0],)])
+    assert cycles[(calls[0],)] <= 4.0
 
 
 def _step_graph(path, V=7, H=5, E=3):

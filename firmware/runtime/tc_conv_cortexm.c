@@ -439,6 +439,100 @@ static inline __attribute__((always_inline)) int8_t requantise_dw(const requant_
   return (int8_t)clamp(requantize(acc, r->mult[c], r->shift[c]) + r->out_offset, r->act_min, r->act_max);
 }
 
+/* The pair loops of tc_k_depthwise3_dsp's fast route in assembly: `pairs` pairs of neighbouring outputs of
+ * one channel in one output row, each requantised in registers and stored (out, out + c_n; the next pair
+ * 2 c_n on). row: the plane row of the window's top row at the first pair's first column; prm = {W01 and
+ * W12 of kernel rows 0, 1, 2 (6 words), 2 bias, mult, half_off, right_shift, c_n, the plane's row stride
+ * in bytes}. Registers: r0 row, r1 row stride, r2 out, r3-r8 the weight words, r9 / r10 the two
+ * accumulators, r11 / r12 plane words, lr the pairs left; the requantisation's parameters on the stack. */
+#define TC_DW3_PROLOGUE(NAME_) \
+    "  .section .text." NAME_ ", \"ax\", %progbits\n" \
+    "  .syntax unified\n" \
+    "  .thumb\n" \
+    "  .global " NAME_ "\n" \
+    "  .type " NAME_ ", %function\n" \
+    "  .p2align 2\n" \
+    "  .thumb_func\n" \
+    NAME_ ":\n" \
+    "  push {r4-r11, lr}\n" \
+    "  sub sp, sp, #24\n"            /* [0] bias [4] mult [8] half_off [12] right_shift [16] c_n */ \
+    "  mov lr, r1\n" \
+    "  ldr r1, [r3, #44]\n" \
+    "  ldrd r9, r10, [r3, #24]\n" \
+    "  ldrd r11, r12, [r3, #32]\n" \
+    "  strd r9, r10, [sp, #0]\n" \
+    "  strd r11, r12, [sp, #8]\n" \
+    "  ldr r9, [r3, #40]\n" \
+    "  str r9, [sp, #16]\n" \
+    "  ldm r3, {r3-r8}\n" \
+    "1:\n" \
+    "  ldr r9, [sp, #0]\n" \
+    "  mov r10, r9\n"
+
+#define TC_DW3_EPILOGUE(NAME_, STEP_) \
+    "  ldrd r11, r12, [sp, #4]\n"    /* mult, half_off */ \
+    "  smmulr r9, r9, r11\n" \
+    "  smmulr r10, r10, r11\n" \
+    "  add r9, r9, r9, asr #31\n" \
+    "  add r10, r10, r10, asr #31\n" \
+    "  add r9, r9, r12\n" \
+    "  add r10, r10, r12\n" \
+    "  ldrd r11, r12, [sp, #12]\n"   /* right_shift, c_n */ \
+    "  asr r9, r9, r11\n" \
+    "  asr r10, r10, r11\n" \
+    "  ssat r9, #8, r9\n" \
+    "  ssat r10, #8, r10\n" \
+    "  strb r9, [r2]\n" \
+    "  strb r10, [r2, r12]\n" \
+    "  add r2, r2, r12, lsl #1\n" \
+    "  adds r0, r0, #" STEP_ "\n" \
+    "  subs lr, lr, #1\n" \
+    "  bne 1b\n" \
+    "  add sp, sp, #24\n" \
+    "  pop {r4-r11, pc}\n" \
+    "  .size " NAME_ ", . - " NAME_ "\n" \
+    "  .text\n"
+
+/* Stride 1: per kernel row the words A = (x0, x1), B = (x2, x3) (one LDRD); out(x) += SMLAD(W01, A) +
+ * SMLATB(W12, B), out(x + 1) += SMLABT(W01, A) + SMLAD(W12, B). */
+#define TC_DW3_ROW_S1(W01_, W12_) \
+    "  ldrd r11, r12, [r11]\n" \
+    "  smlad r9, " W01_ ", r11, r9\n" \
+    "  smlabt r10, " W01_ ", r11, r10\n" \
+    "  smlatb r9, " W12_ ", r12, r9\n" \
+    "  smlad r10, " W12_ ", r12, r10\n"
+
+void tc_k_dw3_pairs_s1(const int16_t *row, int32_t pairs, int8_t *out, const int32_t *prm);
+__asm__(
+    TC_DW3_PROLOGUE("tc_k_dw3_pairs_s1")
+    "  mov r11, r0\n"
+    TC_DW3_ROW_S1("r3", "r4")
+    "  add r11, r0, r1\n"
+    TC_DW3_ROW_S1("r5", "r6")
+    "  add r11, r0, r1, lsl #1\n"
+    TC_DW3_ROW_S1("r7", "r8")
+    TC_DW3_EPILOGUE("tc_k_dw3_pairs_s1", "4"));
+
+/* Stride 2: per kernel row A = (x0, x1), B = (x2, x3) (LDRD) and C = (x4, x5) (LDR); out(x) += SMLAD(W01, A)
+ * + SMLATB(W12, B), out(x + 1) += SMLAD(W01, B) + SMLATB(W12, C). */
+#define TC_DW3_ROW_S2(ROW_, W01_, W12_) \
+    "  " ROW_ "\n" \
+    "  ldrd r11, r12, [r11]\n" \
+    "  smlad r9, " W01_ ", r11, r9\n" \
+    "  smlatb r9, " W12_ ", r12, r9\n" \
+    "  smlad r10, " W01_ ", r12, r10\n" \
+    "  " ROW_ "\n" \
+    "  ldr r11, [r11, #8]\n" \
+    "  smlatb r10, " W12_ ", r11, r10\n"
+
+void tc_k_dw3_pairs_s2(const int16_t *row, int32_t pairs, int8_t *out, const int32_t *prm);
+__asm__(
+    TC_DW3_PROLOGUE("tc_k_dw3_pairs_s2")
+    TC_DW3_ROW_S2("mov r11, r0", "r3", "r4")
+    TC_DW3_ROW_S2("add r11, r0, r1", "r5", "r6")
+    TC_DW3_ROW_S2("add r11, r0, r1, lsl #1", "r7", "r8")
+    TC_DW3_EPILOGUE("tc_k_dw3_pairs_s2", "8"));
+
 /* DEPTHWISE_CONV_2D 3x3, stride_w 1 or 2, one channel at a time over a plane: the channel's input as
  * int16, raw (no offset), with the padding (and one column past the last window, the plane's width
  * even) set to the input zero point, so that sum w (x + in_offset) = sum w x + in_offset sum w holds
@@ -488,11 +582,21 @@ static inline __attribute__((always_inline)) void depthwise3_dsp(const tc_conv_p
       const int32_t mult = fast ? p->mult[c] : 0, right_shift = fast ? -p->shift[c] : 0;
       const int32_t half_off = fast ? (1 << (right_shift - 1)) + (p->out_offset << right_shift) : 0;
       const uint32_t a0 = w01[0], a1 = w01[1], a2 = w01[2], b0 = w12[0], b1 = w12[1], b2 = w12[2];
+      const int32_t prm[12] = {(int32_t)a0, (int32_t)b0, (int32_t)a1, (int32_t)b1, (int32_t)a2, (int32_t)b2,
+                               bias, mult, half_off, right_shift, c_n, 2 * plane_w};
       int8_t *o = out + c;
       for (int32_t oy = 0; oy < out_h; ++oy) {
         const int16_t *r0 = plane + oy * stride_h * plane_w, *r1 = r0 + plane_w, *r2 = r1 + plane_w;
         int32_t ox = 0;
-        if (stride_w == 1)
+        if (fast && out_w >= 2) { /* the pairs in assembly, an odd last output below */
+          if (stride_w == 1) /* direct calls: the cycle model charges an indirect BLX ~100 cycles */
+            tc_k_dw3_pairs_s1(r0, out_w / 2, o, prm);
+          else
+            tc_k_dw3_pairs_s2(r0, out_w / 2, o, prm);
+          ox = out_w & ~1;
+          o += ox * c_n;
+        }
+        if (!fast && stride_w == 1)
           for (; ox + 1 < out_w; ox += 2, o += 2 * c_n) {
             const uint32_t x0a = plane_pair(r0, ox), x0b = plane_pair(r0, ox + 2);
             const uint32_t x1a = plane_pair(r1, ox), x1b = plane_pair(r1, ox + 2);
