@@ -110,6 +110,20 @@ static inline __attribute__((always_inline)) void unpack_weights(const int8_t *w
   }
 }
 
+/* An assembly function's head and tail: its own section (--gc-sections drops it unused), Thumb. */
+#define TC_ASM_FUNCTION(NAME_) \
+    "  .section .text." NAME_ ", \"ax\", %progbits\n" \
+    "  .syntax unified\n" \
+    "  .thumb\n" \
+    "  .global " NAME_ "\n" \
+    "  .type " NAME_ ", %function\n" \
+    "  .p2align 2\n" \
+    "  .thumb_func\n" \
+    NAME_ ":\n"
+#define TC_ASM_END(NAME_) \
+    "  .size " NAME_ ", . - " NAME_ "\n" \
+    "  .text\n"
+
 /* One group of 4 taps of the pair kernels (TC_PAIRS_PROLOGUE): the channel pair's 4 weight words (r7-r10) and the pixel
  * pair's 4 column words (r2, r11: pixel 0; r12, lr: pixel 1) in one LDM each, then 8 SMLAD (16 MACs)
  * into (pixel, channel) 00 r3, 01 r4, 10 r5, 11 r6. 40 bytes of code (every instruction 32-bit), so
@@ -133,14 +147,7 @@ static inline __attribute__((always_inline)) void unpack_weights(const int8_t *w
  * 8 times and entered at group (-groups) mod 8 (no counter register is left: the 8-group chunks are
  * counted on the stack). NAME_ is the function. */
 #define TC_PAIRS_PROLOGUE(NAME_) \
-    "  .section .text." NAME_ ", \"ax\", %progbits\n" /* its own section: --gc-sections drops it unused */ \
-    "  .syntax unified\n" \
-    "  .thumb\n" \
-    "  .global " NAME_ "\n" \
-    "  .type " NAME_ ", %function\n" \
-    "  .p2align 2\n" \
-    "  .thumb_func\n" \
-    NAME_ ":\n" \
+    TC_ASM_FUNCTION(NAME_) \
     "  push {r4-r11, lr}\n" \
     "  sub sp, sp, #24\n"            /* [sp] pairs left, [4] chunks, [8] entry, [16] chunks left, [20] wp */ \
     "  str r3, [sp, #0]\n" \
@@ -181,8 +188,7 @@ static inline __attribute__((always_inline)) void unpack_weights(const int8_t *w
     "  bne 2b\n" \
     "  add sp, sp, #24\n" \
     "  pop {r4-r11, pc}\n" \
-    "  .size " NAME_ ", . - " NAME_ "\n" \
-    "  .text\n"
+    TC_ASM_END(NAME_)
 
 /* For each of `pairs` pixel pairs the dot products with one channel pair's weights plus bias2[0] /
  * bias2[1] (TC_PAIRS_PROLOGUE); acc: 4 int32 per pixel pair, (pixel, channel) 00, 01, 10, 11. */
@@ -280,12 +286,11 @@ static inline __attribute__((always_inline)) void requantise_channel(const requa
                                                                      int32_t pairs, int8_t *out0, int8_t *out1,
                                                                      int32_t step, const int fast) {
   if (fast) {
-    const int32_t mult = r->mult[c], right_shift = -r->shift[c];
-    const int32_t half_off = (1 << (right_shift - 1)) + (r->out_offset << right_shift);
+    const int32_t mult = r->mult[c], right_shift = -r->shift[c], half_off = half_and_offset(right_shift, r->out_offset);
     for (int32_t q = 0; q < pairs; ++q, acc += 4, out0 += step, out1 += step) {
-      const int32_t v0 = rounding_high_mul_of_doubled(acc[0], mult), v1 = rounding_high_mul_of_doubled(acc[2], mult);
-      out0[0] = (int8_t)__ssat((v0 + (v0 >> 31) + half_off) >> right_shift, 8);
-      out1[0] = (int8_t)__ssat((v1 + (v1 >> 31) + half_off) >> right_shift, 8);
+      const int32_t a0 = acc[0], a1 = acc[2];
+      out0[0] = (int8_t)__ssat(requantize_small_of_doubled(a0, mult, right_shift, half_off), 8);
+      out1[0] = (int8_t)__ssat(requantize_small_of_doubled(a1, mult, right_shift, half_off), 8);
     }
   } else {
     for (int32_t q = 0; q < pairs; ++q, acc += 4, out0 += step, out1 += step) {
@@ -313,6 +318,7 @@ static inline __attribute__((always_inline)) void conv2d_dsp(const tc_conv_param
   int32_t *accs = (int32_t *)(wp + k4);        /* 4 * chunk words */
   int8_t *plain = (int8_t *)(accs + 4 * chunk); /* k4 bytes (im2col_any only) */
   const int by4 = p->in_c % 4 == 0, even = out_c % 2 == 0 && pixels % 2 == 0; /* no duplicated channel or pixel */
+  const int32_t twice = fast ? 2 : 1; /* the fast requantisation takes 2 x the accumulator */
   for (int32_t b = 0; b < batches; ++b, in += in_image, out += (size_t)pixels * out_c) {
     for (int32_t q0 = 0; q0 < all_pairs; q0 += chunk) {
       const int32_t pairs = all_pairs - q0 < chunk ? all_pairs - q0 : chunk;
@@ -332,13 +338,12 @@ static inline __attribute__((always_inline)) void conv2d_dsp(const tc_conv_param
       int8_t *out0 = out + (size_t)(2 * q0) * out_c, *out1 = out0 + out_c;
       for (int32_t oc = 0; oc < out_c; oc += 2) {
         const int32_t oc1 = oc + 1 < out_c ? oc + 1 : oc;
-        const int32_t twice = fast ? 2 : 1; /* the fast requantisation takes 2 x the accumulator */
         const int32_t bias2[2] = {p->bias ? twice * p->bias[oc] : 0, p->bias ? twice * p->bias[oc1] : 0};
         unpack_weights(p->weights + (size_t)oc * k, p->weights + (size_t)oc1 * k, k, wp, fast);
         if (fast && even) { /* the requantisation in the assembly loop */
           const int32_t s0 = -p->shift[oc], s1 = -p->shift[oc1];
-          const int32_t prm[9] = {bias2[0], bias2[1], p->mult[oc], (1 << (s0 - 1)) + (p->out_offset << s0), s0,
-                                  p->mult[oc1], (1 << (s1 - 1)) + (p->out_offset << s1), s1, out_c};
+          const int32_t prm[9] = {bias2[0], bias2[1], p->mult[oc], half_and_offset(s0, p->out_offset), s0,
+                                  p->mult[oc1], half_and_offset(s1, p->out_offset), s1, out_c};
           tc_k_conv2d_pairs_requant(wp, cols, k4 >> 2, pairs, prm, out0 + oc);
           continue;
         }
@@ -433,8 +438,7 @@ static inline __attribute__((always_inline)) int8_t requantise_dw(const requant_
                                                                   int32_t mult, int32_t right_shift, int32_t half_off,
                                                                   const int fast) {
   if (fast) {
-    const int32_t v = rounding_high_mul_of_doubled(acc, mult);
-    return (int8_t)__ssat((v + (v >> 31) + half_off) >> right_shift, 8);
+    return (int8_t)__ssat(requantize_small_of_doubled(acc, mult, right_shift, half_off), 8);
   }
   return (int8_t)clamp(requantize(acc, r->mult[c], r->shift[c]) + r->out_offset, r->act_min, r->act_max);
 }
@@ -446,14 +450,7 @@ static inline __attribute__((always_inline)) int8_t requantise_dw(const requant_
  * in bytes}. Registers: r0 row, r1 row stride, r2 out, r3-r8 the weight words, r9 / r10 the two
  * accumulators, r11 / r12 plane words, lr the pairs left; the requantisation's parameters on the stack. */
 #define TC_DW3_PROLOGUE(NAME_) \
-    "  .section .text." NAME_ ", \"ax\", %progbits\n" \
-    "  .syntax unified\n" \
-    "  .thumb\n" \
-    "  .global " NAME_ "\n" \
-    "  .type " NAME_ ", %function\n" \
-    "  .p2align 2\n" \
-    "  .thumb_func\n" \
-    NAME_ ":\n" \
+    TC_ASM_FUNCTION(NAME_) \
     "  push {r4-r11, lr}\n" \
     "  sub sp, sp, #24\n"            /* [0] bias [4] mult [8] half_off [12] right_shift [16] c_n */ \
     "  mov lr, r1\n" \
@@ -490,8 +487,7 @@ static inline __attribute__((always_inline)) int8_t requantise_dw(const requant_
     "  bne 1b\n" \
     "  add sp, sp, #24\n" \
     "  pop {r4-r11, pc}\n" \
-    "  .size " NAME_ ", . - " NAME_ "\n" \
-    "  .text\n"
+    TC_ASM_END(NAME_)
 
 /* Stride 1: per kernel row the words A = (x0, x1), B = (x2, x3) (one LDRD); out(x) += SMLAD(W01, A) +
  * SMLATB(W12, B), out(x + 1) += SMLABT(W01, A) + SMLAD(W12, B). */
@@ -580,7 +576,7 @@ static inline __attribute__((always_inline)) void depthwise3_dsp(const tc_conv_p
       /* int32 wraps like the accumulators: the sum comes out exact whenever TFLM's does */
       const int32_t bias = (int32_t)((uint32_t)(p->bias ? twice * p->bias[c] : 0) + (uint32_t)p->in_offset * (uint32_t)sum_w);
       const int32_t mult = fast ? p->mult[c] : 0, right_shift = fast ? -p->shift[c] : 0;
-      const int32_t half_off = fast ? (1 << (right_shift - 1)) + (p->out_offset << right_shift) : 0;
+      const int32_t half_off = fast ? half_and_offset(right_shift, p->out_offset) : 0;
       const uint32_t a0 = w01[0], a1 = w01[1], a2 = w01[2], b0 = w12[0], b1 = w12[1], b2 = w12[2];
       const int32_t prm[12] = {(int32_t)a0, (int32_t)b0, (int32_t)a1, (int32_t)b1, (int32_t)a2, (int32_t)b2,
                                bias, mult, half_off, right_shift, c_n, 2 * plane_w};

@@ -88,9 +88,20 @@ static inline int32_t rounding_doubling_high_mul_small(int32_t x, int32_t m) {
   return rounding_high_mul_of_doubled(x * 2, m);
 }
 
-static inline int32_t requantize_small(int32_t x, int32_t multiplier, int32_t right_shift, int32_t half) {
-  const int32_t v = rounding_doubling_high_mul_small(x, multiplier);
+/* requantize_small() given 2 x (a doubled accumulator: the conv fast paths double their weights). With
+ * half = (1 << (right_shift - 1)) + (out_offset << right_shift) it also adds the output offset:
+ * floor((a + off 2^s) / 2^s) = floor(a / 2^s) + off (half_and_offset()). */
+static inline int32_t requantize_small_of_doubled(int32_t x2, int32_t multiplier, int32_t right_shift, int32_t half) {
+  const int32_t v = rounding_high_mul_of_doubled(x2, multiplier);
   return (v + (v >> 31) + half) >> right_shift;
+}
+
+static inline int32_t half_and_offset(int32_t right_shift, int32_t out_offset) {
+  return (1 << (right_shift - 1)) + (out_offset << right_shift);
+}
+
+static inline int32_t requantize_small(int32_t x, int32_t multiplier, int32_t right_shift, int32_t half) {
+  return requantize_small_of_doubled(x * 2, multiplier, right_shift, half);
 }
 
 static inline int32_t clamp(int32_t v, int32_t lo, int32_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
