@@ -513,12 +513,12 @@ def test_elfs_do_not_depend_on_where_they_are_built(fixture_fw, tmp_path):
 
 def test_flash_lines_count_constants_once_or_per_pass(tmp_path):
     """The flash model reads each op's constants once per invocation while they fit the reusable D-cache,
-    else once per pass of the kernel over them (CONV_2D: one pass per chunk of 16 output pixel pairs)."""
+    else once per pass of the kernel over them (CONV_2D: one pass per chunk of 64 output pixel pairs)."""
     tf = pytest.importorskip("tensorflow")
     w = tf.constant(np.random.default_rng(0).random((3, 3, 4, 16), np.float32))  # HWIO
     b = tf.constant(np.ones(16, np.float32))
 
-    @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, 4], tf.float32)])
+    @tf.function(input_signature=[tf.TensorSpec([1, 16, 16, 4], tf.float32)])
     def conv(x):
         return tf.nn.conv2d(x, w, 1, "SAME") + b
 
@@ -527,7 +527,8 @@ def test_flash_lines_count_constants_once_or_per_pass(tmp_path):
     assert [op.name for op in tflite.read_graph(path).ops] == ["CONV_2D"]
     # float weights 16 x 3 x 3 x 4 x 4 B + bias 16 x 4 B + multiplier and shift 16 x 8 B = 2496 B = 78 lines
     assert m7.flash_lines(path, reuse_bytes=8192) == 78
-    assert m7.flash_lines(path, reuse_bytes=1024) == 78 * 2  # 64 output pixels: 32 pairs, 2 chunks of 16
+    assert m7.CONV2D_CHUNK_PAIRS == 64
+    assert m7.flash_lines(path, reuse_bytes=1024) == 78 * 2  # 256 output pixels: 128 pairs, 2 chunks of 64
 
 
 def test_tiny_pipeline_benchmarks_the_whole_device_path(tiny_project):

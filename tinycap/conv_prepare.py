@@ -44,7 +44,7 @@ def _pos(n):
     return int(n)
 
 
-CONV2D_CHUNK_PAIRS = 16  # TC_CONV2D_CHUNK_PAIRS (tc_conv.h)
+CONV2D_CHUNK_PAIRS = 64  # TC_CONV2D_CHUNK_PAIRS (tc_conv.h)
 
 
 def conv2d_scratch_bytes(k_h, k_w, in_c, pixels):
@@ -57,8 +57,8 @@ def conv2d_scratch_bytes(k_h, k_w, in_c, pixels):
 
 
 def depthwise_scratch_bytes(out_h, out_w, stride_h, stride_w):
-    """TC_DEPTHWISE_SCRATCH_BYTES (tc_conv.h): one channel's int16 plane of the Cortex-M 3x3 depthwise path."""
-    return 2 * ((out_h - 1) * stride_h + 3) * (((out_w - 1) * stride_w + 5) & ~1)
+    """TC_DEPTHWISE_SCRATCH_BYTES (tc_conv.h): 4 channels' int16 planes of the Cortex-M 3x3 depthwise path."""
+    return 8 * ((out_h - 1) * stride_h + 3) * (((out_w - 1) * stride_w + 5) & ~1)
 
 
 @dataclasses.dataclass

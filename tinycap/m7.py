@@ -747,7 +747,7 @@ def measure(
                 },
                 "macs_encoder_frame": macs_encoder,
                 "conv_instr_per_mac": per_mac(r"^tc_k_conv2d|^im2col", conv_macs),
-                "depthwise_instr_per_mac": per_mac(r"^tc_k_depthwise|^tc_k_dw3_", dw_macs),
+                "depthwise_instr_per_mac": per_mac(r"^tc_k_depthwise|^tc_k_dw3_|^dw3_", dw_macs),
                 "encoder_macs_per_cycle": float(frame_macs / frame_cycles),
                 "frames_per_clip": frames_per_clip,
             }

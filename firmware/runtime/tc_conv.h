@@ -50,7 +50,7 @@ typedef struct {
  * Cortex-M with DSP, to tc_k_conv2d_ref elsewhere. */
 void tc_k_conv2d(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out, void *scratch);
 /* The Cortex-M path works on chunks of up to TC_CONV2D_CHUNK_PAIRS pairs of output pixels. */
-#define TC_CONV2D_CHUNK_PAIRS 16
+#define TC_CONV2D_CHUNK_PAIRS 64
 #define TC_CONV2D_K4(k_h, k_w, in_c) ((size_t)(((k_h) * (k_w) * (in_c) + 3) & ~3))
 #define TC_CONV2D_CHUNK(pixels) \
   ((size_t)(((pixels) + 1) / 2 < TC_CONV2D_CHUNK_PAIRS ? ((pixels) + 1) / 2 : TC_CONV2D_CHUNK_PAIRS))
@@ -77,9 +77,9 @@ void tc_k_conv2d_dsp(const tc_conv_params *p, int32_t batches, const int8_t *in,
  * Cortex-M with DSP to tc_k_depthwise3_dsp for 3x3 kernels of stride_w 1 or 2, else to
  * tc_k_depthwise_conv2d_dsp when in_c % 4 == 0; to the reference otherwise. */
 void tc_k_depthwise_conv2d(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out, void *scratch);
-/* One channel's int16 plane of a 3x3 depthwise op: its windows' rows, one column more, the width even. */
+/* 4 channels' int16 planes of a 3x3 depthwise op: each its windows' rows, one column more, the width even. */
 #define TC_DEPTHWISE_SCRATCH_BYTES(out_h, out_w, stride_h, stride_w) \
-  ((size_t)2 * (size_t)(((out_h) - 1) * (stride_h) + 3) * (size_t)((((out_w) - 1) * (stride_w) + 5) & ~1))
+  ((size_t)8 * (size_t)(((out_h) - 1) * (stride_h) + 3) * (size_t)((((out_w) - 1) * (stride_w) + 5) & ~1))
 /* The portable reference: TFLM's DepthwiseConvPerChannel loop order and arithmetic. */
 void tc_k_depthwise_conv2d_ref(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out);
 #if TC_CONV_DSP
@@ -87,8 +87,9 @@ void tc_k_depthwise_conv2d_ref(const tc_conv_params *p, int32_t batches, const i
  * the window clipped to the image once per output pixel. */
 void tc_k_depthwise_conv2d_dsp(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out);
 /* Cortex-M, 3x3, stride_w 1 or 2, any in_c: one channel at a time over its zero-point-padded int16 plane
- * (scratch), two neighbouring outputs per pass from one LDRD per kernel row: SMLAD / SMLABT / SMLATB
- * with two weight words per row, (w0, w1) and (w1, w2), the input offset folded into the bias. */
+ * (scratch; the planes of 4 channels are built at once where in_c % 4 == 0), two neighbouring outputs per
+ * pass from one LDRD per kernel row: SMLAD / SMLABT / SMLATB with two weight words per row, (w0, w1) and
+ * (w1, w2), the input offset folded into the bias. */
 void tc_k_depthwise3_dsp(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out, void *scratch);
 #endif
 

@@ -142,19 +142,19 @@ static inline __attribute__((always_inline)) void unpack_weights(const int8_t *w
 
 /* The body both pair kernels share, up to the end of a pixel pair's dot products (accumulators r3-r6):
  * r0 the channel pair's unpacked weights (wp: k4 words, unpack_weights), r1 the pixel pairs' columns
- * (k4 words each, im2col order), r2 `groups` = k4 / 4 (>= 1), r3 `pairs`; the 5th argument (at [sp, #60]
- * once inside) points at the two channels' starting accumulators (the bias). The group loop is unrolled
- * 8 times and entered at group (-groups) mod 8 (no counter register is left: the 8-group chunks are
- * counted on the stack). NAME_ is the function. */
-#define TC_PAIRS_PROLOGUE(NAME_) \
+ * (k4 words each, im2col order), r2 `groups` = k4 / 4 (>= 1), r3 `pairs`; the 5th argument (at [sp, #92]
+ * once inside) points at `PRM_WORDS_` words: the two channels' starting accumulators (the bias) first, copied to
+ * the frame at [16]; the 6th (at [96]) is copied to [52]. The group loop is unrolled 8 times and entered at
+ * group (-groups) mod 8; it ends when the weight pointer reaches the end of the weights (no counter register
+ * is left). NAME_ is the function. */
+#define TC_PAIRS_PROLOGUE(NAME_, PRM_WORDS_) \
     TC_ASM_FUNCTION(NAME_) \
     "  push {r4-r11, lr}\n" \
-    "  sub sp, sp, #24\n"            /* [sp] pairs left, [4] chunks, [8] entry, [16] chunks left, [20] wp */ \
-    "  str r3, [sp, #0]\n" \
-    "  str r0, [sp, #20]\n" \
-    "  adds r12, r2, #7\n" \
-    "  lsrs r12, r12, #3\n" \
-    "  str r12, [sp, #4]\n" \
+    "  sub sp, sp, #56\n"            /* [0] pairs left, [4] wp, [8] entry, [12] wp end, [16] the 5th argument's */ \
+    "  str r3, [sp, #0]\n"           /* words, [52] the 6th argument */ \
+    "  str r0, [sp, #4]\n" \
+    "  add r12, r0, r2, lsl #4\n" \
+    "  str r12, [sp, #12]\n" \
     "  rsbs r12, r2, #0\n" \
     "  and r12, r12, #7\n"           /* the group to enter at */ \
     "  add r12, r12, r12, lsl #2\n" \
@@ -162,23 +162,25 @@ static inline __attribute__((always_inline)) void unpack_weights(const int8_t *w
     "  add r12, r3, r12, lsl #3\n"   /* 40 bytes a group */ \
     "  orr r12, r12, #1\n"           /* Thumb state */ \
     "  str r12, [sp, #8]\n" \
+    "  ldr r12, [sp, #92]\n"         /* the 5th argument, above the 56 bytes and 9 saved registers */ \
+    "  ldm r12, {r2-r" PRM_WORDS_ "}\n" \
+    "  add r12, sp, #16\n" \
+    "  stm r12, {r2-r" PRM_WORDS_ "}\n" \
+    "  ldr r12, [sp, #96]\n" \
+    "  str r12, [sp, #52]\n" \
     "2:\n"                           /* a pixel pair */ \
-    "  ldr r12, [sp, #60]\n"         /* the 5th argument, above the 24 bytes and 9 saved registers */ \
-    "  ldrd r3, r4, [r12]\n" \
+    "  ldrd r3, r4, [sp, #16]\n" \
     "  mov r5, r3\n" \
     "  mov r6, r4\n" \
-    "  ldr r0, [sp, #20]\n" \
-    "  ldr r12, [sp, #4]\n" \
-    "  str r12, [sp, #16]\n" \
+    "  ldr r0, [sp, #4]\n" \
     "  ldr r12, [sp, #8]\n" \
     "  bx r12\n" \
     "  .p2align 2\n" \
     "3:\n" \
     TC_PAIRS_GROUP TC_PAIRS_GROUP TC_PAIRS_GROUP TC_PAIRS_GROUP \
     TC_PAIRS_GROUP TC_PAIRS_GROUP TC_PAIRS_GROUP TC_PAIRS_GROUP \
-    "  ldr r2, [sp, #16]\n" \
-    "  subs r2, r2, #1\n" \
-    "  str r2, [sp, #16]\n" \
+    "  ldr r2, [sp, #12]\n" \
+    "  cmp r0, r2\n" \
     "  bne 3b\n"
 
 #define TC_PAIRS_EPILOGUE(NAME_) \
@@ -186,7 +188,7 @@ static inline __attribute__((always_inline)) void unpack_weights(const int8_t *w
     "  subs r12, r12, #1\n" \
     "  str r12, [sp, #0]\n" \
     "  bne 2b\n" \
-    "  add sp, sp, #24\n" \
+    "  add sp, sp, #56\n" \
     "  pop {r4-r11, pc}\n" \
     TC_ASM_END(NAME_)
 
@@ -195,23 +197,22 @@ static inline __attribute__((always_inline)) void unpack_weights(const int8_t *w
 void tc_k_conv2d_pairs(const uint32_t *wp, const uint32_t *cols, int32_t groups, int32_t pairs, const int32_t *bias2,
                        int32_t *acc);
 __asm__(
-    TC_PAIRS_PROLOGUE("tc_k_conv2d_pairs")
-    "  ldr r12, [sp, #64]\n"         /* acc: the 6th argument */
+    TC_PAIRS_PROLOGUE("tc_k_conv2d_pairs", "3")
+    "  ldr r12, [sp, #52]\n"         /* acc */
     "  stmia r12!, {r3-r6}\n"
-    "  str r12, [sp, #64]\n"
+    "  str r12, [sp, #52]\n"
     TC_PAIRS_EPILOGUE("tc_k_conv2d_pairs"));
 
 /* tc_k_conv2d_pairs with the fast requantisation (requantise_channel's) of the 4 results in registers
  * and their bytes stored: prm = {2 bias0, 2 bias1, mult0, half_off0, right_shift0, mult1, half_off1,
  * right_shift1, out_c}; out: the first pair's (pixel 0, channel 0) byte; channel 1 follows it, the pair's
  * pixel 1 is out_c bytes on, the next pair 2 out_c. For channel pairs and pixel pairs without
- * duplicates (out_c and the pixel count even). 33 instructions a pixel pair besides the dot products. */
+ * duplicates (out_c and the pixel count even). 31 instructions a pixel pair besides the dot products. */
 void tc_k_conv2d_pairs_requant(const uint32_t *wp, const uint32_t *cols, int32_t groups, int32_t pairs,
                                const int32_t *prm, int8_t *out);
 __asm__(
-    TC_PAIRS_PROLOGUE("tc_k_conv2d_pairs_requant")
-    "  ldr r12, [sp, #60]\n"
-    "  add r12, r12, #8\n"
+    TC_PAIRS_PROLOGUE("tc_k_conv2d_pairs_requant", "10")
+    "  add r12, sp, #24\n"
     "  ldm r12, {r0, r2, r7, r8, r9, r10, r11}\n" /* mult0, half_off0, shift0, mult1, half_off1, shift1, out_c */
     "  smmulr r3, r3, r0\n"
     "  smmulr r5, r5, r0\n"
@@ -233,14 +234,14 @@ __asm__(
     "  ssat r5, #8, r5\n"
     "  ssat r4, #8, r4\n"
     "  ssat r6, #8, r6\n"
-    "  ldr r12, [sp, #64]\n"         /* out: the 6th argument */
+    "  ldr r12, [sp, #52]\n"         /* out */
     "  strb r3, [r12]\n"
     "  strb r4, [r12, #1]\n"
     "  strb r5, [r12, r11]\n"
     "  add r2, r12, r11\n"
     "  strb r6, [r2, #1]\n"
     "  add r12, r12, r11, lsl #1\n"
-    "  str r12, [sp, #64]\n"
+    "  str r12, [sp, #52]\n"
     TC_PAIRS_EPILOGUE("tc_k_conv2d_pairs_requant"));
 
 /* The requantisation of an op's outputs, read once from its parameters: per output channel TFLM's
@@ -443,25 +444,33 @@ static inline __attribute__((always_inline)) int8_t requantise_dw(const requant_
   return (int8_t)clamp(requantize(acc, r->mult[c], r->shift[c]) + r->out_offset, r->act_min, r->act_max);
 }
 
-/* The pair loops of tc_k_depthwise3_dsp's fast route in assembly: `pairs` pairs of neighbouring outputs of
- * one channel in one output row, each requantised in registers and stored (out, out + c_n; the next pair
- * 2 c_n on). row: the plane row of the window's top row at the first pair's first column; prm = {W01 and
- * W12 of kernel rows 0, 1, 2 (6 words), 2 bias, mult, half_off, right_shift, c_n, the plane's row stride
- * in bytes}. Registers: r0 row, r1 row stride, r2 out, r3-r8 the weight words, r9 / r10 the two
- * accumulators, r11 / r12 plane words, lr the pairs left; the requantisation's parameters on the stack. */
+/* The row loops of tc_k_depthwise3_dsp's fast route in assembly, one call a channel: for each of `rows` output
+ * rows its `pairs` pairs of neighbouring outputs (the row's width even), each requantised in registers and
+ * stored (out, out + c_n; the next pair 2 c_n on, the next row right after). plane: the channel's plane at the
+ * first window's top row; prm = {W01 and W12 of kernel rows 0, 1, 2 (6 words), 2 bias, mult, half_off,
+ * right_shift, c_n, the plane's row stride in bytes, pairs, the bytes from a row's last window to the next
+ * row's first, rows}. Registers: r0 plane, r1 row stride, r2 out, r3-r8 the weight words, r9 / r10 the two
+ * accumulators, r11 / r12 plane words, lr the pairs left; the rest on the stack. */
 #define TC_DW3_PROLOGUE(NAME_) \
     TC_ASM_FUNCTION(NAME_) \
     "  push {r4-r11, lr}\n" \
-    "  sub sp, sp, #24\n"            /* [0] bias [4] mult [8] half_off [12] right_shift [16] c_n */ \
-    "  mov lr, r1\n" \
-    "  ldr r1, [r3, #44]\n" \
-    "  ldrd r9, r10, [r3, #24]\n" \
-    "  ldrd r11, r12, [r3, #32]\n" \
-    "  strd r9, r10, [sp, #0]\n" \
-    "  strd r11, r12, [sp, #8]\n" \
-    "  ldr r9, [r3, #40]\n" \
-    "  str r9, [sp, #16]\n" \
-    "  ldm r3, {r3-r8}\n" \
+    "  sub sp, sp, #32\n"            /* [0] bias [4] mult [8] half_off [12] right_shift [16] c_n [20] pairs */ \
+    "  ldrd r3, r4, [r2, #24]\n"     /* [24] row skip [28] rows left */ \
+    "  strd r3, r4, [sp, #0]\n" \
+    "  ldrd r3, r4, [r2, #32]\n" \
+    "  strd r3, r4, [sp, #8]\n" \
+    "  ldrd r3, r4, [r2, #40]\n" \
+    "  str r3, [sp, #16]\n" \
+    "  ldrd r5, r6, [r2, #48]\n" \
+    "  strd r5, r6, [sp, #20]\n" \
+    "  ldr r5, [r2, #56]\n" \
+    "  str r5, [sp, #28]\n" \
+    "  mov r12, r1\n" \
+    "  mov r1, r4\n" \
+    "  ldm r2, {r3-r8}\n" \
+    "  mov r2, r12\n" \
+    "0:\n" \
+    "  ldr lr, [sp, #20]\n" \
     "1:\n" \
     "  ldr r9, [sp, #0]\n" \
     "  mov r10, r9\n"
@@ -485,7 +494,12 @@ static inline __attribute__((always_inline)) int8_t requantise_dw(const requant_
     "  adds r0, r0, #" STEP_ "\n" \
     "  subs lr, lr, #1\n" \
     "  bne 1b\n" \
-    "  add sp, sp, #24\n" \
+    "  ldrd r11, r12, [sp, #24]\n"   /* row skip, rows left */ \
+    "  add r0, r0, r11\n" \
+    "  subs r12, r12, #1\n" \
+    "  str r12, [sp, #28]\n" \
+    "  bne 0b\n" \
+    "  add sp, sp, #32\n" \
     "  pop {r4-r11, pc}\n" \
     TC_ASM_END(NAME_)
 
@@ -498,16 +512,16 @@ static inline __attribute__((always_inline)) int8_t requantise_dw(const requant_
     "  smlatb r9, " W12_ ", r12, r9\n" \
     "  smlad r10, " W12_ ", r12, r10\n"
 
-void tc_k_dw3_pairs_s1(const int16_t *row, int32_t pairs, int8_t *out, const int32_t *prm);
+void tc_k_dw3_rows_s1(const int16_t *plane, int8_t *out, const int32_t *prm);
 __asm__(
-    TC_DW3_PROLOGUE("tc_k_dw3_pairs_s1")
+    TC_DW3_PROLOGUE("tc_k_dw3_rows_s1")
     "  mov r11, r0\n"
     TC_DW3_ROW_S1("r3", "r4")
     "  add r11, r0, r1\n"
     TC_DW3_ROW_S1("r5", "r6")
     "  add r11, r0, r1, lsl #1\n"
     TC_DW3_ROW_S1("r7", "r8")
-    TC_DW3_EPILOGUE("tc_k_dw3_pairs_s1", "4"));
+    TC_DW3_EPILOGUE("tc_k_dw3_rows_s1", "4"));
 
 /* Stride 2: per kernel row A = (x0, x1), B = (x2, x3) (LDRD) and C = (x4, x5) (LDR); out(x) += SMLAD(W01, A)
  * + SMLATB(W12, B), out(x + 1) += SMLAD(W01, B) + SMLATB(W12, C). */
@@ -521,18 +535,94 @@ __asm__(
     "  ldr r11, [r11, #8]\n" \
     "  smlatb r10, " W12_ ", r11, r10\n"
 
-void tc_k_dw3_pairs_s2(const int16_t *row, int32_t pairs, int8_t *out, const int32_t *prm);
+void tc_k_dw3_rows_s2(const int16_t *plane, int8_t *out, const int32_t *prm);
 __asm__(
-    TC_DW3_PROLOGUE("tc_k_dw3_pairs_s2")
+    TC_DW3_PROLOGUE("tc_k_dw3_rows_s2")
     TC_DW3_ROW_S2("mov r11, r0", "r3", "r4")
     TC_DW3_ROW_S2("add r11, r0, r1", "r5", "r6")
     TC_DW3_ROW_S2("add r11, r0, r1, lsl #1", "r7", "r8")
-    TC_DW3_EPILOGUE("tc_k_dw3_pairs_s2", "8"));
+    TC_DW3_EPILOGUE("tc_k_dw3_rows_s2", "8"));
 
-/* DEPTHWISE_CONV_2D 3x3, stride_w 1 or 2, one channel at a time over a plane: the channel's input as
- * int16, raw (no offset), with the padding (and one column past the last window, the plane's width
- * even) set to the input zero point, so that sum w (x + in_offset) = sum w x + in_offset sum w holds
- * at every tap, padded ones included (they give w (zp + in_offset) = 0 as TFLM's skipped taps).
+/* PKHBT / PKHTB: the low (high) halves of two words as one word, a's first. */
+static inline uint32_t pack_low_halves(uint32_t a, uint32_t b) {
+  uint32_t r;
+  __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
+
+static inline uint32_t pack_high_halves(uint32_t a, uint32_t b) {
+  uint32_t r;
+  __asm__("pkhtb %0, %1, %2, asr #16" : "=r"(r) : "r"(b), "r"(a));
+  return r;
+}
+
+/* One word (2 neighbouring plane columns) of the planes of 4 channels d0..d3 from va, vb, the 4 input bytes of
+ * each column (4 zero points where it is padding): SXTB16 splits each into (c0, c2), (c1, c3), PKHBT / PKHTB
+ * regroup them into one word per channel. 10 instructions for 8 plane entries. */
+static inline __attribute__((always_inline)) void plane_word4(uint32_t va, uint32_t vb, uint32_t *d0, uint32_t *d1,
+                                                              uint32_t *d2, uint32_t *d3, int32_t j) {
+  const uint32_t ea = __sxtb16(va), oa = sxtb16_ror8(va), eb = __sxtb16(vb), ob = sxtb16_ror8(vb);
+  d0[j] = pack_low_halves(ea, eb);
+  d1[j] = pack_low_halves(oa, ob);
+  d2[j] = pack_high_halves(ea, eb);
+  d3[j] = pack_high_halves(oa, ob);
+}
+
+/* n words of a row of 4 planes (plane_words apart) from n column pairs of the input from x: its own function
+ * so that its loop keeps every value in a register. */
+static TC_CONV_NOINLINE void dw3_plane_words(const int8_t *x, int32_t c_n, uint32_t *d0, int32_t plane_words,
+                                             int32_t n) {
+  uint32_t *d1 = d0 + plane_words, *d2 = d1 + plane_words, *d3 = d2 + plane_words;
+  for (int32_t j = 0; j < n; ++j, x += 2 * c_n) plane_word4(load_u32(x), load_u32(x + c_n), d0, d1, d2, d3, j);
+}
+
+/* The planes (see depthwise3_dsp) of `count` channels from c: 4 at once (plane_word4; pad_w <= 1, as TFLM's
+ * SAME or VALID padding gives a 3x3 kernel), or 1. A plane row py is input row py - pad_h, column px input
+ * column px - pad_w; padding holds the zero point. */
+static void dw3_planes(const tc_conv_params *p, const int8_t *in, int32_t c, int32_t count, int16_t *plane,
+                       int32_t plane_h, int32_t plane_w) {
+  const int32_t c_n = p->in_c, in_w = p->in_w, in_h = p->in_h, pad_w = p->pad_w, pad_h = p->pad_h;
+  const int16_t zero_point = (int16_t)-p->in_offset;
+  if (count == 4) {
+    const int32_t words = plane_w / 2, plane_words = plane_h * words;
+    const uint32_t zp4 = (uint8_t)zero_point * 0x01010101u, zp2 = (uint16_t)zero_point * 0x10001u;
+    /* the words whose both columns are inside the image end at j_hi; with pad_w = 1 word 0 is (pad, x0) */
+    const int32_t j_hi = (in_w + pad_w) / 2 < words ? (in_w + pad_w) / 2 : words;
+    uint32_t *d0 = (uint32_t *)plane, *d1 = d0 + plane_words, *d2 = d1 + plane_words, *d3 = d2 + plane_words;
+    for (int32_t py = 0; py < plane_h; ++py, d0 += words, d1 += words, d2 += words, d3 += words) {
+      const int32_t y = py - pad_h;
+      int32_t j = 0;
+      if (y >= 0 && y < in_h) {
+        const int8_t *src = in + (size_t)y * in_w * c_n + c, *x = src + (pad_w ? c_n : 0);
+        if (pad_w) plane_word4(zp4, load_u32(src), d0, d1, d2, d3, j++);
+        dw3_plane_words(x, c_n, d0 + j, plane_words, j_hi - j);
+        j = j_hi > j ? j_hi : j;
+        if ((in_w + pad_w) % 2 && j < words) plane_word4(load_u32(src + (in_w - 1) * c_n), zp4, d0, d1, d2, d3, j++);
+      }
+      for (; j < words; ++j) d0[j] = d1[j] = d2[j] = d3[j] = zp2;
+    }
+    return;
+  }
+  const int32_t x_lo = pad_w, x_hi = pad_w + in_w < plane_w ? pad_w + in_w : plane_w;
+  for (int32_t py = 0; py < plane_h; ++py) {
+    int16_t *row = plane + py * plane_w;
+    const int32_t y = py - pad_h;
+    if (y < 0 || y >= in_h) {
+      for (int32_t px = 0; px < plane_w; ++px) row[px] = zero_point;
+      continue;
+    }
+    const int8_t *src = in + ((size_t)y * in_w + (size_t)(x_lo - pad_w)) * c_n + c;
+    for (int32_t px = 0; px < x_lo; ++px) row[px] = zero_point;
+    for (int32_t px = x_lo; px < x_hi; ++px, src += c_n) row[px] = *src;
+    for (int32_t px = x_hi; px < plane_w; ++px) row[px] = zero_point;
+  }
+}
+
+/* DEPTHWISE_CONV_2D 3x3, stride_w 1 or 2, one channel at a time over a plane:
+ * the channel's input as int16, raw (no offset), with the padding (and one column past the last window, the
+ * plane's width even) set to the input zero point, so that sum w (x + in_offset) = sum w x + in_offset sum w
+ * holds at every tap, padded ones included (they give w (zp + in_offset) = 0 as TFLM's skipped taps). The
+ * planes of 4 channels are built at once where in_c % 4 == 0 (dw3_planes).
  * Per kernel row r two weight words, W01 = (w0, w1), W12 = (w1, w2), so that with the row's words
  * A = (x0, x1), B = (x2, x3) two neighbouring outputs are
  *   out(x)     += SMLAD(W01, A) + SMLATB(W12, B)   (w0 x0 + w1 x1 + w2 x2)
@@ -540,30 +630,18 @@ __asm__(
  * 18 MACs in 12 multiply instructions and 3 LDRD. With `fast` the weights and the bias are doubled
  * (the accumulator is 2 x, as requantise_channel's). */
 static inline __attribute__((always_inline)) void depthwise3_dsp(const tc_conv_params *p, int32_t batches,
-                                                                 const int8_t *in, int8_t *out, int16_t *plane,
+                                                                 const int8_t *in, int8_t *out, int16_t *planes,
                                                                  const int fast) {
   const requant_params r = {p->mult, p->shift, p->out_offset, p->act_min, p->act_max};
   const int32_t c_n = p->in_c, in_w = p->in_w, in_h = p->in_h, out_h = p->out_h, out_w = p->out_w;
-  const int32_t stride_h = p->stride_h, stride_w = p->stride_w, pad_h = p->pad_h, pad_w = p->pad_w;
+  const int32_t stride_h = p->stride_h, stride_w = p->stride_w;
   const int32_t plane_h = (out_h - 1) * stride_h + 3, plane_w = ((out_w - 1) * stride_w + 4 + 1) & ~1;
-  const int16_t zero_point = (int16_t)-p->in_offset;
-  const int32_t twice = fast ? 2 : 1;
+  const int32_t twice = fast ? 2 : 1, by4 = c_n % 4 == 0 && p->pad_w <= 1;
   for (int32_t b = 0; b < batches; ++b, in += in_h * in_w * c_n, out += out_h * out_w * c_n) {
     for (int32_t c = 0; c < c_n; ++c) {
-      /* the plane: row py is input row py - pad_h, column px input column px - pad_w */
-      const int32_t x_lo = pad_w, x_hi = pad_w + in_w < plane_w ? pad_w + in_w : plane_w;
-      for (int32_t py = 0; py < plane_h; ++py) {
-        int16_t *row = plane + py * plane_w;
-        const int32_t y = py - pad_h;
-        if (y < 0 || y >= in_h) {
-          for (int32_t px = 0; px < plane_w; ++px) row[px] = zero_point;
-          continue;
-        }
-        const int8_t *src = in + ((size_t)y * in_w + (size_t)(x_lo - pad_w)) * c_n + c;
-        for (int32_t px = 0; px < x_lo; ++px) row[px] = zero_point;
-        for (int32_t px = x_lo; px < x_hi; ++px, src += c_n) row[px] = *src;
-        for (int32_t px = x_hi; px < plane_w; ++px) row[px] = zero_point;
-      }
+      const int32_t quad = by4 ? c % 4 : 0; /* this channel's plane among the 4 built at once */
+      if (quad == 0) dw3_planes(p, in, c, by4 ? 4 : 1, planes, plane_h, plane_w);
+      const int16_t *plane = planes + (size_t)quad * plane_h * plane_w;
       const int8_t *w = p->weights + c;
       uint32_t w01[3], w12[3];
       int32_t sum_w = 0;
@@ -578,21 +656,22 @@ static inline __attribute__((always_inline)) void depthwise3_dsp(const tc_conv_p
       const int32_t mult = fast ? p->mult[c] : 0, right_shift = fast ? -p->shift[c] : 0;
       const int32_t half_off = fast ? half_and_offset(right_shift, p->out_offset) : 0;
       const uint32_t a0 = w01[0], a1 = w01[1], a2 = w01[2], b0 = w12[0], b1 = w12[1], b2 = w12[2];
-      const int32_t prm[12] = {(int32_t)a0, (int32_t)b0, (int32_t)a1, (int32_t)b1, (int32_t)a2, (int32_t)b2,
-                               bias, mult, half_off, right_shift, c_n, 2 * plane_w};
       int8_t *o = out + c;
+      if (fast && out_w % 2 == 0) { /* every row in assembly; direct calls (the cycle model charges an indirect
+                                       BLX ~100 cycles) */
+        const int32_t pairs = out_w / 2, row_skip = 2 * (stride_h * plane_w - pairs * 2 * stride_w);
+        const int32_t prm[15] = {(int32_t)a0, (int32_t)b0, (int32_t)a1, (int32_t)b1, (int32_t)a2, (int32_t)b2, bias,
+                                 mult, half_off, right_shift, c_n, 2 * plane_w, pairs, row_skip, out_h};
+        if (stride_w == 1)
+          tc_k_dw3_rows_s1(plane, o, prm);
+        else
+          tc_k_dw3_rows_s2(plane, o, prm);
+        continue;
+      }
       for (int32_t oy = 0; oy < out_h; ++oy) {
         const int16_t *r0 = plane + oy * stride_h * plane_w, *r1 = r0 + plane_w, *r2 = r1 + plane_w;
         int32_t ox = 0;
-        if (fast && out_w >= 2) { /* the pairs in assembly, an odd last output below */
-          if (stride_w == 1) /* direct calls: the cycle model charges an indirect BLX ~100 cycles */
-            tc_k_dw3_pairs_s1(r0, out_w / 2, o, prm);
-          else
-            tc_k_dw3_pairs_s2(r0, out_w / 2, o, prm);
-          ox = out_w & ~1;
-          o += ox * c_n;
-        }
-        if (!fast && stride_w == 1)
+        if (stride_w == 1)
           for (; ox + 1 < out_w; ox += 2, o += 2 * c_n) {
             const uint32_t x0a = plane_pair(r0, ox), x0b = plane_pair(r0, ox + 2);
             const uint32_t x1a = plane_pair(r1, ox), x1b = plane_pair(r1, ox + 2);
