@@ -87,9 +87,9 @@ void tc_k_depthwise_conv2d_ref(const tc_conv_params *p, int32_t batches, const i
  * the window clipped to the image once per output pixel. */
 void tc_k_depthwise_conv2d_dsp(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out);
 /* Cortex-M, 3x3, stride_w 1 or 2, any in_c: one channel at a time over its zero-point-padded int16 plane
- * (scratch; the planes of 4 channels are built at once where in_c % 4 == 0), two neighbouring outputs per
- * pass from one LDRD per kernel row: SMLAD / SMLABT / SMLATB with two weight words per row, (w0, w1) and
- * (w1, w2), the input offset folded into the bias. */
+ * (scratch; the planes of 4 channels are built at once where in_c % 4 == 0 and pad_w <= 1), two neighbouring
+ * outputs per pass from one LDRD per kernel row: SMLAD / SMLABT / SMLATB with two weight words per row,
+ * (w0, w1) and (w1, w2), the input offset folded into the bias. */
 void tc_k_depthwise3_dsp(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out, void *scratch);
 #endif
 

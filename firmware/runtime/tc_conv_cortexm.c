@@ -622,7 +622,7 @@ static void dw3_planes(const tc_conv_params *p, const int8_t *in, int32_t c, int
  * the channel's input as int16, raw (no offset), with the padding (and one column past the last window, the
  * plane's width even) set to the input zero point, so that sum w (x + in_offset) = sum w x + in_offset sum w
  * holds at every tap, padded ones included (they give w (zp + in_offset) = 0 as TFLM's skipped taps). The
- * planes of 4 channels are built at once where in_c % 4 == 0 (dw3_planes).
+ * planes of 4 channels are built at once where in_c % 4 == 0 and pad_w <= 1 (dw3_planes).
  * Per kernel row r two weight words, W01 = (w0, w1), W12 = (w1, w2), so that with the row's words
  * A = (x0, x1), B = (x2, x3) two neighbouring outputs are
  *   out(x)     += SMLAD(W01, A) + SMLATB(W12, B)   (w0 x0 + w1 x1 + w2 x2)
