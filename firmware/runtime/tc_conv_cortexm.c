@@ -22,6 +22,16 @@ static inline uint32_t load_u32(const int8_t *p) { /* LDR allows unaligned addre
   return v;
 }
 
+/* n bytes 4 at a time (unaligned LDR / STR), then the rest one at a time. */
+static inline void copy_bytes(int8_t *dst, const int8_t *src, int32_t n) {
+  int32_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const uint32_t v = load_u32(src + i);
+    memcpy(dst + i, &v, 4);
+  }
+  for (; i < n; ++i) dst[i] = src[i];
+}
+
 /* The receptive fields of 2 output pixels ("columns" j = 0, 1) of a pair as int16 (input + in_offset;
  * 0 where padded, which is exactly TFLM's "skip the taps outside the image"; 0 past k up to k4, k
  * rounded up to 4), interleaved for the SMLAD loop: for each group of 4 taps g, 4 words
@@ -67,7 +77,7 @@ static void im2col_any(const tc_conv_params *p, const int8_t *in, int32_t oy, in
       memset(dst, zero_point, (size_t)row);
     } else if (whole_rows) {
       const int8_t *src = in + (y * p->in_w + x0) * in_c;
-      for (int32_t i = 0; i < row; ++i) dst[i] = src[i];
+      copy_bytes(dst, src, row);
     } else {
       for (int32_t kx = 0; kx < p->k_w; ++kx) {
         const int8_t *src = pixel_tap(p, in, y, x0 + kx);

@@ -3,6 +3,7 @@
 #include "tinycap.h"
 
 #include <stddef.h>
+#include <string.h>
 
 #include "tc_kernels.h"
 
@@ -40,9 +41,22 @@ static int8_t tc_frames[TC_NUM_FRAMES * TC_DIM]; /* (T, D) MicroCap's input, one
 static int8_t tc_pixels_q[TC_FRAME_BYTES];       /* (S, S, 3) the frame being encoded, q = pixel - 128 */
 static int tc_frames_pushed;
 
+/* q = pixel - 128 of n bytes: the flip of each byte's top bit, 4 bytes a word (any alignment: memcpy is one
+ * LDR / STR on ARMv7E-M), the last n % 4 bytes one at a time. */
+static void tc_center_pixels(const uint8_t *rgb, int8_t *q, int n) {
+  int i = 0;
+  for (; i + 4 <= n; i += 4) {
+    uint32_t v;
+    memcpy(&v, rgb + i, 4);
+    v ^= 0x80808080u;
+    memcpy(q + i, &v, 4);
+  }
+  for (; i < n; ++i) q[i] = (int8_t)(rgb[i] ^ 0x80u);
+}
+
 int tc_push_frame(const uint8_t *rgb) {
   if (tc_frames_pushed >= TC_NUM_FRAMES) return TC_ERR_FRAME_COUNT;
-  for (int i = 0; i < TC_FRAME_BYTES; ++i) tc_pixels_q[i] = (int8_t)(rgb[i] ^ 0x80u); /* pixel - 128 */
+  tc_center_pixels(rgb, tc_pixels_q, TC_FRAME_BYTES);
   int8_t *row = tc_frames + tc_frames_pushed * TC_DIM;
   tc_model_encode(tc_pixels_q, row);
   for (int i = 0; i < TC_DIM; ++i) row[i] = tc_requant_table[row[i] + 128];
