@@ -49,6 +49,7 @@ from tqdm import tqdm  # noqa: E402
 
 from tinycap import distributed, ray_engine, retrieval  # noqa: E402
 from tinycap.errors import TinyCapError  # noqa: E402
+from tinycap.frames_file import read_frames_header  # noqa: E402
 from tinycap.io import atomic_path, read_json  # noqa: E402
 from tinycap.journal import Journal, fingerprint, journalled  # noqa: E402
 
@@ -291,24 +292,13 @@ def read_clips(frames_path, annotations_path, splits=None, load_frames=True):
     ann = read_json(annotations_path)
     if not isinstance(ann, dict) or not isinstance(ann.get("sentences"), list) or not isinstance(ann.get("videos"), list):
         raise TinyCapError(annotations_path, "expected {'videos': [...], 'sentences': [...]}")
-    if not frames_path.is_file():
-        raise TinyCapError(frames_path, "file not found")
-    try:
+    header = read_frames_header(frames_path)
+    shape, video_id, split = header.shape, header.video_id, header.split
+    rows = np.arange(shape[0]) if splits is None else np.flatnonzero(np.isin(split, list(splits)))
+    frames = None
+    if load_frames:
         with h5py.File(frames_path, "r") as f:
-            missing = [k for k in ("frames", "video_id", "split") if k not in f]
-            if missing:
-                raise TinyCapError(frames_path, f"missing dataset(s) {', '.join(missing)}")
-            shape, dtype = f["frames"].shape, f["frames"].dtype
-            if len(shape) != 5 or shape[-1] != 3 or shape[2] != shape[3] or dtype != np.uint8:
-                raise TinyCapError(frames_path, f"frames must be uint8 [V,T,S,S,3], got {dtype} {shape}")
-            video_id = f["video_id"][:].astype(str)
-            split = f["split"][:].astype(str)
-            if len(video_id) != shape[0] or len(split) != shape[0]:
-                raise TinyCapError(frames_path, f"video_id/split have {len(video_id)}/{len(split)} rows, frames {shape[0]}")
-            rows = np.arange(shape[0]) if splits is None else np.flatnonzero(np.isin(split, list(splits)))
-            frames = f["frames"][rows] if load_frames else None  # rows ascending: h5py fancy indexing
-    except OSError as e:
-        raise TinyCapError(frames_path, f"not a readable HDF5 file ({e})") from None
+            frames = f["frames"][rows]  # rows ascending: h5py fancy indexing
     video_id, split = video_id[rows], split[rows]
     index = {v: i for i, v in enumerate(video_id)}
     meta = {v.get("video_id"): v for v in ann["videos"] if isinstance(v, dict)}
@@ -475,10 +465,7 @@ def train(frames_path, annotations_path, out_dir, cfg: ClipParams, seed=0, live_
             text = distributed.gather(text, len(rows))  # (B, D)
             od = clips["order_dependent"][rows] if clips["order_dependent"] is not None else None
             loss, parts = _video_losses(feats, text, model.logit_scale.exp(), loss_fn, od, cfg.order_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            distributed.average_gradients(model)
-            opt.step()
+            distributed.optimizer_step(model, opt, loss)
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
             step += 1

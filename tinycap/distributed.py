@@ -156,6 +156,17 @@ def average_gradients(model):
         offset += g.numel()
 
 
+def optimizer_step(model, opt, loss, clip_norm=None):
+    """One training step, alike on every rank: loss.backward(), the gradients averaged over the ranks
+    (average_gradients), their norm clipped to `clip_norm` when given, opt.step()."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    average_gradients(model)
+    if clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    opt.step()
+
+
 def all_sum(*values):
     """Numbers summed over the ranks (per-epoch loss totals); the numbers themselves with one process."""
     if not active():

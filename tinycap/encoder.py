@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from tinycap import checkpoint, retrieval
 from tinycap.embeddings import load_embeddings
 from tinycap.errors import TinyCapError
+from tinycap.frames_file import read_frames_header
 from tinycap.int8 import pixels_to_q
 from tinycap.io import atomic_path
 
@@ -227,21 +228,10 @@ def resize_frames(frames, size):
 
 
 def check_frames_file(path, frames_size, emb):
-    """One line naming frames.h5 unless it is [V,T,S,S,3] uint8 with S = frames.size and the videos of clip.h5."""
-    path = Path(path)
-    if not path.is_file():
-        raise TinyCapError(path, "file not found (run sample_frames first)")
-    try:
-        with h5py.File(path, "r") as f:
-            missing = [k for k in ("frames", "video_id", "split") if k not in f]
-            if missing:
-                raise TinyCapError(path, f"missing dataset(s) {', '.join(missing)}")
-            shape, dtype = f["frames"].shape, f["frames"].dtype
-            video_id = [s.decode() if isinstance(s, bytes) else str(s) for s in f["video_id"][()]]
-    except OSError as e:
-        raise TinyCapError(path, f"not a readable HDF5 file ({e})") from None
-    if len(shape) != 5 or shape[-1] != 3 or dtype != np.uint8:
-        raise TinyCapError(path, f"frames must be uint8 [V,T,S,S,3] RGB, got {dtype} {list(shape)}")
+    """One line naming frames.h5 unless it is a valid frames file (read_frames_header) with S = frames.size and the
+    videos of clip.h5."""
+    header = read_frames_header(path)
+    shape, video_id = header.shape, list(header.video_id)
     if shape[2] != frames_size or shape[3] != frames_size:
         raise TinyCapError(
             path, f"frames are {shape[2]}x{shape[3]} px but params frames.size is {frames_size} (rerun sample_frames)"

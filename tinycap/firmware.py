@@ -19,12 +19,12 @@ import logging
 import shutil
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from tinycap.codegen import Codegen, conv_scratch_bytes
 from tinycap.encoder import read_frames
 from tinycap.errors import TinyCapError
+from tinycap.frames_file import read_frames_header
 from tinycap.int8 import DeviceDecoder, quantize_frames, read_reference, requant_table, same_quantisation, tflm_reference
 from tinycap.io import read_json
 from tinycap.tflite import io_details
@@ -316,14 +316,8 @@ def device_clips(frames_path, reference_path, splits, size):
     """The clips of `splits` the device path is checked on: (video ids, uint8 camera frames (N, T, size, size, 3)
     as tinycap.encoder.read_frames resizes them, reference token ids, reference int8 logits (steps, V)) from
     frames.h5 and the TFLM reference of the whole device path (quantize_int8's device_tflm.npz)."""
-    if not Path(frames_path).is_file():
-        raise TinyCapError(frames_path, "file not found (run sample_frames)")
-    with h5py.File(frames_path, "r") as f:
-        shape, dtype = f["frames"].shape, f["frames"].dtype
-        if len(shape) != 5 or shape[2] != shape[3] or shape[4] != 3 or dtype != np.uint8:
-            raise TinyCapError(frames_path, f"frames must be uint8 [V,T,S,S,3] RGB, got {dtype} {list(shape)}")
-        vids = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in f["video_id"][:]])
-        split = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in f["split"][:]])
+    header = read_frames_header(frames_path)
+    vids, split = header.video_id, header.split
     rows = np.flatnonzero(np.isin(split, splits))
     if len(rows) == 0:
         raise TinyCapError(frames_path, f"no clips in splits {', '.join(splits)} for the parity check")

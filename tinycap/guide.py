@@ -373,11 +373,7 @@ def train(emb_path, out_dir, p: GuideParams, seed=0, live_dir=None, resume_path=
             idx = torch.from_numpy(cap_train)[distributed.shard(b)]  # this rank's captions of the batch
             inp, tgt = teacher_forcing(tokens[idx])
             _, loss = model(frames[cap_video[idx]], inp, tgt, label_smoothing=p.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            distributed.average_gradients(model)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            distributed.optimizer_step(model, opt, loss, clip_norm=1.0)
             sched.step()
             total, n = total + loss.item() * len(idx), n + len(idx)
         total, n = distributed.all_sum(total, n)

@@ -49,11 +49,7 @@ int main(void)
     out_u32(CALIB_N);
     out_str("\ndot ");
     out_u32((uint32_t)dot);
-    out_str("\nstack_peak_bytes ");
-    out_u32(tc_stack_peak_bytes());
-    out_str(" of ");
-    out_u32(tc_stack_size_bytes());
     out_str("\n");
-    out_flush();
+    tc_print_stack_peak();
     return 0;
 }

@@ -193,12 +193,7 @@ static int run(void)
 int main(void)
 {
     int status = run();
-    out_str("stack_peak_bytes ");
-    out_u32(tc_stack_peak_bytes());
-    out_str(" of ");
-    out_u32(tc_stack_size_bytes());
-    out_str("\n");
-    out_flush();
+    tc_print_stack_peak();
     if (tc_stack_overflowed()) {
         sh_write0("error: stack overflow (raise __stack_size in sections.ld)\n");
         return 4;

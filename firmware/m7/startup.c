@@ -112,6 +112,16 @@ uint32_t tc_stack_peak_bytes(void)
     return (uint32_t)((const char *)__stack_top - (const char *)p);
 }
 
+void tc_print_stack_peak(void)
+{
+    out_str("stack_peak_bytes ");
+    out_u32(tc_stack_peak_bytes());
+    out_str(" of ");
+    out_u32(tc_stack_size_bytes());
+    out_str("\n");
+    out_flush();
+}
+
 int tc_stack_overflowed(void)
 {
     return *(volatile uint32_t *)__stack_limit != STACK_PAINT;
