@@ -264,7 +264,7 @@ typedef struct {
 
 /* 1 when every output of the op can take the fast route: every accumulator stays below 2^30 in
  * magnitude (k products of a weight and an offset input, |w| <= 128, |x + in_offset| <= 255, plus the
- * bias), every channel's shift is <= -1 with a multiplier >= 0, and the fused activation clamps to the
+ * bias), every channel's shift is in -22..-1 (TC_FAST_MAX_RIGHT_SHIFT) with a multiplier >= 0, and the fused activation clamps to the
  * whole int8 range (the usual case: a ReLU's output zero point is -128). Inlined, so its instructions
  * count under the kernel's own symbol in metrics/m7.json. */
 static inline __attribute__((always_inline)) int requant_fast(const tc_conv_params *p, int32_t k, int32_t channels) {
@@ -273,7 +273,7 @@ static inline __attribute__((always_inline)) int requant_fast(const tc_conv_para
   for (int32_t c = 0; c < channels; ++c) {
     const int64_t b = p->bias ? (p->bias[c] < 0 ? -(int64_t)p->bias[c] : p->bias[c]) : 0;
     bias = b > bias ? b : bias;
-    fast &= p->shift[c] < 0 && p->mult[c] >= 0;
+    fast &= p->shift[c] < 0 && p->shift[c] >= -TC_FAST_MAX_RIGHT_SHIFT && p->mult[c] >= 0;
   }
   return fast && (int64_t)k * 128 * 255 + bias < ((int64_t)1 << 30);
 }

@@ -96,8 +96,12 @@ static inline int32_t requantize_small_of_doubled(int32_t x2, int32_t multiplier
   return (v + (v >> 31) + half) >> right_shift;
 }
 
+/* The deepest right shift half_and_offset() takes: its term plus a rounded product below 2^30 must stay inside
+ * int32 with |out_offset| <= 128, 2^(s-1) + 2^(s+7) + 2^30 < 2^31 (the fast routes check it: requant_fast). */
+#define TC_FAST_MAX_RIGHT_SHIFT 22
+
 static inline int32_t half_and_offset(int32_t right_shift, int32_t out_offset) {
-  return (1 << (right_shift - 1)) + (out_offset << right_shift);
+  return (1 << (right_shift - 1)) + out_offset * (1 << right_shift); /* a product: << of a negative is undefined */
 }
 
 static inline int32_t requantize_small(int32_t x, int32_t multiplier, int32_t right_shift, int32_t half) {
