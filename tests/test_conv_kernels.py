@@ -290,6 +290,7 @@ def test_cortex_m7_fast_conv_equals_reference_under_qemu(m7_run):
     assert all(d == 0 for _, d in cases + dwcases), stdout
     assert sum(1000 <= i < 2000 for i, _ in dwcases) >= 20, stdout  # tc_k_depthwise3_dsp's random 3x3 cases
     assert (2000, 0) in cases and (2000, 0) in dwcases, stdout  # right shifts of 15..31 (not the fast route below -22)
+    assert (2001, 0) in cases and (2001, 0) in dwcases, stdout  # the fast route's bounds, right shifts 2 and 22
     ipm = instructions_per_mac(stdout, segments)
     assert len(ipm) == 4
     for i, (macs, ref, dsp, dw, dwr, dwd) in ipm.items():

@@ -104,7 +104,7 @@ int main(void) {
     const int32_t *s = bench[i];
     make(&p, s[0], s[1], s[2], s[3], s[4], s[5], s[6], 1, 0);
     p.act_min = -128, p.act_max = 127, p.bias = bias; /* benchmark shapes: quantised as the converter does */
-    for (int32_t c = 0; c < MAX_C; ++c) shift[c] = shift[c] < 0 ? shift[c] : -1 - shift[c];
+    for (int32_t c = 0; c < MAX_C; ++c) shift[c] = -2 - c % 13; /* the fast route's right shifts, 2..14 */
     const int32_t n = s[0] * p.out_h * p.out_w * p.out_c;
     tc_mark();
     tc_k_conv2d_ref(&p, s[0], in, out_ref);
@@ -149,6 +149,24 @@ int main(void) {
     const int32_t dd = compare(n);
     failed += dd != 0;
     line("dwcase ", 2000, " macs ", (uint32_t)(n * 9), " diff ", (uint32_t)dd);
+  }
+  { /* case 2001: the fast route's bounds, right shifts 2 and 22 (and 9) with a ReLU's output zero point */
+    make(&p, 1, 8, 8, 16, 16, 1, 1, 1, 0);
+    p.out_offset = -128, p.act_min = -128, p.act_max = 127, p.bias = bias;
+    for (int32_t c = 0; c < MAX_C; ++c) shift[c] = c % 3 == 0 ? -2 : c % 3 == 1 ? -22 : -9;
+    const int32_t n = p.out_h * p.out_w * p.out_c;
+    tc_k_conv2d_ref(&p, 1, in, out_ref);
+    tc_k_conv2d_dsp(&p, 1, in, out_dsp, scratch);
+    const int32_t d = compare(n);
+    failed += d != 0;
+    line("case ", 2001, " macs ", (uint32_t)(n * p.in_c), " diff ", (uint32_t)d);
+    tc_conv_params q = p;
+    q.out_c = p.in_c, q.k_h = q.k_w = 3, q.pad_h = q.pad_w = 1;
+    tc_k_depthwise_conv2d_ref(&q, 1, in, out_ref);
+    tc_k_depthwise3_dsp(&q, 1, in, out_dsp, dw_scratch);
+    const int32_t dd = compare(n);
+    failed += dd != 0;
+    line("dwcase ", 2001, " macs ", (uint32_t)(n * 9), " diff ", (uint32_t)dd);
   }
   for (int32_t i = 0; i < NUM_RANDOM; ++i) {
     const int32_t b = uniform(1, 2), h = uniform(1, 11), wd = uniform(1, 11), c = uniform(1, 40);

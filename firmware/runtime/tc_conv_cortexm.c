@@ -61,6 +61,19 @@ static void im2col_by4(const tc_conv_params *p, const int8_t *in, int32_t oy, in
     }
 }
 
+/* A 1x1 stride-1 unpadded conv (in_c % 4 == 0): the pair's columns straight from its two input pixels a and b,
+ * im2col_by4's words without the window arithmetic. */
+static void im2col_pointwise(const tc_conv_params *p, const int8_t *a, const int8_t *b, uint32_t *cols) {
+  const uint32_t off2 = ((uint32_t)p->in_offset & 0xffffu) * 0x10001u;
+  for (int32_t c = 0; c < p->in_c; c += 4, cols += 4) {
+    const uint32_t va = load_u32(a + c), vb = load_u32(b + c);
+    cols[0] = __sadd16(__sxtb16(va), off2);
+    cols[1] = __sadd16(sxtb16_ror8(va), off2);
+    cols[2] = __sadd16(__sxtb16(vb), off2);
+    cols[3] = __sadd16(sxtb16_ror8(vb), off2);
+  }
+}
+
 /* Any in_c: the receptive field's k bytes in order into `plain` (k4 bytes: the input zero point where
  * padded and past k, which the input offset turns into 0), a kernel row at a time (k_w * in_c bytes in a
  * row of the image), then widened a word at a time as in im2col_by4. */
@@ -134,71 +147,108 @@ static inline __attribute__((always_inline)) void unpack_weights(const int8_t *w
     "  .size " NAME_ ", . - " NAME_ "\n" \
     "  .text\n"
 
-/* One group of 4 taps of the pair kernels (TC_PAIRS_PROLOGUE): the channel pair's 4 weight words (r7-r10) and the pixel
- * pair's 4 column words (r2, r11: pixel 0; r12, lr: pixel 1) in one LDM each, then 8 SMLAD (16 MACs)
- * into (pixel, channel) 00 r3, 01 r4, 10 r5, 11 r6. 40 bytes of code (every instruction 32-bit), so
- * the kernels can enter the unrolled loop at any group. */
-#define TC_PAIRS_GROUP \
-    "  ldm r0!, {r7-r10}\n" \
-    "  ldm r1!, {r2, r11, r12, lr}\n" \
+/* Group I (0..7) of the 8 in the pair kernels' unrolled loop (TC_PAIRS_PROLOGUE): 4 taps, 8 SMLAD (16 MACs) into
+ * (pixel, channel) 00 r3, 01 r4, 10 r5, 11 r6 from the channel pair's 4 weight words w0..w3 (r7-r10: channel 0
+ * taps (0, 2), (1, 3), channel 1 likewise) and the pixel pair's 4 column words c0..c3 (r2, r11: pixel 0; r12, lr:
+ * pixel 1), software-pipelined: each SMLAD is preceded by an LDR (immediate offset, no writeback), which the
+ * Cortex-M7 issues with it in one cycle. A group loads its own w3 and c3 first, then, as the registers free up,
+ * w0..w2, c0..c2 of the next group (offset 16 on; after the last group the loop has moved r0 and r1 on by 128,
+ * and after the last pass they read up to 12 bytes past the weights and the columns: scratch, never used).
+ * 64 bytes of code (every instruction 32-bit), so the kernels can enter the loop at any group. */
+#define TC_PAIRS_GROUP(I) \
+    "  ldr.w r10, [r0, #16*" #I "+12]\n" \
     "  smlad r3, r7, r2, r3\n" \
+    "  ldr.w lr, [r1, #16*" #I "+12]\n" \
     "  smlad r4, r9, r2, r4\n" \
-    "  smlad r3, r8, r11, r3\n" \
-    "  smlad r4, r10, r11, r4\n" \
+    "  ldr.w r2, [r1, #16*" #I "+16]\n" \
     "  smlad r5, r7, r12, r5\n" \
+    "  ldr.w r7, [r0, #16*" #I "+16]\n" \
     "  smlad r6, r9, r12, r6\n" \
+    "  ldr.w r9, [r0, #16*" #I "+24]\n" \
+    "  smlad r3, r8, r11, r3\n" \
+    "  ldr.w r12, [r1, #16*" #I "+24]\n" \
+    "  smlad r4, r10, r11, r4\n" \
+    "  ldr.w r11, [r1, #16*" #I "+20]\n" \
     "  smlad r5, r8, lr, r5\n" \
+    "  ldr.w r8, [r0, #16*" #I "+20]\n" \
     "  smlad r6, r10, lr, r6\n"
+
+/* The head of a pixel pair (r1 at its columns): the bias into the accumulators r3-r6 and the first group's
+ * w0..w2, c0..c2 (see TC_PAIRS_GROUP). */
+#define TC_PAIRS_HEAD \
+    "  ldr r0, [sp, #4]\n" \
+    "  ldr r3, [sp, #16]\n" \
+    "  ldr r4, [sp, #20]\n" \
+    "  ldr.w r2, [r1]\n" \
+    "  ldr.w r7, [r0]\n" \
+    "  ldr.w r9, [r0, #8]\n" \
+    "  ldr.w r12, [r1, #8]\n" \
+    "  ldr.w r11, [r1, #4]\n" \
+    "  ldr.w r8, [r0, #4]\n" \
+    "  ldr r5, [sp, #16]\n" \
+    "  ldr r6, [sp, #20]\n"
+
+/* Into the group loop at group e: r0 and r1 moved back 16 e bytes. */
+#define TC_PAIRS_ENTER \
+    "  ldr r10, [sp, #60]\n" \
+    "  subs r0, r0, r10\n" \
+    "  subs r1, r1, r10\n" \
+    "  ldr r10, [sp, #8]\n" \
+    "  bx r10\n"
 
 /* The body both pair kernels share, up to the end of a pixel pair's dot products (accumulators r3-r6):
  * r0 the channel pair's unpacked weights (wp: k4 words, unpack_weights), r1 the pixel pairs' columns
- * (k4 words each, im2col order), r2 `groups` = k4 / 4 (>= 1), r3 `pairs`; the 5th argument (at [sp, #92]
+ * (k4 words each, im2col order), r2 `groups` = k4 / 4 (>= 1), r3 `pairs`; the 5th argument (at [sp, #100]
  * once inside) points at `PRM_WORDS_` words: the two channels' starting accumulators (the bias) first, copied to
- * the frame at [16]; the 6th (at [96]) is copied to [52]. The group loop is unrolled 8 times and entered at
- * group (-groups) mod 8; it ends when the weight pointer reaches the end of the weights (no counter register
- * is left). NAME_ is the function. */
+ * the frame at [16]; the 6th (at [104]) is copied to [56]. The group loop is unrolled 8 times and entered at
+ * group e = (-groups) mod 8 with r0 and r1 moved back 16 e bytes, so that group e reads the first taps; the
+ * first group's w0..w2, c0..c2 are loaded before the jump. The loop ends when the weight pointer reaches the
+ * end of the weights; r1 is then at the next pair's columns. No counter register is left: the kernel stops when
+ * r1 reaches the end of the columns ([0]). NAME_ is the function. */
 #define TC_PAIRS_PROLOGUE(NAME_, PRM_WORDS_) \
     TC_ASM_FUNCTION(NAME_) \
     "  push {r4-r11, lr}\n" \
-    "  sub sp, sp, #56\n"            /* [0] pairs left, [4] wp, [8] entry, [12] wp end, [16] the 5th argument's */ \
-    "  str r3, [sp, #0]\n"           /* words, [52] the 6th argument */ \
-    "  str r0, [sp, #4]\n" \
+    "  sub sp, sp, #64\n"            /* [0] columns end, [4] wp, [8] entry, [12] wp end, [16] the 5th argument's */ \
+    "  str r0, [sp, #4]\n"           /* words, [56] the 6th argument, [60] 16 e */ \
     "  add r12, r0, r2, lsl #4\n" \
     "  str r12, [sp, #12]\n" \
+    "  mul r12, r2, r3\n" \
+    "  add r12, r1, r12, lsl #4\n" \
+    "  str r12, [sp, #0]\n" \
     "  rsbs r12, r2, #0\n" \
-    "  and r12, r12, #7\n"           /* the group to enter at */ \
-    "  add r12, r12, r12, lsl #2\n" \
+    "  and r12, r12, #7\n"           /* e, the group to enter at */ \
+    "  lsl r3, r12, #4\n" \
+    "  str r3, [sp, #60]\n" \
     "  adr.w r3, 3f\n" \
-    "  add r12, r3, r12, lsl #3\n"   /* 40 bytes a group */ \
+    "  add r12, r3, r12, lsl #6\n"   /* 64 bytes a group */ \
     "  orr r12, r12, #1\n"           /* Thumb state */ \
     "  str r12, [sp, #8]\n" \
-    "  ldr r12, [sp, #92]\n"         /* the 5th argument, above the 56 bytes and 9 saved registers */ \
+    "  ldr r12, [sp, #100]\n"        /* the 5th argument, above the 64 bytes and 9 saved registers */ \
     "  ldm r12, {r2-r" PRM_WORDS_ "}\n" \
     "  add r12, sp, #16\n" \
     "  stm r12, {r2-r" PRM_WORDS_ "}\n" \
-    "  ldr r12, [sp, #96]\n" \
-    "  str r12, [sp, #52]\n" \
-    "2:\n"                           /* a pixel pair */ \
-    "  ldrd r3, r4, [sp, #16]\n" \
-    "  mov r5, r3\n" \
-    "  mov r6, r4\n" \
-    "  ldr r0, [sp, #4]\n" \
-    "  ldr r12, [sp, #8]\n" \
-    "  bx r12\n" \
+    "  ldr r12, [sp, #104]\n" \
+    "  str r12, [sp, #56]\n" \
+    TC_PAIRS_HEAD \
+    TC_PAIRS_ENTER \
     "  .p2align 2\n" \
     "3:\n" \
-    TC_PAIRS_GROUP TC_PAIRS_GROUP TC_PAIRS_GROUP TC_PAIRS_GROUP \
-    TC_PAIRS_GROUP TC_PAIRS_GROUP TC_PAIRS_GROUP TC_PAIRS_GROUP \
-    "  ldr r2, [sp, #12]\n" \
-    "  cmp r0, r2\n" \
+    TC_PAIRS_GROUP(0) TC_PAIRS_GROUP(1) TC_PAIRS_GROUP(2) TC_PAIRS_GROUP(3) \
+    TC_PAIRS_GROUP(4) TC_PAIRS_GROUP(5) TC_PAIRS_GROUP(6) TC_PAIRS_GROUP(7) \
+    "  ldr r10, [sp, #12]\n" \
+    "  adds r0, r0, #128\n" \
+    "  adds r1, r1, #128\n" \
+    "  cmp r0, r10\n" \
     "  bne 3b\n"
 
+/* After a kernel's tail has loaded the next pair's head (TC_PAIRS_HEAD) and the columns' end into lr: the next
+ * pair, or the return. */
 #define TC_PAIRS_EPILOGUE(NAME_) \
-    "  ldr r12, [sp, #0]\n" \
-    "  subs r12, r12, #1\n" \
-    "  str r12, [sp, #0]\n" \
-    "  bne 2b\n" \
-    "  add sp, sp, #56\n" \
+    "  cmp r1, lr\n" \
+    "  beq 9f\n" \
+    TC_PAIRS_ENTER \
+    "9:\n" \
+    "  add sp, sp, #64\n" \
     "  pop {r4-r11, pc}\n" \
     TC_ASM_END(NAME_)
 
@@ -208,51 +258,82 @@ void tc_k_conv2d_pairs(const uint32_t *wp, const uint32_t *cols, int32_t groups,
                        int32_t *acc);
 __asm__(
     TC_PAIRS_PROLOGUE("tc_k_conv2d_pairs", "3")
-    "  ldr r12, [sp, #52]\n"         /* acc */
+    "  ldr r12, [sp, #56]\n"         /* acc */
     "  stmia r12!, {r3-r6}\n"
-    "  str r12, [sp, #52]\n"
+    "  str r12, [sp, #56]\n"
+    TC_PAIRS_HEAD
+    "  ldr lr, [sp, #0]\n"
     TC_PAIRS_EPILOGUE("tc_k_conv2d_pairs"));
 
-/* tc_k_conv2d_pairs with the fast requantisation (requantise_channel's) of the 4 results in registers
- * and their bytes stored: prm = {2 bias0, 2 bias1, mult0, half_off0, right_shift0, mult1, half_off1,
- * right_shift1, out_c}; out: the first pair's (pixel 0, channel 0) byte; channel 1 follows it, the pair's
- * pixel 1 is out_c bytes on, the next pair 2 out_c. For channel pairs and pixel pairs without
- * duplicates (out_c and the pixel count even). 31 instructions a pixel pair besides the dot products. */
+/* tc_k_conv2d_pairs with the fast requantisation (rq_words) of the 4 results in registers and their
+ * bytes stored: prm = {2 bias0, 2 bias1, mult0, half0, unit0, mult1, half1, unit1, out_c, out_offset}
+ * (rq_words); out: the first pair's (pixel 0, channel 0) byte; channel 1 follows it, the pair's pixel 1 is
+ * out_c bytes on, the next pair 2 out_c. For channel pairs and pixel pairs without duplicates (out_c and the
+ * pixel count even). Ordered for the Cortex-M7's dual issue: 8 multiplies (SMMLAR, SMMLA) beside the 8 shifter
+ * ops (ADD ASR, SSAT), the loads and the stores. */
 void tc_k_conv2d_pairs_requant(const uint32_t *wp, const uint32_t *cols, int32_t groups, int32_t pairs,
                                const int32_t *prm, int8_t *out);
 __asm__(
-    TC_PAIRS_PROLOGUE("tc_k_conv2d_pairs_requant", "10")
-    "  add r12, sp, #24\n"
-    "  ldm r12, {r0, r2, r7, r8, r9, r10, r11}\n" /* mult0, half_off0, shift0, mult1, half_off1, shift1, out_c */
-    "  smmulr r3, r3, r0\n"
-    "  smmulr r5, r5, r0\n"
-    "  smmulr r4, r4, r8\n"
-    "  smmulr r6, r6, r8\n"
-    "  add r3, r3, r3, asr #31\n"
-    "  add r5, r5, r5, asr #31\n"
-    "  add r4, r4, r4, asr #31\n"
-    "  add r6, r6, r6, asr #31\n"
-    "  add r3, r3, r2\n"
-    "  add r5, r5, r2\n"
-    "  add r4, r4, r9\n"
-    "  add r6, r6, r9\n"
-    "  asr r3, r3, r7\n"
-    "  asr r5, r5, r7\n"
-    "  asr r4, r4, r10\n"
-    "  asr r6, r6, r10\n"
+    TC_PAIRS_PROLOGUE("tc_k_conv2d_pairs_requant", "11")
+    "  ldr r0, [sp, #24]\n"          /* mult0 */
+    "  ldr r2, [sp, #28]\n"          /* half0 */
+    "  ldr r8, [sp, #36]\n"          /* mult1 */
+    "  ldr r9, [sp, #40]\n"          /* half1 */
+    "  smmlar r12, r3, r0, r2\n"     /* (pixel, channel) 00 */
+    "  ldr r7, [sp, #32]\n"          /* unit0 */
+    "  smmlar lr, r5, r0, r2\n"      /* 10 */
+    "  ldr r10, [sp, #44]\n"         /* unit1 */
+    "  smmlar r0, r4, r8, r9\n"      /* 01 */
+    "  add r12, r12, r3, asr #31\n"
+    "  smmlar r2, r6, r8, r9\n"      /* 11 */
+    "  add lr, lr, r5, asr #31\n"
+    "  ldr r11, [sp, #52]\n"         /* out_offset */
+    "  add r0, r0, r4, asr #31\n"
+    "  smmla r3, r12, r7, r11\n"
+    "  add r2, r2, r6, asr #31\n"
+    "  smmla r5, lr, r7, r11\n"
+    "  ldr lr, [sp, #56]\n"          /* out */
+    "  smmla r4, r0, r10, r11\n"
+    "  ldr r0, [sp, #4]\n"           /* the next pair's head (TC_PAIRS_HEAD) beside the stores */
+    "  smmla r6, r2, r10, r11\n"
+    "  ldr r10, [sp, #48]\n"         /* out_c */
     "  ssat r3, #8, r3\n"
-    "  ssat r5, #8, r5\n"
+    "  ldr.w r2, [r1]\n"
     "  ssat r4, #8, r4\n"
+    "  strb r3, [lr]\n"
+    "  ssat r5, #8, r5\n"
+    "  strb r4, [lr, #1]\n"
     "  ssat r6, #8, r6\n"
-    "  ldr r12, [sp, #52]\n"         /* out */
-    "  strb r3, [r12]\n"
-    "  strb r4, [r12, #1]\n"
-    "  strb r5, [r12, r11]\n"
-    "  add r2, r12, r11\n"
-    "  strb r6, [r2, #1]\n"
-    "  add r12, r12, r11, lsl #1\n"
-    "  str r12, [sp, #52]\n"
+    "  strb r5, [lr, r10]\n"
+    "  add lr, lr, r10\n"
+    "  ldr.w r7, [r0]\n"
+    "  strb r6, [lr, #1]\n"
+    "  ldr.w r9, [r0, #8]\n"
+    "  add lr, lr, r10\n"
+    "  ldr.w r12, [r1, #8]\n"
+    "  str lr, [sp, #56]\n"
+    "  ldr.w r11, [r1, #4]\n"
+    "  ldr.w r8, [r0, #4]\n"
+    "  ldr r3, [sp, #16]\n"
+    "  ldr r4, [sp, #20]\n"
+    "  ldr r5, [sp, #16]\n"
+    "  ldr r6, [sp, #20]\n"
+    "  ldr lr, [sp, #0]\n"
     TC_PAIRS_EPILOGUE("tc_k_conv2d_pairs_requant"));
+
+/* The assembly kernels' fast requantisation of a doubled accumulator a = 2 acc (the weights were doubled), for
+ * |acc| < 2^30, mult >= 0 and a right shift s in 2..22 (requant_fast), 2 multiplies and 2 shifter ops:
+ *   t = SMMLAR(a, mult, half) + (a >> 31)      half = 2^(s - 1)
+ *   out = SSAT(SMMLA(t, unit, out_offset), 8)  unit = 2^(32 - s)
+ * SMMLAR gives half + SMMULR(a, mult) = half + v, v = SaturatingRoundingDoublingHighMul(acc, mult) (see
+ * requantize_small_of_doubled); + (a >> 31) is RoundingDivideByPOT's - (v < 0): a and v have the same sign
+ * except where v = 0, and there floor((half - 1) / 2^s) = floor(half / 2^s) = 0. SMMLA adds the high word of
+ * t 2^(32 - s), floor(t / 2^s) exactly, to the output offset: no shift by a register, and the Cortex-M7's
+ * one shifter, which ADD ASR and SSAT need too, is free for them. Writes {mult, half, unit} of channel c. */
+static inline void rq_words(const tc_conv_params *p, int32_t c, int32_t *dst) {
+  const int32_t right_shift = -p->shift[c];
+  dst[0] = p->mult[c], dst[1] = 1 << (right_shift - 1), dst[2] = (int32_t)(1u << (32 - right_shift));
+}
 
 /* The requantisation of an op's outputs, read once from its parameters: per output channel TFLM's
  * MultiplyByQuantizedMultiplier, the output offset and the fused clamp. `fast` ops (requant_fast())
@@ -264,7 +345,7 @@ typedef struct {
 
 /* 1 when every output of the op can take the fast route: every accumulator stays below 2^30 in
  * magnitude (k products of a weight and an offset input, |w| <= 128, |x + in_offset| <= 255, plus the
- * bias), every channel's shift is in -22..-1 (TC_FAST_MAX_RIGHT_SHIFT) with a multiplier >= 0, and the fused activation clamps to the
+ * bias), every channel's shift is in -22..-2 (TC_FAST_MAX_RIGHT_SHIFT, rq_words) with a multiplier >= 0, and the fused activation clamps to the
  * whole int8 range (the usual case: a ReLU's output zero point is -128). Inlined, so its instructions
  * count under the kernel's own symbol in metrics/m7.json. */
 static inline __attribute__((always_inline)) int requant_fast(const tc_conv_params *p, int32_t k, int32_t channels) {
@@ -273,7 +354,7 @@ static inline __attribute__((always_inline)) int requant_fast(const tc_conv_para
   for (int32_t c = 0; c < channels; ++c) {
     const int64_t b = p->bias ? (p->bias[c] < 0 ? -(int64_t)p->bias[c] : p->bias[c]) : 0;
     bias = b > bias ? b : bias;
-    fast &= p->shift[c] < 0 && p->shift[c] >= -TC_FAST_MAX_RIGHT_SHIFT && p->mult[c] >= 0;
+    fast &= p->shift[c] <= -2 && p->shift[c] >= -TC_FAST_MAX_RIGHT_SHIFT && p->mult[c] >= 0;
   }
   return fast && (int64_t)k * 128 * 255 + bias < ((int64_t)1 << 30);
 }
@@ -329,6 +410,8 @@ static inline __attribute__((always_inline)) void conv2d_dsp(const tc_conv_param
   int32_t *accs = (int32_t *)(wp + k4);        /* 4 * chunk words */
   int8_t *plain = (int8_t *)(accs + 4 * chunk); /* k4 bytes (im2col_any only) */
   const int by4 = p->in_c % 4 == 0, even = out_c % 2 == 0 && pixels % 2 == 0; /* no duplicated channel or pixel */
+  const int pointwise = by4 && p->k_h == 1 && p->k_w == 1 && p->stride_h == 1 && p->stride_w == 1 && p->pad_h == 0 &&
+                        p->pad_w == 0 && p->in_h == p->out_h && p->in_w == p->out_w; /* output pixel i reads input pixel i */
   const int32_t twice = fast ? 2 : 1; /* the fast requantisation takes 2 x the accumulator */
   for (int32_t b = 0; b < batches; ++b, in += in_image, out += (size_t)pixels * out_c) {
     for (int32_t q0 = 0; q0 < all_pairs; q0 += chunk) {
@@ -336,7 +419,9 @@ static inline __attribute__((always_inline)) void conv2d_dsp(const tc_conv_param
       for (int32_t q = 0; q < pairs; ++q) {
         const int32_t px = 2 * (q0 + q), px1 = px + 1 < pixels ? px + 1 : px;
         uint32_t *c = cols + (size_t)q * k4;
-        if (by4) {
+        if (pointwise) {
+          im2col_pointwise(p, in + (size_t)px * p->in_c, in + (size_t)px1 * p->in_c, c);
+        } else if (by4) {
           im2col_by4(p, in, px / out_w, px % out_w, 0, c);
           im2col_by4(p, in, px1 / out_w, px1 % out_w, 1, c);
         } else {
@@ -352,9 +437,8 @@ static inline __attribute__((always_inline)) void conv2d_dsp(const tc_conv_param
         const int32_t bias2[2] = {p->bias ? twice * p->bias[oc] : 0, p->bias ? twice * p->bias[oc1] : 0};
         unpack_weights(p->weights + (size_t)oc * k, p->weights + (size_t)oc1 * k, k, wp, fast);
         if (fast && even) { /* the requantisation in the assembly loop */
-          const int32_t s0 = -p->shift[oc], s1 = -p->shift[oc1];
-          const int32_t prm[9] = {bias2[0], bias2[1], p->mult[oc], half_and_offset(s0, p->out_offset), s0,
-                                  p->mult[oc1], half_and_offset(s1, p->out_offset), s1, out_c};
+          int32_t prm[10] = {bias2[0], bias2[1], 0, 0, 0, 0, 0, 0, out_c, p->out_offset};
+          rq_words(p, oc, prm + 2), rq_words(p, oc1, prm + 5);
           tc_k_conv2d_pairs_requant(wp, cols, k4 >> 2, pairs, prm, out0 + oc);
           continue;
         }
@@ -455,103 +539,164 @@ static inline __attribute__((always_inline)) int8_t requantise_dw(const requant_
 }
 
 /* The row loops of tc_k_depthwise3_dsp's fast route in assembly, one call a channel: for each of `rows` output
- * rows its `pairs` pairs of neighbouring outputs (the row's width even), each requantised in registers and
- * stored (out, out + c_n; the next pair 2 c_n on, the next row right after). plane: the channel's plane at the
- * first window's top row; prm = {W01 and W12 of kernel rows 0, 1, 2 (6 words), 2 bias, mult, half_off,
- * right_shift, c_n, the plane's row stride in bytes, pairs, the bytes from a row's last window to the next
- * row's first, rows}. Registers: r0 plane, r1 row stride, r2 out, r3-r8 the weight words, r9 / r10 the two
- * accumulators, r11 / r12 plane words, lr the pairs left; the rest on the stack. */
+ * rows its `quads` runs of 4 neighbouring outputs (the row's width a multiple of 4), each requantised in
+ * registers and stored (out, out + c_n, ...; the next run 4 c_n on, the next row right after). plane: the
+ * channel's plane at the first window's top row; prm = {W01 and W12 of kernel rows 0, 1, 2 (6 words), 2 bias,
+ * mult, half, unit (rq_words), c_n, the plane's row stride in bytes, quads, the bytes from a row's last window
+ * to the next row's first, rows, out_offset}, copied to the frame at [0] (so [4 i] is prm[i]). Registers: r0 the run's
+ * window at its top row, r1 the row stride, r2 out, r3-r6 the 4 accumulators, r7 / r8 the kernel row's W01 /
+ * W12, r9-r11 plane words, r12 the window row, lr the runs left. Every multiply is preceded by at most one
+ * load, ALU op or store that does not feed it, which the Cortex-M7 issues with it: each kernel row loads the
+ * next row's first plane words and W01 while it multiplies. */
 #define TC_DW3_PROLOGUE(NAME_) \
     TC_ASM_FUNCTION(NAME_) \
     "  push {r4-r11, lr}\n" \
-    "  sub sp, sp, #32\n"            /* [0] bias [4] mult [8] half_off [12] right_shift [16] c_n [20] pairs */ \
-    "  ldrd r3, r4, [r2, #24]\n"     /* [24] row skip [28] rows left */ \
-    "  strd r3, r4, [sp, #0]\n" \
-    "  ldrd r3, r4, [r2, #32]\n" \
-    "  strd r3, r4, [sp, #8]\n" \
-    "  ldrd r3, r4, [r2, #40]\n" \
-    "  str r3, [sp, #16]\n" \
-    "  ldrd r5, r6, [r2, #48]\n" \
-    "  strd r5, r6, [sp, #20]\n" \
-    "  ldr r5, [r2, #56]\n" \
-    "  str r5, [sp, #28]\n" \
-    "  mov r12, r1\n" \
-    "  mov r1, r4\n" \
-    "  ldm r2, {r3-r8}\n" \
-    "  mov r2, r12\n" \
-    "0:\n" \
-    "  ldr lr, [sp, #20]\n" \
-    "1:\n" \
-    "  ldr r9, [sp, #0]\n" \
-    "  mov r10, r9\n"
+    "  sub sp, sp, #64\n" \
+    "  mov r12, r2\n" \
+    "  mov r2, r1\n" \
+    "  ldm r12!, {r3-r11}\n" \
+    "  stm sp, {r3-r11}\n" \
+    "  ldm r12, {r3-r9}\n" \
+    "  add r12, sp, #36\n" \
+    "  stm r12, {r3-r9}\n" \
+    "  ldr r1, [sp, #44]\n" \
+    "0:\n"                           /* an output row */ \
+    "  ldr lr, [sp, #48]\n" \
+    "  ldr r9, [r0]\n" \
+    "  ldr r10, [r0, #4]\n" \
+    "  ldr r7, [sp, #0]\n" \
+    "1:\n"                           /* a run of 4 outputs */ \
+    "  ldr r3, [sp, #24]\n" \
+    "  ldr r4, [sp, #24]\n" \
+    "  ldr r5, [sp, #24]\n" \
+    "  ldr r6, [sp, #24]\n"
 
+/* The run's 4 accumulators requantised (rq_words' route) and stored; r0 moves STEP_ bytes
+ * on to the next run, whose first plane words and W01 are loaded; then the next run, or the next row. */
 #define TC_DW3_EPILOGUE(NAME_, STEP_) \
-    "  ldrd r11, r12, [sp, #4]\n"    /* mult, half_off */ \
-    "  smmulr r9, r9, r11\n" \
-    "  smmulr r10, r10, r11\n" \
-    "  add r9, r9, r9, asr #31\n" \
-    "  add r10, r10, r10, asr #31\n" \
-    "  add r9, r9, r12\n" \
-    "  add r10, r10, r12\n" \
-    "  ldrd r11, r12, [sp, #12]\n"   /* right_shift, c_n */ \
-    "  asr r9, r9, r11\n" \
-    "  asr r10, r10, r11\n" \
+    "  ldrd r8, r11, [sp, #28]\n"    /* mult, half */ \
+    "  ldr r12, [sp, #36]\n"         /* unit */ \
+    "  smmlar r7, r3, r8, r11\n" \
+    "  ldr r10, [sp, #60]\n"         /* out_offset */ \
+    "  smmlar r9, r4, r8, r11\n" \
+    "  add r7, r7, r3, asr #31\n" \
+    "  smmlar r3, r5, r8, r11\n" \
+    "  add r9, r9, r4, asr #31\n" \
+    "  smmlar r4, r6, r8, r11\n" \
+    "  add r3, r3, r5, asr #31\n" \
+    "  smmla r7, r7, r12, r10\n" \
+    "  add r4, r4, r6, asr #31\n" \
+    "  smmla r9, r9, r12, r10\n" \
+    "  ldr r8, [sp, #40]\n"          /* c_n */ \
+    "  smmla r3, r3, r12, r10\n" \
+    "  ssat r7, #8, r7\n" \
+    "  smmla r4, r4, r12, r10\n" \
     "  ssat r9, #8, r9\n" \
-    "  ssat r10, #8, r10\n" \
-    "  strb r9, [r2]\n" \
-    "  strb r10, [r2, r12]\n" \
-    "  add r2, r2, r12, lsl #1\n" \
     "  adds r0, r0, #" STEP_ "\n" \
+    "  ssat r3, #8, r3\n" \
+    "  strb r7, [r2]\n" \
+    "  ssat r4, #8, r4\n" \
+    "  strb r9, [r2, r8]\n" \
+    "  add r2, r2, r8, lsl #1\n" \
+    "  strb r3, [r2]\n" \
+    "  ldr r9, [r0]\n" \
+    "  strb r4, [r2, r8]\n" \
+    "  ldr r10, [r0, #4]\n" \
+    "  add r2, r2, r8, lsl #1\n" \
+    "  ldr r7, [sp, #0]\n" \
     "  subs lr, lr, #1\n" \
     "  bne 1b\n" \
-    "  ldrd r11, r12, [sp, #24]\n"   /* row skip, rows left */ \
-    "  add r0, r0, r11\n" \
-    "  subs r12, r12, #1\n" \
-    "  str r12, [sp, #28]\n" \
+    "  ldrd r8, r11, [sp, #52]\n"    /* row skip, rows left */ \
+    "  add r0, r0, r8\n" \
+    "  subs r11, r11, #1\n" \
+    "  str r11, [sp, #56]\n" \
     "  bne 0b\n" \
-    "  add sp, sp, #32\n" \
+    "  add sp, sp, #64\n" \
     "  pop {r4-r11, pc}\n" \
     TC_ASM_END(NAME_)
 
-/* Stride 1: per kernel row the words A = (x0, x1), B = (x2, x3) (one LDRD); out(x) += SMLAD(W01, A) +
- * SMLATB(W12, B), out(x + 1) += SMLABT(W01, A) + SMLAD(W12, B). */
-#define TC_DW3_ROW_S1(W01_, W12_) \
-    "  ldrd r11, r12, [r11]\n" \
-    "  smlad r9, " W01_ ", r11, r9\n" \
-    "  smlabt r10, " W01_ ", r11, r10\n" \
-    "  smlatb r9, " W12_ ", r12, r9\n" \
-    "  smlad r10, " W12_ ", r12, r10\n"
+/* Stride 1: outputs x..x+3 from a kernel row's plane words A = (x0, x1) r9, B = (x2, x3) r10, C = (x4, x5) r11:
+ *   out(x)     += SMLAD(W01, A) + SMLATB(W12, B)     out(x + 1) += SMLABT(W01, A) + SMLAD(W12, B)
+ *   out(x + 2) += SMLAD(W01, B) + SMLATB(W12, C)     out(x + 3) += SMLABT(W01, B) + SMLAD(W12, C).
+ * ROW_: the row's base register; W12_ / W01N_: the frame offsets of its W12 and of the next row's W01, whose A and
+ * B it loads into r9 / r10 as they fall free (r12 = the next row). The last row loads nothing ahead. */
+#define TC_DW3_S1_ROW(ROW_, W12_, W01N_) \
+    "  ldr r8, [sp, #" W12_ "]\n" \
+    "  smlad r3, r7, r9, r3\n" \
+    "  ldr r11, [" ROW_ ", #8]\n" \
+    "  smlabt r4, r7, r9, r4\n" \
+    "  add r12, " ROW_ ", r1\n" \
+    "  smlad r5, r7, r10, r5\n" \
+    "  ldr r9, [r12]\n" \
+    "  smlabt r6, r7, r10, r6\n" \
+    "  ldr r7, [sp, #" W01N_ "]\n" \
+    "  smlatb r3, r8, r10, r3\n" \
+    "  smlad r4, r8, r10, r4\n" \
+    "  ldr r10, [r12, #4]\n" \
+    "  smlatb r5, r8, r11, r5\n" \
+    "  smlad r6, r8, r11, r6\n"
+#define TC_DW3_S1_LAST_ROW \
+    "  ldr r8, [sp, #20]\n" \
+    "  smlad r3, r7, r9, r3\n" \
+    "  ldr r11, [r12, #8]\n" \
+    "  smlabt r4, r7, r9, r4\n" \
+    "  smlad r5, r7, r10, r5\n" \
+    "  smlabt r6, r7, r10, r6\n" \
+    "  smlatb r3, r8, r10, r3\n" \
+    "  smlad r4, r8, r10, r4\n" \
+    "  smlatb r5, r8, r11, r5\n" \
+    "  smlad r6, r8, r11, r6\n"
 
 void tc_k_dw3_rows_s1(const int16_t *plane, int8_t *out, const int32_t *prm);
 __asm__(
     TC_DW3_PROLOGUE("tc_k_dw3_rows_s1")
-    "  mov r11, r0\n"
-    TC_DW3_ROW_S1("r3", "r4")
-    "  add r11, r0, r1\n"
-    TC_DW3_ROW_S1("r5", "r6")
-    "  add r11, r0, r1, lsl #1\n"
-    TC_DW3_ROW_S1("r7", "r8")
-    TC_DW3_EPILOGUE("tc_k_dw3_rows_s1", "4"));
+    TC_DW3_S1_ROW("r0", "4", "8")
+    TC_DW3_S1_ROW("r12", "12", "16")
+    TC_DW3_S1_LAST_ROW
+    TC_DW3_EPILOGUE("tc_k_dw3_rows_s1", "8"));
 
-/* Stride 2: per kernel row A = (x0, x1), B = (x2, x3) (LDRD) and C = (x4, x5) (LDR); out(x) += SMLAD(W01, A)
- * + SMLATB(W12, B), out(x + 1) += SMLAD(W01, B) + SMLATB(W12, C). */
-#define TC_DW3_ROW_S2(ROW_, W01_, W12_) \
-    "  " ROW_ "\n" \
-    "  ldrd r11, r12, [r11]\n" \
-    "  smlad r9, " W01_ ", r11, r9\n" \
-    "  smlatb r9, " W12_ ", r12, r9\n" \
-    "  smlad r10, " W01_ ", r12, r10\n" \
-    "  " ROW_ "\n" \
-    "  ldr r11, [r11, #8]\n" \
-    "  smlatb r10, " W12_ ", r11, r10\n"
+/* Stride 2: outputs x..x+3 from a kernel row's words A = (x0, x1), B = (x2, x3), C = (x4, x5), D = (x6, x7),
+ * E = (x8, x9): out(x + i) += SMLAD(W01, word i) + SMLATB(W12, word i + 1). A_ and B_ hold A and B on entry;
+ * C goes to F_, D to A_, E to B_, and the next row's A and B (r12 = the next row) to F_ and A_: three registers
+ * in turn, so that row 1 takes (r11, r9, r10) and row 2 (r10, r11, r9). */
+#define TC_DW3_S2_ROW(ROW_, A_, B_, F_, W12_, W01N_) \
+    "  ldr r8, [sp, #" W12_ "]\n" \
+    "  smlad r3, r7, " A_ ", r3\n" \
+    "  ldr " F_ ", [" ROW_ ", #8]\n" \
+    "  smlad r4, r7, " B_ ", r4\n" \
+    "  ldr " A_ ", [" ROW_ ", #12]\n" \
+    "  smlatb r3, r8, " B_ ", r3\n" \
+    "  ldr " B_ ", [" ROW_ ", #16]\n" \
+    "  smlad r5, r7, " F_ ", r5\n" \
+    "  add r12, " ROW_ ", r1\n" \
+    "  smlatb r4, r8, " F_ ", r4\n" \
+    "  ldr " F_ ", [r12]\n" \
+    "  smlad r6, r7, " A_ ", r6\n" \
+    "  ldr r7, [sp, #" W01N_ "]\n" \
+    "  smlatb r5, r8, " A_ ", r5\n" \
+    "  ldr " A_ ", [r12, #4]\n" \
+    "  smlatb r6, r8, " B_ ", r6\n"
+#define TC_DW3_S2_LAST_ROW(A_, B_, F_) \
+    "  ldr r8, [sp, #20]\n" \
+    "  smlad r3, r7, " A_ ", r3\n" \
+    "  ldr " F_ ", [r12, #8]\n" \
+    "  smlad r4, r7, " B_ ", r4\n" \
+    "  ldr " A_ ", [r12, #12]\n" \
+    "  smlatb r3, r8, " B_ ", r3\n" \
+    "  ldr " B_ ", [r12, #16]\n" \
+    "  smlad r5, r7, " F_ ", r5\n" \
+    "  smlatb r4, r8, " F_ ", r4\n" \
+    "  smlad r6, r7, " A_ ", r6\n" \
+    "  smlatb r5, r8, " A_ ", r5\n" \
+    "  smlatb r6, r8, " B_ ", r6\n"
 
 void tc_k_dw3_rows_s2(const int16_t *plane, int8_t *out, const int32_t *prm);
 __asm__(
     TC_DW3_PROLOGUE("tc_k_dw3_rows_s2")
-    TC_DW3_ROW_S2("mov r11, r0", "r3", "r4")
-    TC_DW3_ROW_S2("add r11, r0, r1", "r5", "r6")
-    TC_DW3_ROW_S2("add r11, r0, r1, lsl #1", "r7", "r8")
-    TC_DW3_EPILOGUE("tc_k_dw3_rows_s2", "8"));
+    TC_DW3_S2_ROW("r0", "r9", "r10", "r11", "4", "8")
+    TC_DW3_S2_ROW("r12", "r11", "r9", "r10", "12", "16")
+    TC_DW3_S2_LAST_ROW("r10", "r11", "r9")
+    TC_DW3_EPILOGUE("tc_k_dw3_rows_s2", "16"));
 
 /* PKHBT / PKHTB: the low (high) halves of two words as one word, a's first. */
 static inline uint32_t pack_low_halves(uint32_t a, uint32_t b) {
@@ -667,11 +812,12 @@ static inline __attribute__((always_inline)) void depthwise3_dsp(const tc_conv_p
       const int32_t half_off = fast ? half_and_offset(right_shift, p->out_offset) : 0;
       const uint32_t a0 = w01[0], a1 = w01[1], a2 = w01[2], b0 = w12[0], b1 = w12[1], b2 = w12[2];
       int8_t *o = out + c;
-      if (fast && out_w % 2 == 0) { /* every row in assembly; direct calls (the cycle model charges an indirect
+      if (fast && out_w % 4 == 0) { /* every row in assembly; direct calls (the cycle model charges an indirect
                                        BLX ~100 cycles) */
-        const int32_t pairs = out_w / 2, row_skip = 2 * (stride_h * plane_w - pairs * 2 * stride_w);
-        const int32_t prm[15] = {(int32_t)a0, (int32_t)b0, (int32_t)a1, (int32_t)b1, (int32_t)a2, (int32_t)b2, bias,
-                                 mult, half_off, right_shift, c_n, 2 * plane_w, pairs, row_skip, out_h};
+        const int32_t quads = out_w / 4, row_skip = 2 * (stride_h * plane_w - quads * 4 * stride_w);
+        int32_t prm[16] = {(int32_t)a0, (int32_t)b0, (int32_t)a1, (int32_t)b1, (int32_t)a2, (int32_t)b2, bias, 0, 0, 0,
+                           c_n, 2 * plane_w, quads, row_skip, out_h, p->out_offset};
+        rq_words(p, c, prm + 7);
         if (stride_w == 1)
           tc_k_dw3_rows_s1(plane, o, prm);
         else
