@@ -403,7 +403,11 @@ class Codegen:
         sn = gc.const("int32_t", f"{name}_shift", k.shift)
         dims = [k.in_h, k.in_w, k.in_c, k.out_h, k.out_w, k.out_c, k.k_h, k.k_w, k.stride_h, k.stride_w, k.pad_h, k.pad_w]
         dims += [k.in_offset, k.out_offset, k.act_min, k.act_max]
-        gc.data.append(f"static const tc_conv_params {gc.p}_{name} = {{{', '.join(map(str, dims))}, {wn}, {bn}, {mn}, {sn}}};\n")
+        words = conv_prepare.cortexm_words(k)
+        pk = "0" if words is None else gc.const("int32_t", f"{name}_packed", words)
+        gc.data.append(
+            f"static const tc_conv_params {gc.p}_{name} = {{{', '.join(map(str, dims))}, {wn}, {bn}, {mn}, {sn}, {pk}}};\n"
+        )
         x, y = self._ref(gc, op.inputs[0]), self._ref(gc, op.outputs[0])
         if self.conv_scratch is None or k.scratch[0] > self.conv_scratch[0]:
             self.conv_scratch = k.scratch

@@ -246,6 +246,73 @@ def conv_kernel(graph, op):
     )
 
 
+FAST_RIGHT_SHIFTS = (2, 22)  # requant_fast's right shifts (TC_FAST_MAX_RIGHT_SHIFT, rq_words; tc_conv_cortexm.c)
+
+
+def fast_route(k: ConvKernel):
+    """requant_fast() of tc_conv_cortexm.c: the Cortex-M kernels' fast requantisation applies (every accumulator
+    below 2^30, right shifts 2..22, multipliers >= 0, no clamp inside the int8 range)."""
+    taps = k.k_h * k.k_w * (k.in_c if k.kind == KIND_CONV else 1)
+    bias = int(np.abs(k.bias.astype(np.int64)).max()) if k.bias is not None and k.bias.size else 0
+    lo, hi = FAST_RIGHT_SHIFTS
+    return (
+        k.act_min == -128
+        and k.act_max == 127
+        and bool(np.all((-k.shift >= lo) & (-k.shift <= hi) & (k.mult >= 0)))
+        and taps * 128 * 255 + bias < 1 << 30
+    )
+
+
+def _rq_words(k, c):
+    """rq_words(): {mult, 2^(s - 1), 2^(32 - s)} of channel c, as int32."""
+    s = int(-k.shift[c])
+    return [int(k.mult[c]), 1 << (s - 1), np.int64(1 << (32 - s)).astype(np.int32)]
+
+
+def _halves(lo, hi):
+    """Words of two int16 (lo in the low half), as int32."""
+    return ((np.asarray(lo, np.int64) & 0xFFFF) | (np.asarray(hi, np.int64) << 16)).astype(np.uint32).view(np.int32)
+
+
+def cortexm_words(k: ConvKernel):
+    """The words the Cortex-M fast route would otherwise compute on every call, packed at build time (the
+    tc_conv_params `packed` array), or None where the op does not take that route.
+
+    CONV_2D: per channel pair (c, c + 1; the last channel twice when out_c is odd) 10 words, {2 bias_c,
+    2 bias_c+1, rq_words(c), rq_words(c + 1), out_c, out_offset}, then the pair's doubled weights as int16 in
+    the columns' order (unpack_weights: per 4 taps (w0, w2), (w1, w3) of c, then of c + 1; 0 past k).
+    DEPTHWISE_CONV_2D 3x3 (stride_w 1 or 2, out_w % 4 == 0: tc_k_dw3_rows): per channel 10 words, the doubled
+    (w0, w1), (w1, w2) of kernel rows 0..2, 2 bias + in_offset * sum(2 w) (int32, wrapping as the C does) and
+    rq_words(c)."""
+    if not fast_route(k):
+        return None
+    bias = np.zeros(k.out_c, np.int64) if k.bias is None else k.bias.astype(np.int64)
+    if k.kind == KIND_CONV:
+        taps = k.k_h * k.k_w * k.in_c
+        k4 = (taps + 3) & ~3
+        w = np.zeros((k.out_c, k4), np.int64)
+        w[:, :taps] = 2 * k.weights.reshape(k.out_c, taps).astype(np.int64)
+        groups = w.reshape(k.out_c, k4 // 4, 4)
+        words = []
+        for c in range(0, k.out_c, 2):
+            c1 = min(c + 1, k.out_c - 1)
+            head = [2 * bias[c], 2 * bias[c1], *_rq_words(k, c), *_rq_words(k, c1), k.out_c, k.out_offset]
+            pair = np.stack([groups[c], groups[c1]], 1)  # (k4 / 4, 2 channels, 4 taps)
+            body = _halves(pair[..., [0, 1]], pair[..., [2, 3]]).reshape(-1)  # (w0, w2), (w1, w3) per channel
+            words += [np.asarray(head, np.int64).astype(np.int32), body]
+        return np.concatenate(words)
+    if (k.k_h, k.k_w) != (3, 3) or k.stride_w not in (1, 2) or k.out_w % 4:
+        return None
+    w = 2 * k.weights.reshape(3, 3, k.out_c).astype(np.int64)  # (ky, kx, c)
+    sum_w = w.sum((0, 1))
+    bias2 = ((2 * bias + k.in_offset * sum_w) & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+    words = []
+    for c in range(k.out_c):
+        rows = [x for ky in range(3) for x in (_halves(w[ky, 0, c], w[ky, 1, c]), _halves(w[ky, 1, c], w[ky, 2, c]))]
+        words.append(np.asarray([*rows, bias2[c], *_rq_words(k, c)], np.int64).astype(np.int32))
+    return np.concatenate(words)
+
+
 def average_pool_kernel(graph, op):
     """AVERAGE_POOL_2D -> PoolKernel (TFLM requires equal input / output quantisation: no rescale)."""
     where = f"{graph.path}: op #{op.index} {op.name}"

@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 
 from tinycap import vocab
-from tinycap.conv_prepare import CONV2D_CHUNK_PAIRS
+from tinycap.conv_prepare import CONV2D_CHUNK_PAIRS, conv_kernel, cortexm_words
 from tinycap.errors import TinyCapError
 from tinycap.firmware import device_clips
 from tinycap.io import read_json
@@ -425,7 +425,8 @@ FLASH_LINE_BYTES = 32  # STM32H743 (RM0433): one flash read is a 256-bit line; a
 
 def flash_lines(tflite_path, reuse_bytes):
     """32-byte flash lines one invocation of a graph reads into the D-cache: every op's constants (weights,
-    bias, and the per-channel multiplier + shift the generated code adds) once; an op whose constants exceed
+    bias, and the per-channel multiplier + shift the generated code adds; a conv op on the Cortex-M fast route
+    reads its build-time packed words instead, conv_prepare.cortexm_words) once; an op whose constants exceed
     reuse_bytes (what of the D-cache is left next to the activations) is re-read on every pass the kernel
     makes over them (CONV_2D: one pass per chunk of CONV2D_CHUNK_PAIRS pairs of output pixels, the Cortex-M
     kernel being weight-stationary over a chunk; FULLY_CONNECTED: one per input row)."""
@@ -436,6 +437,9 @@ def flash_lines(tflite_path, reuse_bytes):
         nbytes = sum(t.nbytes for t in consts)
         if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
             nbytes += 8 * int(g.tensors[op.outputs[0]].shape[-1])
+        if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            words = cortexm_words(conv_kernel(g, op))
+            nbytes = nbytes if words is None else words.nbytes
         if op.name == "GATHER":  # one row of the table
             table = g.tensors[op.inputs[0]]
             nbytes = table.nbytes // table.shape[0] * g.tensors[op.inputs[1]].size

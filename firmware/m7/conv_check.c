@@ -76,6 +76,7 @@ static int make(tc_conv_params *p, int32_t b, int32_t h, int32_t wd, int32_t c, 
     shift[i] = !general ? uniform(-14, -1) : next() % 8 ? uniform(-14, -4) : uniform(-1, 2);
   }
   p->weights = w, p->bias = next() % 4 ? bias : NULL, p->mult = mult, p->shift = shift;
+  p->packed = NULL; /* the kernels pack at run time (the generated graphs carry cortexm_words) */
   return 1;
 }
 

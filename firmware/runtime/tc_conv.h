@@ -43,6 +43,8 @@ typedef struct {
   const int32_t *bias;           /* out_c values, or NULL */
   const int32_t *mult;           /* out_c multipliers (a per-tensor one repeated) */
   const int32_t *shift;          /* out_c TFLM shifts (> 0: left) */
+  const int32_t *packed;         /* or NULL: the Cortex-M fast route's words, packed at build time
+                                    (tinycap/conv_prepare.py cortexm_words: per channel pair or channel) */
 } tc_conv_params;
 
 /* CONV_2D. scratch: TC_CONV2D_SCRATCH_BYTES(k_h, k_w, in_c, out_h * out_w) bytes, 4-byte aligned (used by the

@@ -267,7 +267,7 @@ __asm__(
 
 /* tc_k_conv2d_pairs with the fast requantisation (rq_words) of the 4 results in registers and their
  * bytes stored: prm = {2 bias0, 2 bias1, mult0, half0, unit0, mult1, half1, unit1, out_c, out_offset}
- * (rq_words); out: the first pair's (pixel 0, channel 0) byte; channel 1 follows it, the pair's pixel 1 is
+ * (TC_CONV2D_PAIR_WORDS); out: the first pair's (pixel 0, channel 0) byte; channel 1 follows it, the pair's pixel 1 is
  * out_c bytes on, the next pair 2 out_c. For channel pairs and pixel pairs without duplicates (out_c and the
  * pixel count even). Ordered for the Cortex-M7's dual issue: 8 multiplies (SMMLAR, SMMLA) beside the 8 shifter
  * ops (ADD ASR, SSAT), the loads and the stores. */
@@ -312,14 +312,24 @@ __asm__(
     "  add lr, lr, r10\n"
     "  ldr.w r12, [r1, #8]\n"
     "  str lr, [sp, #56]\n"
+    "  ldr r10, [sp, #60]\n"         /* and TC_PAIRS_ENTER's moves before the test (SUB keeps the flags) */
     "  ldr.w r11, [r1, #4]\n"
     "  ldr.w r8, [r0, #4]\n"
     "  ldr r3, [sp, #16]\n"
     "  ldr r4, [sp, #20]\n"
-    "  ldr r5, [sp, #16]\n"
-    "  ldr r6, [sp, #20]\n"
     "  ldr lr, [sp, #0]\n"
-    TC_PAIRS_EPILOGUE("tc_k_conv2d_pairs_requant"));
+    "  ldr r5, [sp, #16]\n"
+    "  sub r0, r0, r10\n"
+    "  ldr r6, [sp, #20]\n"
+    "  cmp r1, lr\n"
+    "  sub r1, r1, r10\n"
+    "  ldr r10, [sp, #8]\n"
+    "  beq 9f\n"
+    "  bx r10\n"
+    "9:\n"
+    "  add sp, sp, #64\n"
+    "  pop {r4-r11, pc}\n"
+    TC_ASM_END("tc_k_conv2d_pairs_requant"));
 
 /* The assembly kernels' fast requantisation of a doubled accumulator a = 2 acc (the weights were doubled), for
  * |acc| < 2^30, mult >= 0 and a right shift s in 2..22 (requant_fast), 2 multiplies and 2 shifter ops:
@@ -330,6 +340,9 @@ __asm__(
  * except where v = 0, and there floor((half - 1) / 2^s) = floor(half / 2^s) = 0. SMMLA adds the high word of
  * t 2^(32 - s), floor(t / 2^s) exactly, to the output offset: no shift by a register, and the Cortex-M7's
  * one shifter, which ADD ASR and SSAT need too, is free for them. Writes {mult, half, unit} of channel c. */
+#define TC_CONV2D_PAIR_WORDS 10 /* a channel pair's {2 bias0, 2 bias1, rq_words x 2, out_c, out_offset} */
+#define TC_DW3_CHANNEL_WORDS 10 /* a depthwise channel's {W01, W12 x 3 kernel rows, bias, rq_words} */
+
 static inline void rq_words(const tc_conv_params *p, int32_t c, int32_t *dst) {
   const int32_t right_shift = -p->shift[c];
   dst[0] = p->mult[c], dst[1] = 1 << (right_shift - 1), dst[2] = (int32_t)(1u << (32 - right_shift));
@@ -413,6 +426,7 @@ static inline __attribute__((always_inline)) void conv2d_dsp(const tc_conv_param
   const int pointwise = by4 && p->k_h == 1 && p->k_w == 1 && p->stride_h == 1 && p->stride_w == 1 && p->pad_h == 0 &&
                         p->pad_w == 0 && p->in_h == p->out_h && p->in_w == p->out_w; /* output pixel i reads input pixel i */
   const int32_t twice = fast ? 2 : 1; /* the fast requantisation takes 2 x the accumulator */
+  const int32_t *packed = fast ? p->packed : NULL;
   for (int32_t b = 0; b < batches; ++b, in += in_image, out += (size_t)pixels * out_c) {
     for (int32_t q0 = 0; q0 < all_pairs; q0 += chunk) {
       const int32_t pairs = all_pairs - q0 < chunk ? all_pairs - q0 : chunk;
@@ -434,15 +448,23 @@ static inline __attribute__((always_inline)) void conv2d_dsp(const tc_conv_param
       int8_t *out0 = out + (size_t)(2 * q0) * out_c, *out1 = out0 + out_c;
       for (int32_t oc = 0; oc < out_c; oc += 2) {
         const int32_t oc1 = oc + 1 < out_c ? oc + 1 : oc;
-        const int32_t bias2[2] = {p->bias ? twice * p->bias[oc] : 0, p->bias ? twice * p->bias[oc1] : 0};
-        unpack_weights(p->weights + (size_t)oc * k, p->weights + (size_t)oc1 * k, k, wp, fast);
+        /* {2 bias, requantisation, out_c, out_offset} and the unpacked weights: built at build time (packed,
+           tc_conv_params) or here */
+        int32_t words[TC_CONV2D_PAIR_WORDS] = {p->bias ? twice * p->bias[oc] : 0, p->bias ? twice * p->bias[oc1] : 0};
+        const int32_t *prm = words;
+        const uint32_t *w = wp;
+        if (packed) {
+          prm = packed + (size_t)(oc / 2) * (TC_CONV2D_PAIR_WORDS + k4);
+          w = (const uint32_t *)(prm + TC_CONV2D_PAIR_WORDS);
+        } else {
+          if (fast) rq_words(p, oc, words + 2), rq_words(p, oc1, words + 5), words[8] = out_c, words[9] = p->out_offset;
+          unpack_weights(p->weights + (size_t)oc * k, p->weights + (size_t)oc1 * k, k, wp, fast);
+        }
         if (fast && even) { /* the requantisation in the assembly loop */
-          int32_t prm[10] = {bias2[0], bias2[1], 0, 0, 0, 0, 0, 0, out_c, p->out_offset};
-          rq_words(p, oc, prm + 2), rq_words(p, oc1, prm + 5);
-          tc_k_conv2d_pairs_requant(wp, cols, k4 >> 2, pairs, prm, out0 + oc);
+          tc_k_conv2d_pairs_requant(w, cols, k4 >> 2, pairs, prm, out0 + oc);
           continue;
         }
-        tc_k_conv2d_pairs(wp, cols, k4 >> 2, pairs, bias2, accs);
+        tc_k_conv2d_pairs(w, cols, k4 >> 2, pairs, prm, accs);
         /* every pair but the last, then the last with its own second pixel */
         requantise_channel(&r, oc, accs, pairs - 1, out0 + oc, out1 + oc, 2 * out_c, fast);
         requantise_channel(&r, oc1, accs + 1, pairs - 1, out0 + oc1, out1 + oc1, 2 * out_c, fast);
@@ -457,7 +479,7 @@ static inline __attribute__((always_inline)) void conv2d_dsp(const tc_conv_param
 
 TC_CONV_NOINLINE void tc_k_conv2d_dsp(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out,
                                       void *scratch) {
-  if (requant_fast(p, p->k_h * p->k_w * p->in_c, p->out_c))
+  if (p->packed || requant_fast(p, p->k_h * p->k_w * p->in_c, p->out_c)) /* packed only where fast */
     conv2d_dsp(p, batches, in, out, scratch, 1);
   else
     conv2d_dsp(p, batches, in, out, scratch, 0);
@@ -541,9 +563,10 @@ static inline __attribute__((always_inline)) int8_t requantise_dw(const requant_
 /* The row loops of tc_k_depthwise3_dsp's fast route in assembly, one call a channel: for each of `rows` output
  * rows its `quads` runs of 4 neighbouring outputs (the row's width a multiple of 4), each requantised in
  * registers and stored (out, out + c_n, ...; the next run 4 c_n on, the next row right after). plane: the
- * channel's plane at the first window's top row; prm = {W01 and W12 of kernel rows 0, 1, 2 (6 words), 2 bias,
- * mult, half, unit (rq_words), c_n, the plane's row stride in bytes, quads, the bytes from a row's last window
- * to the next row's first, rows, out_offset}, copied to the frame at [0] (so [4 i] is prm[i]). Registers: r0 the run's
+ * channel's plane at the first window's top row; channel = {W01 and W12 of kernel rows 0, 1, 2 (6 words),
+ * 2 bias, mult, half, unit (rq_words)} (TC_DW3_CHANNEL_WORDS) and op = {c_n, the plane's row stride in bytes,
+ * quads, the bytes from a row's last window to the next row's first, rows, out_offset}, copied to the frame at
+ * [0] and [40]. Registers: r0 the run's
  * window at its top row, r1 the row stride, r2 out, r3-r6 the 4 accumulators, r7 / r8 the kernel row's W01 /
  * W12, r9-r11 plane words, r12 the window row, lr the runs left. Every multiply is preceded by at most one
  * load, ALU op or store that does not feed it, which the Cortex-M7 issues with it: each kernel row loads the
@@ -552,13 +575,12 @@ static inline __attribute__((always_inline)) int8_t requantise_dw(const requant_
     TC_ASM_FUNCTION(NAME_) \
     "  push {r4-r11, lr}\n" \
     "  sub sp, sp, #64\n" \
-    "  mov r12, r2\n" \
+    "  ldm r2, {r4-r12, lr}\n" \
+    "  stm sp, {r4-r12, lr}\n" \
+    "  ldm r3, {r4-r9}\n" \
+    "  add r12, sp, #40\n" \
+    "  stm r12, {r4-r9}\n" \
     "  mov r2, r1\n" \
-    "  ldm r12!, {r3-r11}\n" \
-    "  stm sp, {r3-r11}\n" \
-    "  ldm r12, {r3-r9}\n" \
-    "  add r12, sp, #36\n" \
-    "  stm r12, {r3-r9}\n" \
     "  ldr r1, [sp, #44]\n" \
     "0:\n"                           /* an output row */ \
     "  ldr lr, [sp, #48]\n" \
@@ -647,7 +669,7 @@ static inline __attribute__((always_inline)) int8_t requantise_dw(const requant_
     "  smlatb r5, r8, r11, r5\n" \
     "  smlad r6, r8, r11, r6\n"
 
-void tc_k_dw3_rows_s1(const int16_t *plane, int8_t *out, const int32_t *prm);
+void tc_k_dw3_rows_s1(const int16_t *plane, int8_t *out, const int32_t *channel, const int32_t *op);
 __asm__(
     TC_DW3_PROLOGUE("tc_k_dw3_rows_s1")
     TC_DW3_S1_ROW("r0", "4", "8")
@@ -690,13 +712,21 @@ __asm__(
     "  smlatb r5, r8, " A_ ", r5\n" \
     "  smlatb r6, r8, " B_ ", r6\n"
 
-void tc_k_dw3_rows_s2(const int16_t *plane, int8_t *out, const int32_t *prm);
+void tc_k_dw3_rows_s2(const int16_t *plane, int8_t *out, const int32_t *channel, const int32_t *op);
 __asm__(
     TC_DW3_PROLOGUE("tc_k_dw3_rows_s2")
     TC_DW3_S2_ROW("r0", "r9", "r10", "r11", "4", "8")
     TC_DW3_S2_ROW("r12", "r11", "r9", "r10", "12", "16")
     TC_DW3_S2_LAST_ROW("r10", "r11", "r9")
     TC_DW3_EPILOGUE("tc_k_dw3_rows_s2", "16"));
+
+static inline __attribute__((always_inline)) void dw3_rows(int32_t stride_w, const int16_t *plane, int8_t *out,
+                                                           const int32_t *channel, const int32_t *op) {
+  if (stride_w == 1)
+    tc_k_dw3_rows_s1(plane, out, channel, op);
+  else
+    tc_k_dw3_rows_s2(plane, out, channel, op);
+}
 
 /* PKHBT / PKHTB: the low (high) halves of two words as one word, a's first. */
 static inline uint32_t pack_low_halves(uint32_t a, uint32_t b) {
@@ -792,11 +822,21 @@ static inline __attribute__((always_inline)) void depthwise3_dsp(const tc_conv_p
   const int32_t stride_h = p->stride_h, stride_w = p->stride_w;
   const int32_t plane_h = (out_h - 1) * stride_h + 3, plane_w = ((out_w - 1) * stride_w + 4 + 1) & ~1;
   const int32_t twice = fast ? 2 : 1, by4 = c_n % 4 == 0 && p->pad_w <= 1;
+  /* every row in assembly (direct calls: the cycle model charges an indirect BLX ~100 cycles), with the op's
+     words {c_n, the plane's row stride in bytes, quads, row skip, rows, out_offset} */
+  const int rows_asm = fast && out_w % 4 == 0;
+  const int32_t quads = out_w / 4, row_skip = 2 * (stride_h * plane_w - quads * 4 * stride_w);
+  const int32_t op_words[6] = {c_n, 2 * plane_w, quads, row_skip, out_h, p->out_offset};
   for (int32_t b = 0; b < batches; ++b, in += in_h * in_w * c_n, out += out_h * out_w * c_n) {
     for (int32_t c = 0; c < c_n; ++c) {
       const int32_t quad = by4 ? c % 4 : 0; /* this channel's plane among the 4 built at once */
       if (quad == 0) dw3_planes(p, in, c, by4 ? 4 : 1, planes, plane_h, plane_w);
       const int16_t *plane = planes + (size_t)quad * plane_h * plane_w;
+      int8_t *o = out + c;
+      if (rows_asm && p->packed) {
+        dw3_rows(stride_w, plane, o, p->packed + (size_t)c * TC_DW3_CHANNEL_WORDS, op_words);
+        continue;
+      }
       const int8_t *w = p->weights + c;
       uint32_t w01[3], w12[3];
       int32_t sum_w = 0;
@@ -811,17 +851,11 @@ static inline __attribute__((always_inline)) void depthwise3_dsp(const tc_conv_p
       const int32_t mult = fast ? p->mult[c] : 0, right_shift = fast ? -p->shift[c] : 0;
       const int32_t half_off = fast ? half_and_offset(right_shift, p->out_offset) : 0;
       const uint32_t a0 = w01[0], a1 = w01[1], a2 = w01[2], b0 = w12[0], b1 = w12[1], b2 = w12[2];
-      int8_t *o = out + c;
-      if (fast && out_w % 4 == 0) { /* every row in assembly; direct calls (the cycle model charges an indirect
-                                       BLX ~100 cycles) */
-        const int32_t quads = out_w / 4, row_skip = 2 * (stride_h * plane_w - quads * 4 * stride_w);
-        int32_t prm[16] = {(int32_t)a0, (int32_t)b0, (int32_t)a1, (int32_t)b1, (int32_t)a2, (int32_t)b2, bias, 0, 0, 0,
-                           c_n, 2 * plane_w, quads, row_skip, out_h, p->out_offset};
-        rq_words(p, c, prm + 7);
-        if (stride_w == 1)
-          tc_k_dw3_rows_s1(plane, o, prm);
-        else
-          tc_k_dw3_rows_s2(plane, o, prm);
+      if (rows_asm) {
+        int32_t words[TC_DW3_CHANNEL_WORDS] = {(int32_t)a0, (int32_t)b0, (int32_t)a1, (int32_t)b1, (int32_t)a2,
+                                               (int32_t)b2, bias};
+        rq_words(p, c, words + 7);
+        dw3_rows(stride_w, plane, o, words, op_words);
         continue;
       }
       for (int32_t oy = 0; oy < out_h; ++oy) {
@@ -858,7 +892,7 @@ static inline __attribute__((always_inline)) void depthwise3_dsp(const tc_conv_p
 
 TC_CONV_NOINLINE void tc_k_depthwise3_dsp(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out,
                                           void *scratch) {
-  if (requant_fast(p, 9, p->in_c))
+  if (p->packed || requant_fast(p, 9, p->in_c)) /* packed only where fast */
     depthwise3_dsp(p, batches, in, out, (int16_t *)scratch, 1);
   else
     depthwise3_dsp(p, batches, in, out, (int16_t *)scratch, 0);
