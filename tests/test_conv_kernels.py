@@ -334,3 +334,55 @@ def test_unsupported_convolutions_fail_naming_the_op():
     g = graph("DEPTHWISE_CONV_2D", multiplier2, (1, 3, 3, 8), 8)
     with pytest.raises(TinyCapError, match=r"op #0 DEPTHWISE_CONV_2D.*depth_multiplier"):
         P.prepare(g, g.ops[0])
+
+
+def _kernel(kind, weights, bias, shift, **geometry):
+    """A P.ConvKernel of a small op (the fields cortexm_words reads), quantised as the converter does."""
+    out_c = len(bias)
+    g = dict(batches=1, in_h=1, in_w=1, in_c=4, out_h=1, out_w=1, out_c=out_c, k_h=1, k_w=1, stride_h=1, stride_w=1)
+    g.update(pad_h=0, pad_w=0, in_offset=128, out_offset=-128, act_min=-128, act_max=127)
+    g.update(geometry)
+    return P.ConvKernel(
+        kind,
+        **g,
+        weights=np.asarray(weights, np.int8),
+        bias=np.asarray(bias, np.int32),
+        mult=np.full(out_c, 1 << 30, np.int32),
+        shift=np.asarray(shift, np.int32),
+    )
+
+
+def test_cortexm_words_golden_conv_layout():
+    """A channel pair's words: {2 bias x 2, (mult, 2^(s-1), 2^(32-s)) x 2, out_c, out_offset}, then per 4 taps the
+    doubled weights as int16 pairs (w0, w2), (w1, w3) of each channel; an odd last channel pairs with itself."""
+    w = [[[[1, 2, 3, 4]]], [[[5, 6, 7, 8]]], [[[-1, -2, -3, -4]]]]  # OHWI (3, 1, 1, 4)
+    k = _kernel(P.KIND_CONV, w, [10, 20, 30], [-2, -3, -22])
+    words = P.cortexm_words(k).astype(np.int64)
+
+    def pair(lo, hi):
+        return (lo & 0xFFFF) | (hi << 16)
+
+    head0 = [20, 40, 1 << 30, 2, 1 << 30, 1 << 30, 4, 1 << 29, 3, -128]
+    body0 = [pair(2, 6), pair(4, 8), pair(10, 14), pair(12, 16)]
+    head1 = [60, 60, 1 << 30, 1 << 21, 1 << 10, 1 << 30, 1 << 21, 1 << 10, 3, -128]
+    body1 = [pair(-2, -6), pair(-4, -8)] * 2
+    expect = np.asarray(head0 + body0 + head1 + body1, np.int64).astype(np.uint32).view(np.int32)
+    assert words.tolist() == expect.tolist()
+    assert P.cortexm_words(_kernel(P.KIND_CONV, w, [10, 20, 30], [-1, -3, -22])) is None  # s = 1
+    assert P.cortexm_words(_kernel(P.KIND_CONV, w, [10, 20, 30], [-2, -3, -23])) is None  # s = 23
+
+
+def test_cortexm_words_golden_depthwise_layout():
+    """A 3x3 depthwise channel's words: the doubled (w0, w1), (w1, w2) of kernel rows 0..2, 2 bias + in_offset *
+    sum(2 w), then (mult, 2^(s-1), 2^(32-s)); only where out_w % 4 == 0 (tc_k_dw3_rows)."""
+    w = np.arange(-9, 9, dtype=np.int8).reshape(1, 3, 3, 2)  # 1HWC, 2 channels
+    geometry = dict(in_h=4, in_w=4, in_c=2, out_h=4, out_w=4, k_h=3, k_w=3, pad_h=1, pad_w=1)
+    k = _kernel(P.KIND_DEPTHWISE, w, [7, -7], [-5, -6], **geometry)
+    words = P.cortexm_words(k).astype(np.int64).reshape(2, 10)
+    c = 1
+    taps = 2 * w[0, :, :, c].astype(np.int64)
+    rows = [((a & 0xFFFF) | (b << 16)) & 0xFFFFFFFF for t in taps for a, b in ((t[0], t[1]), (t[1], t[2]))]
+    assert [x & 0xFFFFFFFF for x in words[c, :6]] == rows  # W01, W12 of kernel rows 0, 1, 2
+    assert words[c, 6] == 2 * -7 + 128 * taps.sum()
+    assert words[c, 7:].tolist() == [1 << 30, 1 << 5, 1 << 26]
+    assert P.cortexm_words(_kernel(P.KIND_DEPTHWISE, w, [7, -7], [-5, -6], **{**geometry, "out_w": 6})) is None

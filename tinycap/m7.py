@@ -437,7 +437,7 @@ def flash_lines(tflite_path, reuse_bytes):
         nbytes = sum(t.nbytes for t in consts)
         if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
             nbytes += 8 * int(g.tensors[op.outputs[0]].shape[-1])
-        if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+        if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D") and g.tensors[op.inputs[0]].dtype == "int8":
             words = cortexm_words(conv_kernel(g, op))
             nbytes = nbytes if words is None else words.nbytes
         if op.name == "GATHER":  # one row of the table

@@ -37,7 +37,7 @@ int main(void) {
     int32_t f[16];
     for (int i = 0; i < 16; ++i) f[i] = read_i32();
     tc_conv_params p = {f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12], f[13], f[14],
-                        f[15], NULL, NULL, NULL, NULL};
+                        f[15], NULL, NULL, NULL, NULL, NULL};
     const int32_t has_bias = read_i32();
     const size_t wn = (size_t)p.k_h * p.k_w * (kind == 1 ? (size_t)p.in_c * p.out_c : (size_t)p.out_c);
     p.weights = read_exact(wn);

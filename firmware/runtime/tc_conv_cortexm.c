@@ -61,16 +61,22 @@ static void im2col_by4(const tc_conv_params *p, const int8_t *in, int32_t oy, in
     }
 }
 
-/* A 1x1 stride-1 unpadded conv (in_c % 4 == 0): the pair's columns straight from its two input pixels a and b,
- * im2col_by4's words without the window arithmetic. */
-static void im2col_pointwise(const tc_conv_params *p, const int8_t *a, const int8_t *b, uint32_t *cols) {
+/* A 1x1 stride-1 unpadded conv (in_c % 4 == 0): the columns of `pairs` pixel pairs straight from the input
+ * pixels from `in` on (`pixels` of them left; an odd last one pairs with itself), im2col_by4's words without
+ * the window arithmetic. */
+static void im2col_pointwise(const tc_conv_params *p, const int8_t *in, int32_t pairs, int32_t pixels,
+                             uint32_t *cols) {
   const uint32_t off2 = ((uint32_t)p->in_offset & 0xffffu) * 0x10001u;
-  for (int32_t c = 0; c < p->in_c; c += 4, cols += 4) {
-    const uint32_t va = load_u32(a + c), vb = load_u32(b + c);
-    cols[0] = __sadd16(__sxtb16(va), off2);
-    cols[1] = __sadd16(sxtb16_ror8(va), off2);
-    cols[2] = __sadd16(__sxtb16(vb), off2);
-    cols[3] = __sadd16(sxtb16_ror8(vb), off2);
+  const int32_t in_c = p->in_c;
+  for (int32_t q = 0; q < pairs; ++q, in += 2 * in_c, pixels -= 2) {
+    const int8_t *b = pixels > 1 ? in + in_c : in;
+    for (int32_t c = 0; c < in_c; c += 4, cols += 4) {
+      const uint32_t va = load_u32(in + c), vb = load_u32(b + c);
+      cols[0] = __sadd16(__sxtb16(va), off2);
+      cols[1] = __sadd16(sxtb16_ror8(va), off2);
+      cols[2] = __sadd16(__sxtb16(vb), off2);
+      cols[3] = __sadd16(sxtb16_ror8(vb), off2);
+    }
   }
 }
 
@@ -84,13 +90,20 @@ static void im2col_any(const tc_conv_params *p, const int8_t *in, int32_t oy, in
   const int8_t zero_point = (int8_t)-p->in_offset;
   const int whole_rows = x0 >= 0 && x0 + p->k_w <= p->in_w;
   int8_t *dst = plain;
+  ((uint32_t *)plain)[groups - 1] = (uint8_t)zero_point * 0x01010101u; /* the zero points past k (the rows overwrite
+                                                                          the rest of the last word) */
   for (int32_t ky = 0; ky < p->k_h; ++ky, dst += row) {
     const int32_t y = y0 + ky;
     if (y < 0 || y >= p->in_h) {
       memset(dst, zero_point, (size_t)row);
     } else if (whole_rows) {
       const int8_t *src = in + (y * p->in_w + x0) * in_c;
-      copy_bytes(dst, src, row);
+      if (row == 9) { /* a 3x3 stem over RGB: 2 words and a byte */
+        const uint32_t a = load_u32(src), b = load_u32(src + 4);
+        memcpy(dst, &a, 4), memcpy(dst + 4, &b, 4), dst[8] = src[8];
+      } else {
+        copy_bytes(dst, src, row);
+      }
     } else {
       for (int32_t kx = 0; kx < p->k_w; ++kx) {
         const int8_t *src = pixel_tap(p, in, y, x0 + kx);
@@ -98,7 +111,6 @@ static void im2col_any(const tc_conv_params *p, const int8_t *in, int32_t oy, in
       }
     }
   }
-  for (int32_t t = k; t < 4 * groups; ++t) plain[t] = zero_point;
   const uint32_t off2 = ((uint32_t)p->in_offset & 0xffffu) * 0x10001u;
   uint32_t *d = cols + 2 * j;
   for (int32_t g = 0; g < groups; ++g, d += 4) {
@@ -430,12 +442,11 @@ static inline __attribute__((always_inline)) void conv2d_dsp(const tc_conv_param
   for (int32_t b = 0; b < batches; ++b, in += in_image, out += (size_t)pixels * out_c) {
     for (int32_t q0 = 0; q0 < all_pairs; q0 += chunk) {
       const int32_t pairs = all_pairs - q0 < chunk ? all_pairs - q0 : chunk;
-      for (int32_t q = 0; q < pairs; ++q) {
+      if (pointwise) im2col_pointwise(p, in + (size_t)(2 * q0) * p->in_c, pairs, pixels - 2 * q0, cols);
+      for (int32_t q = 0; q < pairs && !pointwise; ++q) {
         const int32_t px = 2 * (q0 + q), px1 = px + 1 < pixels ? px + 1 : px;
         uint32_t *c = cols + (size_t)q * k4;
-        if (pointwise) {
-          im2col_pointwise(p, in + (size_t)px * p->in_c, in + (size_t)px1 * p->in_c, c);
-        } else if (by4) {
+        if (by4) {
           im2col_by4(p, in, px / out_w, px % out_w, 0, c);
           im2col_by4(p, in, px1 / out_w, px1 % out_w, 1, c);
         } else {
@@ -450,13 +461,14 @@ static inline __attribute__((always_inline)) void conv2d_dsp(const tc_conv_param
         const int32_t oc1 = oc + 1 < out_c ? oc + 1 : oc;
         /* {2 bias, requantisation, out_c, out_offset} and the unpacked weights: built at build time (packed,
            tc_conv_params) or here */
-        int32_t words[TC_CONV2D_PAIR_WORDS] = {p->bias ? twice * p->bias[oc] : 0, p->bias ? twice * p->bias[oc1] : 0};
+        int32_t words[TC_CONV2D_PAIR_WORDS];
         const int32_t *prm = words;
         const uint32_t *w = wp;
         if (packed) {
           prm = packed + (size_t)(oc / 2) * (TC_CONV2D_PAIR_WORDS + k4);
           w = (const uint32_t *)(prm + TC_CONV2D_PAIR_WORDS);
         } else {
+          words[0] = p->bias ? twice * p->bias[oc] : 0, words[1] = p->bias ? twice * p->bias[oc1] : 0;
           if (fast) rq_words(p, oc, words + 2), rq_words(p, oc1, words + 5), words[8] = out_c, words[9] = p->out_offset;
           unpack_weights(p->weights + (size_t)oc * k, p->weights + (size_t)oc1 * k, k, wp, fast);
         }
@@ -643,11 +655,11 @@ static inline __attribute__((always_inline)) int8_t requantise_dw(const requant_
  * ROW_: the row's base register; W12_ / W01N_: the frame offsets of its W12 and of the next row's W01, whose A and
  * B it loads into r9 / r10 as they fall free (r12 = the next row). The last row loads nothing ahead. */
 #define TC_DW3_S1_ROW(ROW_, W12_, W01N_) \
-    "  ldr r8, [sp, #" W12_ "]\n" \
-    "  smlad r3, r7, r9, r3\n" \
     "  ldr r11, [" ROW_ ", #8]\n" \
-    "  smlabt r4, r7, r9, r4\n" \
+    "  smlad r3, r7, r9, r3\n" \
     "  add r12, " ROW_ ", r1\n" \
+    "  smlabt r4, r7, r9, r4\n" \
+    "  ldr r8, [sp, #" W12_ "]\n" \
     "  smlad r5, r7, r10, r5\n" \
     "  ldr r9, [r12]\n" \
     "  smlabt r6, r7, r10, r6\n" \
