@@ -9,7 +9,9 @@ dilation 1 only, depthwise depth_multiplier 1 only (output channels == input cha
 else raises TinyCapError naming the op.
 
 tinycap.codegen lowers CONV_2D / DEPTHWISE_CONV_2D into the generated graph code with conv_kernel();
-`pack()` serialises the parameters for the host harness (firmware/host/conv_main.c) the tests drive.
+`pack()` serialises the parameters for the host harness (firmware/host/conv_main.c) the tests drive;
+`cortexm_words()` packs, at build time, what the Cortex-M fast route would compute on every call (doubled
+int16 weights in its order, folded biases, requantisation words: tc_conv_params.packed).
 """
 
 import dataclasses

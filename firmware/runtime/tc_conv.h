@@ -67,10 +67,11 @@ void tc_k_conv2d_ref(const tc_conv_params *p, int32_t batches, const int8_t *in,
 #if TC_CONV_DSP
 /* Cortex-M (SXTB16 + SMLAD), weight-stationary over a chunk of output pixel pairs: the chunk's
  * receptive fields are expanded once into int16 columns (input + in_offset, 0 where padded, so
- * padding needs no test in the inner loop); then per pair of output channels their weight rows are
- * unpacked once to int16 and the assembly loop (tc_k_conv2d_pairs) runs every pixel pair of the
- * chunk: per group of 4 taps 2 LDM (4 weight words, 4 column words) and 8 SMLAD = 16 MACs, unrolled
- * 8 groups deep; then the channel pair is requantised. Weights stay OHWI as in the .tflite. */
+ * padding needs no test in the inner loop); then per pair of output channels its int16 weights (packed at
+ * build time, p->packed, or unpacked here) and the assembly loop (tc_k_conv2d_pairs_requant) runs every pixel
+ * pair of the chunk: per group of 4 taps 8 LDR (4 weight words, 4 column words), each issued beside one of
+ * 8 SMLAD = 16 MACs, software-pipelined and unrolled 8 groups deep; then the channel pair is requantised in
+ * registers. Weights stay OHWI as in the .tflite. */
 void tc_k_conv2d_dsp(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out, void *scratch);
 #endif
 
@@ -89,9 +90,9 @@ void tc_k_depthwise_conv2d_ref(const tc_conv_params *p, int32_t batches, const i
  * the window clipped to the image once per output pixel. */
 void tc_k_depthwise_conv2d_dsp(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out);
 /* Cortex-M, 3x3, stride_w 1 or 2, any in_c: one channel at a time over its zero-point-padded int16 plane
- * (scratch; the planes of 4 channels are built at once where in_c % 4 == 0 and pad_w <= 1), two neighbouring
- * outputs per pass from one LDRD per kernel row: SMLAD / SMLABT / SMLATB with two weight words per row,
- * (w0, w1) and (w1, w2), the input offset folded into the bias. */
+ * (scratch; the planes of 4 channels are built at once where in_c % 4 == 0 and pad_w <= 1), four neighbouring
+ * outputs per pass (rows of a width divisible by 4 in assembly, tc_k_dw3_rows_s1 / _s2): SMLAD / SMLABT /
+ * SMLATB with two weight words per kernel row, (w0, w1) and (w1, w2), the input offset folded into the bias. */
 void tc_k_depthwise3_dsp(const tc_conv_params *p, int32_t batches, const int8_t *in, int8_t *out, void *scratch);
 #endif
 

@@ -754,15 +754,16 @@ static inline uint32_t pack_high_halves(uint32_t a, uint32_t b) {
 }
 
 /* One word (2 neighbouring plane columns) of the planes of 4 channels d0..d3 from va, vb, the 4 input bytes of
- * each column (4 zero points where it is padding): SXTB16 splits each into (c0, c2), (c1, c3), PKHBT / PKHTB
- * regroup them into one word per channel. 10 instructions for 8 plane entries. */
+ * each column (4 zero points where it is padding): PKHBT / PKHTB pair the columns' bytes of channels 0, 1
+ * (c0a c1a c0b c1b) and of channels 2, 3, then SXTB16 (plain and ROR #8) widens each into one word per
+ * channel. 6 DSP instructions for 8 plane entries. */
 static inline __attribute__((always_inline)) void plane_word4(uint32_t va, uint32_t vb, uint32_t *d0, uint32_t *d1,
                                                               uint32_t *d2, uint32_t *d3, int32_t j) {
-  const uint32_t ea = __sxtb16(va), oa = sxtb16_ror8(va), eb = __sxtb16(vb), ob = sxtb16_ror8(vb);
-  d0[j] = pack_low_halves(ea, eb);
-  d1[j] = pack_low_halves(oa, ob);
-  d2[j] = pack_high_halves(ea, eb);
-  d3[j] = pack_high_halves(oa, ob);
+  const uint32_t lo = pack_low_halves(va, vb), hi = pack_high_halves(va, vb);
+  d0[j] = __sxtb16(lo);
+  d1[j] = sxtb16_ror8(lo);
+  d2[j] = __sxtb16(hi);
+  d3[j] = sxtb16_ror8(hi);
 }
 
 /* n words of a row of 4 planes (plane_words apart) from n column pairs of the input from x: its own function
