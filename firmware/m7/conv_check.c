@@ -90,6 +90,24 @@ static void line(const char *a, int32_t i, const char *b, uint32_t x, const char
   out_str(a), out_u32((uint32_t)i), out_str(b), out_u32(x), out_str(c), out_u32(y), out_str("\n");
 }
 
+/* A 1x1 conv and a 3x3 depthwise on its input with a ReLU's output zero point and the shifts set in `shift`:
+ * the DSP paths against the references; the number of ops that differ. */
+static int32_t relu_shift_case(int32_t id, tc_conv_params *p) {
+  p->out_offset = -128, p->act_min = -128, p->act_max = 127, p->bias = bias;
+  const int32_t n = p->out_h * p->out_w * p->out_c;
+  tc_k_conv2d_ref(p, 1, in, out_ref);
+  tc_k_conv2d_dsp(p, 1, in, out_dsp, scratch);
+  const int32_t d = compare(n);
+  line("case ", id, " macs ", (uint32_t)(n * p->in_c), " diff ", (uint32_t)d);
+  tc_conv_params q = *p;
+  q.out_c = p->in_c, q.k_h = q.k_w = 3, q.pad_h = q.pad_w = 1;
+  tc_k_depthwise_conv2d_ref(&q, 1, in, out_ref);
+  tc_k_depthwise3_dsp(&q, 1, in, out_dsp, dw_scratch);
+  const int32_t dd = compare(n);
+  line("dwcase ", id, " macs ", (uint32_t)(n * 9), " diff ", (uint32_t)dd);
+  return (d != 0) + (dd != 0);
+}
+
 int main(void) {
   static const int32_t bench[][7] = {
       /* b, h, w, c, out_c, k, stride (SAME) -- MobileNet-like layers */
@@ -132,42 +150,12 @@ int main(void) {
     line("dwcase ", i, " macs ", (uint32_t)(dn * 9), " diff ", (uint32_t)dd);
     line("case ", i, " macs ", (uint32_t)(n * s[5] * s[5] * s[3]), " diff ", (uint32_t)d);
   }
-  { /* case 2000: right shifts of 15..31 with a ReLU's output zero point, where the fast requantisation's
-       rounding term (out_offset << shift) would overflow (it must not be taken below -22) */
+  /* case 2000: right shifts of 15..31, where the fast requantisation's rounding term (out_offset << shift) would
+     overflow (it must not be taken below -22); case 2001: the fast route's bounds, right shifts 2 and 22 (and 9) */
+  for (int32_t id = 2000; id <= 2001; ++id) {
     make(&p, 1, 8, 8, 16, 16, 1, 1, 1, 0);
-    p.out_offset = -128, p.act_min = -128, p.act_max = 127, p.bias = bias;
-    for (int32_t c = 0; c < MAX_C; ++c) shift[c] = -15 - c % 17;
-    const int32_t n = p.out_h * p.out_w * p.out_c;
-    tc_k_conv2d_ref(&p, 1, in, out_ref);
-    tc_k_conv2d_dsp(&p, 1, in, out_dsp, scratch);
-    const int32_t d = compare(n);
-    failed += d != 0;
-    line("case ", 2000, " macs ", (uint32_t)(n * p.in_c), " diff ", (uint32_t)d);
-    tc_conv_params q = p;
-    q.out_c = p.in_c, q.k_h = q.k_w = 3, q.pad_h = q.pad_w = 1;
-    tc_k_depthwise_conv2d_ref(&q, 1, in, out_ref);
-    tc_k_depthwise3_dsp(&q, 1, in, out_dsp, dw_scratch);
-    const int32_t dd = compare(n);
-    failed += dd != 0;
-    line("dwcase ", 2000, " macs ", (uint32_t)(n * 9), " diff ", (uint32_t)dd);
-  }
-  { /* case 2001: the fast route's bounds, right shifts 2 and 22 (and 9) with a ReLU's output zero point */
-    make(&p, 1, 8, 8, 16, 16, 1, 1, 1, 0);
-    p.out_offset = -128, p.act_min = -128, p.act_max = 127, p.bias = bias;
-    for (int32_t c = 0; c < MAX_C; ++c) shift[c] = c % 3 == 0 ? -2 : c % 3 == 1 ? -22 : -9;
-    const int32_t n = p.out_h * p.out_w * p.out_c;
-    tc_k_conv2d_ref(&p, 1, in, out_ref);
-    tc_k_conv2d_dsp(&p, 1, in, out_dsp, scratch);
-    const int32_t d = compare(n);
-    failed += d != 0;
-    line("case ", 2001, " macs ", (uint32_t)(n * p.in_c), " diff ", (uint32_t)d);
-    tc_conv_params q = p;
-    q.out_c = p.in_c, q.k_h = q.k_w = 3, q.pad_h = q.pad_w = 1;
-    tc_k_depthwise_conv2d_ref(&q, 1, in, out_ref);
-    tc_k_depthwise3_dsp(&q, 1, in, out_dsp, dw_scratch);
-    const int32_t dd = compare(n);
-    failed += dd != 0;
-    line("dwcase ", 2001, " macs ", (uint32_t)(n * 9), " diff ", (uint32_t)dd);
+    for (int32_t c = 0; c < MAX_C; ++c) shift[c] = id == 2000 ? -15 - c % 17 : c % 3 == 0 ? -2 : c % 3 == 1 ? -22 : -9;
+    failed += relu_shift_case(id, &p);
   }
   for (int32_t i = 0; i < NUM_RANDOM; ++i) {
     const int32_t b = uniform(1, 2), h = uniform(1, 11), wd = uniform(1, 11), c = uniform(1, 40);

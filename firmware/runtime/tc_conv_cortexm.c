@@ -825,8 +825,9 @@ static void dw3_planes(const tc_conv_params *p, const int8_t *in, int32_t c, int
  * A = (x0, x1), B = (x2, x3) two neighbouring outputs are
  *   out(x)     += SMLAD(W01, A) + SMLATB(W12, B)   (w0 x0 + w1 x1 + w2 x2)
  *   out(x + 1) += SMLABT(W01, A) + SMLAD(W12, B)   (w0 x1 + w1 x2 + w2 x3):
- * 18 MACs in 12 multiply instructions and 3 LDRD. With `fast` the weights and the bias are doubled
- * (the accumulator is 2 x, as requantise_channel's). */
+ * 18 MACs in 12 multiply instructions (the C loop below, for widths not divisible by 4; the assembly rows,
+ * tc_k_dw3_rows_s1 / _s2, take 4 outputs a pass). With `fast` the weights and the bias are doubled (the
+ * accumulator is 2 x, as requantise_channel's); with p->packed they come from the build (cortexm_words). */
 static inline __attribute__((always_inline)) void depthwise3_dsp(const tc_conv_params *p, int32_t batches,
                                                                  const int8_t *in, int8_t *out, int16_t *planes,
                                                                  const int fast) {
